@@ -1,0 +1,109 @@
+"""From a composed Hydra config to a stage run, and from an input error to one clear line."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import sys
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from rlhf.config import Config
+from rlhf.errors import ConfigError, RlhfError
+
+EXIT_INPUT_ERROR = 2
+
+
+def typed_config(cfg: DictConfig) -> Config:
+    """Resolve interpolations and build the dataclass tree once (runs every `__post_init__`)."""
+    _reject_unknown_keys(cfg, Config)
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe_omegaconf_error(exc)) from exc
+
+
+def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
+    """Hydra lets `+key=value` add keys the schema lacks, and to_object would drop them silently."""
+    hints = typing.get_type_hints(schema)
+    for key in node.keys():
+        full_key = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{full_key}'" + _suggest(full_key, list(hints)))
+        child = node._get_node(key)
+        if dataclasses.is_dataclass(hints[key]) and isinstance(child, DictConfig):
+            _reject_unknown_keys(child, hints[key], full_key + ".")
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Validate, dispatch to the stage runner, return the metric a sweeper optimises.
+
+    In a single run an input error ends the process here with one line; in a multirun it is
+    raised so that Hydra reports the job's overrides.
+    """
+    try:
+        from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
+
+        config = typed_config(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        return run_stage(config, Path(config.output_dir), resolved)
+    except RlhfError as exc:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(describe_error(exc), file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)
+
+
+def _suggest(full_key: str, known_keys: list[str]) -> str:
+    """' (did you mean ...?)' when a close key exists in the same section."""
+    leaf = full_key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, known_keys, n=1)
+    if not close:
+        return ""
+    prefix = full_key.rsplit(".", 1)[0] + "." if "." in full_key else ""
+    return f" (did you mean '{prefix}{close[0]}'?)"
+
+
+def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
+    full_key = getattr(exc, "full_key", None) or ""
+    first_line = str(getattr(exc, "msg", None) or exc).splitlines()[0]
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
+        parent = exc.parent_node
+        known = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
+        return f"unknown config key '{full_key}'" + _suggest(full_key, known)
+    return f"{full_key}: {first_line}" if full_key else first_line
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line saying what the user got wrong."""
+    if isinstance(exc, RlhfError):
+        return f"{exc.label}: {exc}"
+    if isinstance(exc, MissingConfigException):
+        text = str(exc).split("Config search path:")[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        options = [line for line in lines[1:] if not line.startswith("Available")]
+        return f"config error: {lines[0]}" + (f" (options: {', '.join(options)})" if options else "")
+    cause = exc.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        return f"config error: {_describe_omegaconf_error(cause)}"
+    return "config error: " + " ".join(str(exc).split())
+
+
+@contextlib.contextmanager
+def one_line_errors(full_traceback: bool) -> Iterator[None]:
+    """Input errors → one line on stderr and exit code 2; bugs keep their traceback."""
+    try:
+        yield
+    except (RlhfError, HydraException) as exc:
+        if full_traceback:
+            raise
+        print(describe_error(exc), file=sys.stderr)
+        sys.exit(EXIT_INPUT_ERROR)

@@ -1,0 +1,307 @@
+"""Typed schemas behind every config group.
+
+The YAML files in conf/ compose into these dataclasses (registered in Hydra's ConfigStore as
+`rlhf_schema`), so an unknown key or a value of the wrong type fails during composition, before
+any model loads. Values that are well-typed but impossible (a negative cliprange, a batch that
+does not split into mini-batches) are rejected in `__post_init__`, which runs when train.py
+converts the composed config into these objects once with `OmegaConf.to_object`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hydra.core.config_store import ConfigStore
+
+from rlhf.errors import ConfigError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _one_of(value: Any, choices: tuple, key: str) -> None:
+    _require(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = False  # train LoRA adapters instead of all weights
+    r: int = 16  # rank of the adapter matrices
+    alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
+    dropout: float = 0.05  # dropout on the adapter input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # modules to adapt
+    bias: str = "none"  # which biases to train: none, all, lora_only
+    modules_to_save: list[str] | None = None  # extra modules trained in full (e.g. a score head)
+
+    def __post_init__(self) -> None:
+        _require(self.r > 0, "model.lora.r", f"must be > 0, got {self.r}")
+        _one_of(self.bias, ("none", "all", "lora_only"), "model.lora.bias")
+
+
+@dataclass
+class TinyModelSpec:
+    """Shape of the random-init model built offline when `name_or_path: tiny`."""
+
+    architecture: str = "llama"  # llama (the only one built offline)
+    hidden_size: int = 64  # width of the residual stream
+    intermediate_size: int = 128  # width of the MLP
+    num_layers: int = 2  # transformer blocks
+    num_heads: int = 4  # attention heads
+    max_positions: int = 512  # longest sequence the model accepts
+    pad_equals_eos: bool = False  # share one token for pad and EOS, as SmolLM2 does
+    corpus_files: list[str] = field(
+        default_factory=lambda: ["experiments/insult_ppo/data/train.jsonl"]
+    )  # text whose characters get their own token (others fall back to bytes)
+    seed: int = 0  # seed of the random weights
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny"  # hub id, local folder, or "tiny" (random init, offline)
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    gguf_file: str | None = None  # load this GGUF file (path, or "<python package>:<file>")
+    gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
+    dtype: str = "float32"  # weights dtype: auto, float32, bfloat16, float16
+    trust_remote_code: bool = False  # run modelling code shipped with a hub model
+    gradient_checkpointing: bool = False  # recompute activations in backward to save memory
+    lora: LoraSettings = field(default_factory=LoraSettings)  # parameter-efficient training
+    tiny: TinyModelSpec = field(default_factory=TinyModelSpec)  # used only for "tiny"
+
+    def __post_init__(self) -> None:
+        _one_of(self.dtype, DTYPES, "model.dtype")
+        _require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
+
+
+@dataclass
+class ColumnMap:
+    prompt: str = "prompt"  # source column holding the user question
+    chosen: str = "chosen"  # source column holding the preferred answer
+    rejected: str = "rejected"  # source column holding the dispreferred answer
+
+
+@dataclass
+class DataConfig:
+    name: str = "custom"  # short name, used in run names and reports
+    train_file: str | None = None  # local json/jsonl/csv/parquet (relative to the project root)
+    test_file: str | None = None  # local held-out file; split off train when null
+    hub_id: str | None = None  # hub data set id, used when train_file is null
+    hub_train_split: str = "train"  # split of the hub data set used for training
+    hub_test_split: str | None = None  # split used for testing; split off train when null
+    test_size: float = 0.1  # share of train split off for testing when there is no test file
+    columns: ColumnMap = field(default_factory=ColumnMap)  # source column names
+    system_prompt: str | None = None  # optional system message before every prompt
+    max_prompt_length: int = 128  # tokens of the chat-formatted prompt
+    max_completion_length: int = 128  # tokens of an answer
+    overlong: str = "drop"  # what to do with rows over a limit: drop or truncate
+    seed: int = 0  # seed for shuffling and splitting
+
+    def __post_init__(self) -> None:
+        _require(
+            self.train_file is not None or self.hub_id is not None,
+            "data.train_file",
+            "set a local file or data.hub_id",
+        )
+        _require(0 < self.test_size < 1, "data.test_size", f"must be in (0, 1), got {self.test_size}")
+        _require(self.max_prompt_length > 0, "data.max_prompt_length", "must be > 0")
+        _require(self.max_completion_length > 0, "data.max_completion_length", "must be > 0")
+        _one_of(self.overlong, ("drop", "truncate"), "data.overlong")
+
+
+@dataclass
+class RewardConfig:
+    kind: str = "reward_model"  # reward_model, function, classifier or weighted
+    model_path: str | None = None  # reward_model: folder of a trained RM (null: the rm stage's)
+    function: Any = None  # function: {_target_: module.fn, ...kwargs}; fn(prompts, completions)
+    classifier: str | None = None  # classifier: text-classification model id or folder
+    label: str | None = None  # classifier: label whose score is the reward
+    use_logit: bool = True  # classifier: reward = logit (true) or probability (false)
+    components: list[Any] = field(default_factory=list)  # weighted: [{weight, <reward config>}]
+    scale: float = 1.0  # multiply raw scores by this
+    normalize: bool = False  # running mean/std normalisation of scores
+    clip: float | None = None  # clip scores to [-clip, clip] after scaling
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, ("reward_model", "function", "classifier", "weighted"), "reward.kind")
+        if self.kind == "function":
+            _require(
+                isinstance(self.function, dict) and "_target_" in self.function,
+                "reward.function",
+                "needs a _target_ naming a Python function",
+            )
+        if self.kind == "classifier":
+            _require(self.classifier is not None, "reward.classifier", "needs a model id or folder")
+        if self.kind == "weighted":
+            _require(bool(self.components), "reward.components", "needs at least one component")
+        _require(self.clip is None or self.clip > 0, "reward.clip", "must be > 0")
+
+
+@dataclass
+class PPOConfig:
+    # --- rollout ---
+    batch_size: int = 8  # prompts per update (per process)
+    samples_per_prompt: int = 1  # responses sampled for each prompt
+    max_new_tokens: int = 32  # longest response
+    min_new_tokens: int = 0  # shortest response (EOS suppressed before)
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # keep the k most likely tokens; 0 = off
+    top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    stop_token: str | None = None  # stop at this token instead of EOS
+    length_sampler: list[int] | None = None  # [min, max] new tokens sampled per batch
+    missing_eos_penalty: float | None = None  # subtracted from the score of unfinished answers
+    # --- reward shaping ---
+    kl_coef: float = 0.05  # beta: weight of the per-token KL penalty
+    kl_estimator: str = "k1"  # estimator in the penalty: k1, k2, k3, abs
+    adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
+    kl_target: float = 6.0  # adaptive controller: target KL per sequence
+    kl_horizon: int = 10000  # adaptive controller: horizon in samples
+    whiten_rewards: bool = False  # whiten per-token rewards before GAE
+    # --- advantages ---
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE lambda
+    whiten_advantages: bool = True  # whiten advantages per batch
+    # --- update ---
+    ppo_epochs: int = 4  # passes over each batch
+    mini_batch_size: int = 2  # samples per optimiser step
+    gradient_accumulation_steps: int = 1  # mini-batches per optimiser step
+    learning_rate: float = 1.41e-5  # AdamW learning rate
+    lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates)
+    max_grad_norm: float | None = 1.0  # clip the gradient norm; null = off
+    cliprange: float = 0.2  # epsilon of the clipped policy objective
+    cliprange_low: float | None = None  # lower epsilon; null = cliprange
+    cliprange_high: float | None = None  # upper epsilon; null = cliprange
+    dual_clip: float | None = None  # dual-clip constant c > 1 for negative advantages
+    cliprange_value: float = 0.2  # clip of the value update around the old values
+    vf_coef: float = 0.1  # weight of the value loss
+    entropy_coef: float = 0.0  # weight of the entropy bonus
+    loss_aggregation: str = "token_mean"  # token_mean, seq_mean_token_mean, seq_mean_token_sum
+    target_kl: float | None = None  # stop the epochs of an update when approx-KL passes this
+    ratio_threshold: float = 10.0  # skip a mini-batch whose mean ratio passes this
+    critic_warmup_updates: int = 0  # updates that train only the critic
+    # --- models ---
+    critic: str = "separate"  # separate, value_head or lora
+    critic_model: str | None = None  # checkpoint for a separate critic (null: the policy's)
+    reference_model: str | None = None  # separate reference (null: policy start / adapters off)
+    # --- run ---
+    total_updates: int = 20  # PPO updates to run
+    eval_every: int = 5  # evaluate on held-out prompts every N updates (and before the first)
+    eval_prompts: int = 16  # held-out prompts used for evaluation
+    log_samples_every: int = 5  # sample table every N updates
+    save_every: int = 0  # checkpoint every N updates; 0 = only at the end
+    seed: int = 0  # seed of sampling and shuffling
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
+            _require(getattr(self, key) > 0, f"ppo.{key}", "must be > 0")
+        _require(self.cliprange > 0, "ppo.cliprange", f"must be > 0, got {self.cliprange}")
+        _require(self.cliprange_value > 0, "ppo.cliprange_value", "must be > 0")
+        _require(self.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {self.kl_coef}")
+        _require(self.temperature > 0, "ppo.temperature", "must be > 0")
+        _require(0 < self.top_p <= 1, "ppo.top_p", "must be in (0, 1]")
+        _require(0 <= self.gamma <= 1, "ppo.gamma", "must be in [0, 1]")
+        _require(0 <= self.lam <= 1, "ppo.lam", "must be in [0, 1]")
+        _require(
+            self.dual_clip is None or self.dual_clip > 1, "ppo.dual_clip", "must be > 1 when set"
+        )
+        rollout = self.batch_size * self.samples_per_prompt
+        step = self.mini_batch_size * self.gradient_accumulation_steps
+        _require(
+            rollout % step == 0,
+            "ppo.batch_size",
+            f"batch_size × samples_per_prompt ({rollout}) is not divisible by "
+            f"mini_batch_size × gradient_accumulation_steps ({step})",
+        )
+        _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs"), "ppo.kl_estimator")
+        _one_of(self.lr_scheduler, ("constant", "linear"), "ppo.lr_scheduler")
+        _one_of(
+            self.loss_aggregation,
+            ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
+            "ppo.loss_aggregation",
+        )
+        _one_of(self.critic, ("separate", "value_head", "lora"), "ppo.critic")
+
+
+@dataclass
+class TrainerStageConfig:
+    """Hyper-parameters shared by the TRL-backed stages (passed to SFTConfig / RewardConfig)."""
+
+    learning_rate: float = 2e-4  # AdamW peak learning rate
+    num_train_epochs: float = 1.0  # passes over the training rows
+    max_steps: int = -1  # stop after this many optimiser steps; -1 = use epochs
+    per_device_train_batch_size: int = 8  # rows per device per step
+    per_device_eval_batch_size: int = 16  # rows per device when evaluating
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
+    lr_scheduler_type: str = "linear"  # transformers scheduler name
+    warmup_ratio: float = 0.0  # share of steps spent warming up the learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    max_grad_norm: float = 1.0  # gradient clipping
+    logging_steps: int = 5  # log every N optimiser steps
+    max_train_samples: int | None = None  # use only the first N (shuffled) training rows
+    bf16: bool = False  # bf16 mixed precision (needs hardware support)
+    seed: int = 42  # seed of data order and head initialisation
+
+    section: ClassVar[str] = "stage"
+
+    def __post_init__(self) -> None:
+        key = self.section
+        _require(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+        _require(
+            self.per_device_train_batch_size > 0, f"{key}.per_device_train_batch_size", "must be > 0"
+        )
+        _require(
+            self.max_train_samples is None or self.max_train_samples > 0,
+            f"{key}.max_train_samples",
+            "must be > 0 when set",
+        )
+
+
+@dataclass
+class SFTStageConfig(TrainerStageConfig):
+    section: ClassVar[str] = "sft"
+    completion_only_loss: bool = True  # loss on the answer tokens only
+
+
+@dataclass
+class RMStageConfig(TrainerStageConfig):
+    section: ClassVar[str] = "rm"
+    center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"  # wandb, tensorboard or none (metrics.jsonl is always written)
+    project: str = "rlhf"  # W&B project
+    entity: str | None = None  # W&B team or user
+    group: str | None = None  # W&B group (a sweep's runs share one)
+    name: str | None = None  # run name; null = experiment name + stage
+    tags: list[str] = field(default_factory=list)  # W&B tags
+    mode: str = "auto"  # auto (offline without WANDB_API_KEY), online, offline, disabled
+
+    def __post_init__(self) -> None:
+        _one_of(self.backend, ("wandb", "tensorboard", "none"), "logger.backend")
+        _one_of(self.mode, ("auto", "online", "offline", "disabled"), "logger.mode")
+
+
+@dataclass
+class Config:
+    stage: str = "sft"  # sft, rm, ppo, eval or pipeline
+    name: str = "default"  # experiment name (run names, tags, reports)
+    seed: int = 42  # global seed
+    cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
+    output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(train_file="train.jsonl"))
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
+    rm: RMStageConfig = field(default_factory=RMStageConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_schemas() -> None:
+    """Make `rlhf_schema` available to conf/config.yaml's defaults list."""
+    ConfigStore.instance().store(name="rlhf_schema", node=Config)
