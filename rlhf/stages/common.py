@@ -1,0 +1,128 @@
+"""What every stage shares: its folder, run record, tracker, seeding and model saving.
+
+A stage folder `<run_dir>/<stage>/` holds `run_info.json` (status running → complete or failed),
+`metrics.jsonl`, `model/` (published in one rename when whole) and, last, the `COMPLETE` marker:
+a folder without it is not a finished stage, whatever else it holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
+
+from rlhf.config import Config, ModelConfig, TrainerStageConfig
+from rlhf.paths import publish_dir
+from rlhf.run_info import new_run_info, write_run_info
+from rlhf.tracking import Tracker, open_tracker
+
+COMPLETE = "COMPLETE"
+
+
+@dataclass
+class StageContext:
+    config: Config
+    run_dir: Path
+    stage_dir: Path
+    tracker: Tracker
+    info: dict[str, Any]
+    final_metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.stage_dir / "model"
+
+
+def is_complete(stage_dir: Path) -> bool:
+    return (stage_dir / COMPLETE).is_file()
+
+
+@contextlib.contextmanager
+def stage_context(config: Config, run_dir: Path, stage: str, resolved: dict) -> Iterator[StageContext]:
+    """Open the stage folder, record and tracker; mark the stage complete only if the body ends."""
+    stage_dir = run_dir / stage
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    (stage_dir / COMPLETE).unlink(missing_ok=True)
+    set_seed(config.seed)
+    info = new_run_info(stage, config.seed, resolved)
+    info_path = stage_dir / "run_info.json"
+    write_run_info(info_path, info)
+    started = time.time()
+    name = config.logger.name or f"{config.name}-{stage}"
+    tracker_config = {**resolved, "run_info": {k: v for k, v in info.items() if k != "config"}}
+    try:
+        with open_tracker(config.logger, run_dir, stage_dir, name, stage, tracker_config) as tracker:
+            info["tracker_run_id"] = tracker.run_id
+            context = StageContext(config, run_dir, stage_dir, tracker, info)
+            yield context
+            tracker.summary(context.final_metrics)
+    except BaseException as exc:
+        info.update(status="failed", error=" ".join(str(exc).split())[:500])
+        info.update(wall_seconds=round(time.time() - started, 2))
+        write_run_info(info_path, info)
+        raise
+    info.update(status="complete", final_metrics=context.final_metrics)
+    info.update(wall_seconds=round(time.time() - started, 2))
+    write_run_info(info_path, info)
+    (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, final: Path) -> Path:
+    """Save merged weights (LoRA folded in) and the tokenizer, published in one rename."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=".saving-") as tmp:
+        staged = Path(tmp) / final.name
+        model.save_pretrained(staged, safe_serialization=True)
+        tokenizer.save_pretrained(staged)
+        publish_dir(staged, final)
+    return final
+
+
+def trainer_arguments(stage: TrainerStageConfig, model: ModelConfig, stage_dir: Path) -> dict:
+    """Keyword arguments shared by TRL's SFTConfig and RewardConfig. Reporting goes through our
+    tracker (report_to none); only the final model is saved, by `save_model`."""
+    return {
+        "output_dir": str(stage_dir / "trainer"),
+        "report_to": "none",
+        "save_strategy": "no",
+        "learning_rate": stage.learning_rate,
+        "num_train_epochs": stage.num_train_epochs,
+        "max_steps": stage.max_steps,
+        "per_device_train_batch_size": stage.per_device_train_batch_size,
+        "per_device_eval_batch_size": stage.per_device_eval_batch_size,
+        "gradient_accumulation_steps": stage.gradient_accumulation_steps,
+        "lr_scheduler_type": stage.lr_scheduler_type,
+        "warmup_steps": stage.warmup_steps,
+        "weight_decay": stage.weight_decay,
+        "max_grad_norm": stage.max_grad_norm,
+        "logging_steps": stage.logging_steps,
+        "bf16": stage.bf16,
+        "seed": stage.seed,
+        "data_seed": stage.seed,
+        "dataloader_num_workers": 0,
+        # only when on: transformers deprecates the name, and the loader already enabled it
+        **({"gradient_checkpointing": True} if model.gradient_checkpointing else {}),
+    }
+
+
+class TrackerCallback(TrainerCallback):
+    """Forward a transformers Trainer's logs to our tracker as `<stage>/train/<name>`."""
+
+    def __init__(self, tracker: Tracker, stage: str):
+        self.tracker = tracker
+        self.stage = stage
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (HF signature)
+        metrics = {}
+        for key, value in (logs or {}).items():
+            split, _, name = key.partition("_") if key.startswith("eval_") else ("train", "", key)
+            metrics[f"{self.stage}/{split}/{name or key}"] = value
+        self.tracker.log(metrics, step=state.global_step)

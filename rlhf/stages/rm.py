@@ -1,0 +1,81 @@
+"""Stage `rm`: a reward model from (prompt, chosen, rejected) pairs with TRL's RewardTrainer.
+
+A one-output sequence classifier on the base model (full weights or LoRA with the score head
+trained in full), trained with the pairwise log-sigmoid loss. Afterwards the test split is scored
+with `rlhf.scoring` — the same code PPO uses — for pairwise accuracy and mean margin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from trl import RewardConfig, RewardTrainer
+
+from rlhf.config import Config
+from rlhf.data import limit_lengths, load_preference_data, preference_rows, prompt_messages, sample_rows
+from rlhf.models import load_model_and_tokenizer, lora_config
+from rlhf.scoring import score_conversations
+from rlhf.stages.common import TrackerCallback, save_model, stage_context, trainer_arguments
+
+
+def pairwise_metrics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Dataset,
+    system_prompt: str | None,
+    batch_size: int,
+) -> dict[str, float]:
+    """Accuracy (chosen scored above rejected), mean margin and mean scores on `rows`."""
+
+    def conversations(answer_column: str) -> list[list[dict[str, str]]]:
+        return [
+            prompt_messages(prompt, system_prompt) + [{"role": "assistant", "content": answer}]
+            for prompt, answer in zip(rows["prompt"], rows[answer_column])
+        ]
+
+    chosen = score_conversations(model, tokenizer, conversations("chosen"), batch_size)
+    rejected = score_conversations(model, tokenizer, conversations("rejected"), batch_size)
+    margin = chosen - rejected
+    return {
+        "accuracy": (margin > 0).float().mean().item(),
+        "margin": margin.mean().item(),
+        "chosen_score": chosen.mean().item(),
+        "rejected_score": rejected.mean().item(),
+        "score_std": torch.cat([chosen, rejected]).std().item(),
+    }
+
+
+def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
+    with stage_context(config, run_dir, "rm", resolved) as ctx:
+        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="reward")
+        data = load_preference_data(config.data)
+        ctx.info["data_fingerprint"] = data.fingerprint
+        train = sample_rows(data.train, config.rm.max_train_samples, config.rm.seed)
+        train = limit_lengths(train, tokenizer, config.data, "train")
+        test = limit_lengths(data.test, tokenizer, config.data, "test")
+        args = RewardConfig(
+            **trainer_arguments(config.rm, config.model, ctx.stage_dir),
+            max_length=config.data.max_prompt_length + config.data.max_completion_length + 16,
+            center_rewards_coefficient=config.rm.center_rewards_coefficient,
+        )
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=preference_rows(train, config.data.system_prompt),
+            processing_class=tokenizer,
+            peft_config=lora_config(config.model.lora, kind="reward"),
+            callbacks=[TrackerCallback(ctx.tracker, "rm")],
+        )
+        trainer.train()
+        trained = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        metrics = pairwise_metrics(
+            trained, tokenizer, test, config.data.system_prompt, config.rm.per_device_eval_batch_size
+        )
+        save_model(trained, tokenizer, ctx.model_dir)
+        ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}
+        ctx.final_metrics["rm/train_rows"] = len(train)
+        ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
+    return ctx.final_metrics

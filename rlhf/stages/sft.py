@@ -1,0 +1,51 @@
+"""Stage `sft`: supervised fine-tuning on prompt → chosen with TRL's SFTTrainer.
+
+The loss covers the answer tokens only (prompt-completion rows, `completion_only_loss`), full
+weights or LoRA (`model.lora.enabled`). `sft.max_train_samples` takes a small share of the data
+for a cold start. The merged model and tokenizer are saved to `<run>/sft/model/`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trl import SFTConfig, SFTTrainer
+
+from rlhf.config import Config
+from rlhf.data import limit_lengths, load_preference_data, sample_rows, sft_rows
+from rlhf.models import load_model_and_tokenizer, lora_config
+from rlhf.stages.common import TrackerCallback, save_model, stage_context, trainer_arguments
+
+
+def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
+    with stage_context(config, run_dir, "sft", resolved) as ctx:
+        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="causal")
+        data = load_preference_data(config.data)
+        ctx.info["data_fingerprint"] = data.fingerprint
+        train = sample_rows(data.train, config.sft.max_train_samples, config.sft.seed)
+        train = limit_lengths(train, tokenizer, config.data, "train", answers=("chosen",))
+        test = limit_lengths(data.test, tokenizer, config.data, "test", answers=("chosen",))
+        args = SFTConfig(
+            **trainer_arguments(config.sft, config.model, ctx.stage_dir),
+            max_length=config.data.max_prompt_length + config.data.max_completion_length + 16,
+            completion_only_loss=config.sft.completion_only_loss,
+        )
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=sft_rows(train, config.data.system_prompt),
+            eval_dataset=sft_rows(test, config.data.system_prompt),
+            processing_class=tokenizer,
+            peft_config=lora_config(config.model.lora, kind="causal"),
+            callbacks=[TrackerCallback(ctx.tracker, "sft")],
+        )
+        trainer.train()
+        evaluation = trainer.evaluate()
+        save_model(trainer.model, tokenizer, ctx.model_dir)
+        ctx.final_metrics = {
+            "sft/test/loss": evaluation["eval_loss"],
+            "sft/test/mean_token_accuracy": evaluation.get("eval_mean_token_accuracy", float("nan")),
+            "sft/train_rows": len(train),
+        }
+        ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
+    return ctx.final_metrics

@@ -1,0 +1,158 @@
+"""One logger interface over W&B, TensorBoard or nothing; `metrics.jsonl` is always written.
+
+A stage opens a tracker with `open_tracker(...)` and logs slash-namespaced metrics
+(`sft/train/loss`, `rm/test/accuracy`); the backend run is always finished, also on error, so
+jobs of a multirun never share a W&B run. W&B runs offline (files under the run folder, upload
+later with `wandb sync`) when no API key is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rlhf.config import LoggerConfig
+
+
+class NullBackend:
+    """Tracks nothing; the same interface as the real backends."""
+
+    run_id: str | None = None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, failed: bool) -> None:
+        pass
+
+
+class WandbBackend(NullBackend):
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, name: str, job_type: str, config: dict):
+        import wandb
+
+        mode = cfg.mode
+        if mode == "auto":
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._wandb = wandb
+        self._run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            group=cfg.group,
+            name=name,
+            job_type=job_type,
+            tags=list(cfg.tags),
+            config=config,
+            dir=str(run_dir),
+            mode=mode,
+            reinit="finish_previous",
+        )
+        self.run_id = self._run.id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        self._run.log(metrics, step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        self._run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        self._run.summary.update(metrics)
+
+    def finish(self, failed: bool) -> None:
+        self._run.finish(exit_code=1 if failed else 0)
+
+
+class TensorBoardBackend(NullBackend):
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self._writer.add_scalar(key, value, global_step=step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+        body = "".join("| " + " | ".join(map(str, row)) + " |\n" for row in rows)
+        self._writer.add_text(key, header + body)
+
+    def finish(self, failed: bool) -> None:
+        self._writer.close()
+
+
+class Tracker:
+    """Writes every metric to `<stage_dir>/metrics.jsonl` and forwards it to the backend."""
+
+    def __init__(self, stage_dir: Path, backend: NullBackend):
+        self.stage_dir = stage_dir
+        self.backend = backend
+        self._metrics_file = (stage_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    @property
+    def run_id(self) -> str | None:
+        return self.backend.run_id
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        clean = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+        record = {"step": step, "time": round(time.time(), 3), **clean}
+        self._metrics_file.write(json.dumps(record) + "\n")
+        self._metrics_file.flush()
+        self.backend.log(clean, step)
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A table of samples; rows also go to `<stage_dir>/tables/<key>.jsonl`."""
+        table_file = self.stage_dir / "tables" / f"{key.replace('/', '_')}.jsonl"
+        table_file.parent.mkdir(exist_ok=True)
+        with table_file.open("a", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
+        self.backend.log_table(key, columns, rows)
+
+    def summary(self, metrics: dict[str, Any]) -> None:
+        self.backend.summary(metrics)
+
+    def close(self, failed: bool) -> None:
+        self._metrics_file.close()
+        self.backend.finish(failed)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def make_backend(
+    cfg: LoggerConfig, run_dir: Path, stage_dir: Path, name: str, job_type: str, config: dict
+) -> NullBackend:
+    if cfg.backend == "wandb" and cfg.mode != "disabled":
+        return WandbBackend(cfg, run_dir, name, job_type, config)
+    if cfg.backend == "tensorboard":
+        return TensorBoardBackend(stage_dir / "tensorboard")
+    return NullBackend()
+
+
+@contextlib.contextmanager
+def open_tracker(
+    cfg: LoggerConfig, run_dir: Path, stage_dir: Path, name: str, job_type: str, config: dict
+) -> Iterator[Tracker]:
+    """A tracker whose backend run is finished on exit, marked failed if the body raised."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(stage_dir, make_backend(cfg, run_dir, stage_dir, name, job_type, config))
+    failed = True
+    try:
+        yield tracker
+        failed = False
+    finally:
+        tracker.close(failed)
