@@ -294,13 +294,15 @@ class Config:
     seed: int = 42  # global seed
     cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(train_file="train.jsonl"))
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    sft: SFTStageConfig = field(default_factory=SFTStageConfig)
-    rm: RMStageConfig = field(default_factory=RMStageConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
+    data: DataConfig = field(  # conf/data: preference rows
+        default_factory=lambda: DataConfig(train_file="train.jsonl")
+    )
+    reward: RewardConfig = field(default_factory=RewardConfig)  # conf/reward: PPO's score
+    ppo: PPOConfig = field(default_factory=PPOConfig)  # conf/ppo: PPO hyper-parameters
+    sft: SFTStageConfig = field(default_factory=SFTStageConfig)  # conf/sft: stage sft
+    rm: RMStageConfig = field(default_factory=RMStageConfig)  # conf/rm: stage rm
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tracking
 
     def __post_init__(self) -> None:
         _one_of(self.stage, STAGE_NAMES, "stage")

@@ -41,6 +41,8 @@ def _read_local(name: str, key: str) -> tuple[Dataset, str]:
     try:
         dataset = load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for unreadable files
+        if "no data" in str(exc) or path.stat().st_size == 0:
+            raise DataError(f"{key}: {path} has no rows") from exc
         raise DataError(f"{key}: cannot read {path}: {' '.join(str(exc).split())[:200]}") from exc
     return dataset, hashlib.sha256(path.read_bytes()).hexdigest()
 

@@ -123,6 +123,7 @@ class TrackerCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (HF signature)
         metrics = {}
         for key, value in (logs or {}).items():
-            split, _, name = key.partition("_") if key.startswith("eval_") else ("train", "", key)
-            metrics[f"{self.stage}/{split}/{name or key}"] = value
+            split = "eval" if key.startswith("eval_") else "train"
+            name = key.removeprefix(f"{split}_")  # train_loss → train/loss, eval_loss → eval/loss
+            metrics[f"{self.stage}/{split}/{name}"] = value
         self.tracker.log(metrics, step=state.global_step)

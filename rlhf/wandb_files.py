@@ -1,0 +1,36 @@
+"""Read W&B runs back from their local files (offline runs, or online runs' local copies).
+
+Uses the wandb package's own reader (`wandb leet inspect --summary --json`), so what is checked
+is what W&B will upload with `wandb sync`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _wandb_executable() -> str:
+    beside_python = Path(sys.executable).parent / "wandb"
+    return str(beside_python) if beside_python.exists() else (shutil.which("wandb") or "wandb")
+
+
+def run_files(wandb_dir: Path) -> list[Path]:
+    """The `.wandb` transaction logs under a `wandb/` folder, oldest first."""
+    return sorted(Path(wandb_dir).glob("*run-*/run-*.wandb"))
+
+
+def read_run(path: Path) -> dict[str, Any]:
+    """A run's state, config, summary (final metric values), name and tags."""
+    done = subprocess.run(
+        [_wandb_executable(), "leet", "inspect", "--summary", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout)

@@ -1,0 +1,63 @@
+"""Shared fixtures: offline environment, a shared cache for built models, config composition,
+and a helper that runs train.py in a subprocess as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from rlhf.config import register_schemas
+from rlhf.paths import PROJECT_ROOT
+
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """No hub, no W&B key, and one model cache for the whole session."""
+    cache = Path(os.environ.get("RLHF_TEST_CACHE") or tmp_path_factory.mktemp("rlhf_cache"))
+    os.environ["RLHF_CACHE"] = str(cache)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ.pop("WANDB_API_KEY", None)
+    os.environ.pop("WANDB_MODE", None)
+    os.environ["WANDB_SILENT"] = "true"
+    return cache
+
+
+@pytest.fixture
+def compose_config(tmp_path: Path):
+    """compose(overrides) → DictConfig of conf/, as train.py would build it (output in tmp)."""
+    register_schemas()
+
+    def _compose(overrides: list[str] | None = None) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=[f"output_dir={tmp_path}", *(overrides or [])])
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python train.py <args>` with its run folder at `run_dir`."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "HYDRA_FULL_ERROR": ""},
+    )
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The stderr lines a user reads (Hydra's and libraries' log records aside)."""
+    return [line for line in result.stderr.splitlines() if "error" in line.lower()]
