@@ -1,8 +1,8 @@
 """rlhf entry point: compose the Hydra config in conf/, validate it, run the chosen stage.
 
-    python train.py experiment=insult_ppo              # the whole pipeline
-    python train.py stage=sft model=tiny data=insult_zh
-    python train.py --cfg job experiment=insult_ppo    # print the composed config
+python train.py experiment=insult_ppo              # the whole pipeline
+python train.py stage=sft model=tiny data=insult_zh
+python train.py --cfg job experiment=insult_ppo    # print the composed config
 """
 
 import os

@@ -85,16 +85,16 @@ def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
 def describe_error(exc: BaseException) -> str:
     """One line saying what the user got wrong."""
     if isinstance(exc, RlhfError):
-        return f"{exc.label}: {exc}"
+        return f"error: {exc}"
     if isinstance(exc, MissingConfigException):
         text = str(exc).split("Config search path:")[0]
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         options = [line for line in lines[1:] if not line.startswith("Available")]
-        return f"config error: {lines[0]}" + (f" (options: {', '.join(options)})" if options else "")
+        return f"error: {lines[0]}" + (f" (options: {', '.join(options)})" if options else "")
     cause = exc.__cause__
     if isinstance(cause, OmegaConfBaseException):
-        return f"config error: {_describe_omegaconf_error(cause)}"
-    return "config error: " + " ".join(str(exc).split())
+        return f"error: {_describe_omegaconf_error(cause)}"
+    return "error: " + " ".join(str(exc).split())
 
 
 @contextlib.contextmanager

@@ -35,7 +35,9 @@ class LoraSettings:
     r: int = 16  # rank of the adapter matrices
     alpha: int = 32  # scaling numerator: the update is scaled by alpha / r
     dropout: float = 0.05  # dropout on the adapter input
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # modules to adapt
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"]
+    )  # modules to adapt
     bias: str = "none"  # which biases to train: none, all, lora_only
     modules_to_save: list[str] | None = None  # extra modules trained in full (e.g. a score head)
 
@@ -107,7 +109,9 @@ class DataConfig:
             "data.train_file",
             "set a local file or data.hub_id",
         )
-        _require(0 < self.test_size < 1, "data.test_size", f"must be in (0, 1), got {self.test_size}")
+        _require(
+            0 < self.test_size < 1, "data.test_size", f"must be in (0, 1), got {self.test_size}"
+        )
         _require(self.max_prompt_length > 0, "data.max_prompt_length", "must be > 0")
         _require(self.max_completion_length > 0, "data.max_completion_length", "must be > 0")
         _one_of(self.overlong, ("drop", "truncate"), "data.overlong")
@@ -251,7 +255,9 @@ class TrainerStageConfig:
         key = self.section
         _require(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
         _require(
-            self.per_device_train_batch_size > 0, f"{key}.per_device_train_batch_size", "must be > 0"
+            self.per_device_train_batch_size > 0,
+            f"{key}.per_device_train_batch_size",
+            "must be > 0",
         )
         _require(
             self.max_train_samples is None or self.max_train_samples > 0,

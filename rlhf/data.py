@@ -125,7 +125,9 @@ def limit_lengths(
 
     def prompt_tokens(prompt: str) -> int:
         messages = prompt_messages(prompt, cfg.system_prompt)
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        rendered = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
         return _token_count(tokenizer, rendered)
 
     overhead = prompt_tokens("")  # template tokens around an empty question
@@ -141,7 +143,9 @@ def limit_lengths(
                 continue
             row = dict(row)
             if prompt_over:
-                row["prompt"] = _truncate(tokenizer, row["prompt"], cfg.max_prompt_length - overhead)
+                row["prompt"] = _truncate(
+                    tokenizer, row["prompt"], cfg.max_prompt_length - overhead
+                )
             for a in answers:
                 row[a] = _truncate(tokenizer, row[a], cfg.max_completion_length)
         rows.append(row)
@@ -190,4 +194,3 @@ def sample_rows(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     if limit is None or limit >= len(dataset):
         return dataset
     return dataset.shuffle(seed=seed).select(range(limit))
-

@@ -55,7 +55,9 @@ def test_data_generator_reproduces_the_committed_files(tmp_path):
     script = PROJECT_ROOT / "experiments" / "insult_ppo" / "make_data.py"
     subprocess.run([sys.executable, str(script), "--out-dir", str(tmp_path)], check=True)
     for split in ("train", "test"):
-        assert (tmp_path / f"{split}.jsonl").read_bytes() == (DATA_DIR / f"{split}.jsonl").read_bytes()
+        assert (tmp_path / f"{split}.jsonl").read_bytes() == (
+            DATA_DIR / f"{split}.jsonl"
+        ).read_bytes()
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
@@ -73,7 +75,9 @@ def test_missing_file_is_named(tmp_path):
 
 def test_missing_column_names_key_column_and_file(tmp_path):
     path = write_rows(tmp_path / "rows.jsonl", ROWS)
-    with pytest.raises(DataError, match=r"data.columns.chosen: column 'chosen' not in .*rows.jsonl"):
+    with pytest.raises(
+        DataError, match=r"data.columns.chosen: column 'chosen' not in .*rows.jsonl"
+    ):
         load_preference_data(DataConfig(train_file=str(path), columns=ColumnMap(prompt="q")))
 
 
@@ -97,7 +101,11 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 def test_overlong_rows_are_dropped_and_counted(tiny_tokenizer, tmp_path, caplog):
-    rows = [*ROWS, {"q": "长" * 80, "good": "好", "bad": "好"}, {"q": "问", "good": "长" * 40, "bad": "x"}]
+    rows = [
+        *ROWS,
+        {"q": "长" * 80, "good": "好", "bad": "好"},
+        {"q": "问", "good": "长" * 40, "bad": "x"},
+    ]
     path = write_rows(tmp_path / "rows.jsonl", rows)
     config = DataConfig(
         train_file=str(path), columns=COLUMNS, max_prompt_length=30, max_completion_length=20
@@ -111,7 +119,9 @@ def test_overlong_rows_are_dropped_and_counted(tiny_tokenizer, tmp_path, caplog)
 
 
 def test_overlong_rows_can_be_truncated_to_the_limits(tiny_tokenizer, tmp_path):
-    path = write_rows(tmp_path / "rows.jsonl", [*ROWS, {"q": "长" * 80, "good": "短" * 40, "bad": "x"}])
+    path = write_rows(
+        tmp_path / "rows.jsonl", [*ROWS, {"q": "长" * 80, "good": "短" * 40, "bad": "x"}]
+    )
     config = DataConfig(
         train_file=str(path),
         test_file=str(path),
@@ -124,7 +134,9 @@ def test_overlong_rows_can_be_truncated_to_the_limits(tiny_tokenizer, tmp_path):
     assert len(kept) == 4
     long_row = next(r for r in kept if r["prompt"].startswith("长"))
     rendered = tiny_tokenizer.apply_chat_template(
-        [{"role": "user", "content": long_row["prompt"]}], tokenize=False, add_generation_prompt=True
+        [{"role": "user", "content": long_row["prompt"]}],
+        tokenize=False,
+        add_generation_prompt=True,
     )
     assert len(tiny_tokenizer(rendered, add_special_tokens=False)["input_ids"]) <= 30
     assert long_row["chosen"] == "短" * 20
@@ -132,14 +144,18 @@ def test_overlong_rows_can_be_truncated_to_the_limits(tiny_tokenizer, tmp_path):
 
 def test_nothing_left_after_the_limits_is_an_error(tiny_tokenizer, tmp_path):
     path = write_rows(tmp_path / "rows.jsonl", ROWS)
-    config = DataConfig(train_file=str(path), test_file=str(path), columns=COLUMNS, max_prompt_length=3)
+    config = DataConfig(
+        train_file=str(path), test_file=str(path), columns=COLUMNS, max_prompt_length=3
+    )
     with pytest.raises(DataError, match="no train row fits max_prompt_length=3"):
         limit_lengths(load_preference_data(config).train, tiny_tokenizer, config, "train")
 
 
 def test_conversational_rows_for_the_trl_trainers(tmp_path):
     path = write_rows(tmp_path / "rows.jsonl", ROWS)
-    data = load_preference_data(DataConfig(train_file=str(path), test_file=str(path), columns=COLUMNS))
+    data = load_preference_data(
+        DataConfig(train_file=str(path), test_file=str(path), columns=COLUMNS)
+    )
     sft = sft_rows(data.train, system_prompt="你是一个没礼貌的助手。")
     assert sft[0]["prompt"] == [
         {"role": "system", "content": "你是一个没礼貌的助手。"},

@@ -44,7 +44,9 @@ def is_complete(stage_dir: Path) -> bool:
 
 
 @contextlib.contextmanager
-def stage_context(config: Config, run_dir: Path, stage: str, resolved: dict) -> Iterator[StageContext]:
+def stage_context(
+    config: Config, run_dir: Path, stage: str, resolved: dict
+) -> Iterator[StageContext]:
     """Open the stage folder, record and tracker; mark the stage complete only if the body ends."""
     stage_dir = run_dir / stage
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,9 @@ def stage_context(config: Config, run_dir: Path, stage: str, resolved: dict) -> 
     name = config.logger.name or f"{config.name}-{stage}"
     tracker_config = {**resolved, "run_info": {k: v for k, v in info.items() if k != "config"}}
     try:
-        with open_tracker(config.logger, run_dir, stage_dir, name, stage, tracker_config) as tracker:
+        with open_tracker(
+            config.logger, run_dir, stage_dir, name, stage, tracker_config
+        ) as tracker:
             info["tracker_run_id"] = tracker.run_id
             context = StageContext(config, run_dir, stage_dir, tracker, info)
             yield context

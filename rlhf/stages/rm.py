@@ -15,7 +15,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
-from rlhf.data import limit_lengths, load_preference_data, preference_rows, prompt_messages, sample_rows
+from rlhf.data import (
+    limit_lengths,
+    load_preference_data,
+    preference_rows,
+    prompt_messages,
+    sample_rows,
+)
 from rlhf.models import load_model_and_tokenizer, lora_config
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import TrackerCallback, save_model, stage_context, trainer_arguments
@@ -50,9 +56,9 @@ def pairwise_metrics(
 
 def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
     with stage_context(config, run_dir, "rm", resolved) as ctx:
-        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="reward")
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
+        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="reward")
         train = sample_rows(data.train, config.rm.max_train_samples, config.rm.seed)
         train = limit_lengths(train, tokenizer, config.data, "train")
         test = limit_lengths(data.test, tokenizer, config.data, "test")
@@ -70,9 +76,17 @@ def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
             callbacks=[TrackerCallback(ctx.tracker, "rm")],
         )
         trainer.train()
-        trained = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        trained = (
+            trainer.model.merge_and_unload()
+            if hasattr(trainer.model, "merge_and_unload")
+            else trainer.model
+        )
         metrics = pairwise_metrics(
-            trained, tokenizer, test, config.data.system_prompt, config.rm.per_device_eval_batch_size
+            trained,
+            tokenizer,
+            test,
+            config.data.system_prompt,
+            config.rm.per_device_eval_batch_size,
         )
         save_model(trained, tokenizer, ctx.model_dir)
         ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}

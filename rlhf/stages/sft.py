@@ -19,9 +19,9 @@ from rlhf.stages.common import TrackerCallback, save_model, stage_context, train
 
 def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
     with stage_context(config, run_dir, "sft", resolved) as ctx:
-        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="causal")
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
+        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="causal")
         train = sample_rows(data.train, config.sft.max_train_samples, config.sft.seed)
         train = limit_lengths(train, tokenizer, config.data, "train", answers=("chosen",))
         test = limit_lengths(data.test, tokenizer, config.data, "test", answers=("chosen",))
@@ -44,7 +44,9 @@ def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
         save_model(trainer.model, tokenizer, ctx.model_dir)
         ctx.final_metrics = {
             "sft/test/loss": evaluation["eval_loss"],
-            "sft/test/mean_token_accuracy": evaluation.get("eval_mean_token_accuracy", float("nan")),
+            "sft/test/mean_token_accuracy": evaluation.get(
+                "eval_mean_token_accuracy", float("nan")
+            ),
             "sft/train_rows": len(train),
         }
         ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
