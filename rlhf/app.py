@@ -34,7 +34,7 @@ def typed_config(cfg: DictConfig) -> Config:
 def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> None:
     """Hydra lets `+key=value` add keys the schema lacks, and to_object would drop them silently."""
     hints = typing.get_type_hints(schema)
-    for key in node.keys():
+    for key in node:
         full_key = f"{prefix}{key}"
         if key not in hints:
             raise ConfigError(f"unknown config key '{full_key}'" + _suggest(full_key, list(hints)))
@@ -77,7 +77,7 @@ def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
     first_line = str(getattr(exc, "msg", None) or exc).splitlines()[0]
     if isinstance(exc, (ConfigKeyError, ConfigAttributeError)):
         parent = exc.parent_node
-        known = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
+        known = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
         return f"unknown config key '{full_key}'" + _suggest(full_key, known)
     return f"{full_key}: {first_line}" if full_key else first_line
 

@@ -118,7 +118,9 @@ class Tracker:
         table_file.parent.mkdir(exist_ok=True)
         with table_file.open("a", encoding="utf-8") as handle:
             for row in rows:
-                handle.write(json.dumps(dict(zip(columns, row)), ensure_ascii=False) + "\n")
+                handle.write(
+                    json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False) + "\n"
+                )
         self.backend.log_table(key, columns, rows)
 
     def summary(self, metrics: dict[str, Any]) -> None:

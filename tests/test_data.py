@@ -113,7 +113,9 @@ def test_overlong_rows_are_dropped_and_counted(tiny_tokenizer, tmp_path, caplog)
     data = load_preference_data(config)
     kept = limit_lengths(data.train.select(range(len(data.train))), tiny_tokenizer, config, "train")
     everything = len(data.train)
-    dropped = sum(1 for p, c in zip(data.train["prompt"], data.train["chosen"]) if "长" in p + c)
+    dropped = sum(
+        1 for p, c in zip(data.train["prompt"], data.train["chosen"], strict=True) if "长" in p + c
+    )
     assert len(kept) == everything - dropped
     assert f"dropped {dropped} of {everything} train rows" in caplog.text
 

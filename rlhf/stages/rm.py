@@ -39,7 +39,7 @@ def pairwise_metrics(
     def conversations(answer_column: str) -> list[list[dict[str, str]]]:
         return [
             prompt_messages(prompt, system_prompt) + [{"role": "assistant", "content": answer}]
-            for prompt, answer in zip(rows["prompt"], rows[answer_column])
+            for prompt, answer in zip(rows["prompt"], rows[answer_column], strict=True)
         ]
 
     chosen = score_conversations(model, tokenizer, conversations("chosen"), batch_size)
