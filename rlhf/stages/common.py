@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
-from rlhf.config import Config, ModelConfig, TrainerStageConfig
+from rlhf.config import Config, TrainerStageConfig
+from rlhf.data import limit_lengths, load_preference_data, sample_rows
+from rlhf.models import load_model_and_tokenizer
 from rlhf.paths import publish_dir
 from rlhf.run_info import new_run_info, write_run_info
 from rlhf.tracking import Tracker, open_tracker
@@ -90,11 +93,28 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, final
     return final
 
 
-def trainer_arguments(stage: TrainerStageConfig, model: ModelConfig, stage_dir: Path) -> dict:
+def load_stage_inputs(
+    ctx: StageContext, stage: TrainerStageConfig, kind: str, answers: tuple[str, ...]
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Dataset, Dataset]:
+    """Data first (bad data fails before a model loads), then model, then length limits."""
+    config = ctx.config
+    data = load_preference_data(config.data)
+    ctx.info["data_fingerprint"] = data.fingerprint
+    model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind=kind)
+    train = sample_rows(data.train, stage.max_train_samples, stage.seed)
+    train = limit_lengths(train, tokenizer, config.data, "train", answers)
+    test = limit_lengths(data.test, tokenizer, config.data, "test", answers)
+    return model, tokenizer, train, test
+
+
+def trainer_arguments(ctx: StageContext, stage: TrainerStageConfig) -> dict:
     """Keyword arguments shared by TRL's SFTConfig and RewardConfig. Reporting goes through our
     tracker (report_to none); only the final model is saved, by `save_model`."""
+    data, model = ctx.config.data, ctx.config.model
     return {
-        "output_dir": str(stage_dir / "trainer"),
+        "output_dir": str(ctx.stage_dir / "trainer"),
+        # rows were already limited by limit_lengths; the margin covers the template's tokens
+        "max_length": data.max_prompt_length + data.max_completion_length + 16,
         "report_to": "none",
         "save_strategy": "no",
         "learning_rate": stage.learning_rate,

@@ -15,16 +15,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
-from rlhf.data import (
-    limit_lengths,
-    load_preference_data,
-    preference_rows,
-    prompt_messages,
-    sample_rows,
-)
-from rlhf.models import load_model_and_tokenizer, lora_config
+from rlhf.data import preference_rows, prompt_messages
+from rlhf.models import lora_config
 from rlhf.scoring import score_conversations
-from rlhf.stages.common import TrackerCallback, save_model, stage_context, trainer_arguments
+from rlhf.stages.common import (
+    TrackerCallback,
+    load_stage_inputs,
+    save_model,
+    stage_context,
+    trainer_arguments,
+)
 
 
 def pairwise_metrics(
@@ -56,15 +56,11 @@ def pairwise_metrics(
 
 def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
     with stage_context(config, run_dir, "rm", resolved) as ctx:
-        data = load_preference_data(config.data)
-        ctx.info["data_fingerprint"] = data.fingerprint
-        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="reward")
-        train = sample_rows(data.train, config.rm.max_train_samples, config.rm.seed)
-        train = limit_lengths(train, tokenizer, config.data, "train")
-        test = limit_lengths(data.test, tokenizer, config.data, "test")
+        model, tokenizer, train, test = load_stage_inputs(
+            ctx, config.rm, kind="reward", answers=("chosen", "rejected")
+        )
         args = RewardConfig(
-            **trainer_arguments(config.rm, config.model, ctx.stage_dir),
-            max_length=config.data.max_prompt_length + config.data.max_completion_length + 16,
+            **trainer_arguments(ctx, config.rm),
             center_rewards_coefficient=config.rm.center_rewards_coefficient,
         )
         trainer = RewardTrainer(

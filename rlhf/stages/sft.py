@@ -12,22 +12,24 @@ from pathlib import Path
 from trl import SFTConfig, SFTTrainer
 
 from rlhf.config import Config
-from rlhf.data import limit_lengths, load_preference_data, sample_rows, sft_rows
-from rlhf.models import load_model_and_tokenizer, lora_config
-from rlhf.stages.common import TrackerCallback, save_model, stage_context, trainer_arguments
+from rlhf.data import sft_rows
+from rlhf.models import lora_config
+from rlhf.stages.common import (
+    TrackerCallback,
+    load_stage_inputs,
+    save_model,
+    stage_context,
+    trainer_arguments,
+)
 
 
 def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
     with stage_context(config, run_dir, "sft", resolved) as ctx:
-        data = load_preference_data(config.data)
-        ctx.info["data_fingerprint"] = data.fingerprint
-        model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind="causal")
-        train = sample_rows(data.train, config.sft.max_train_samples, config.sft.seed)
-        train = limit_lengths(train, tokenizer, config.data, "train", answers=("chosen",))
-        test = limit_lengths(data.test, tokenizer, config.data, "test", answers=("chosen",))
+        model, tokenizer, train, test = load_stage_inputs(
+            ctx, config.sft, kind="causal", answers=("chosen",)
+        )
         args = SFTConfig(
-            **trainer_arguments(config.sft, config.model, ctx.stage_dir),
-            max_length=config.data.max_prompt_length + config.data.max_completion_length + 16,
+            **trainer_arguments(ctx, config.sft),
             completion_only_loss=config.sft.completion_only_loss,
         )
         trainer = SFTTrainer(
