@@ -195,8 +195,8 @@ class PPOConfig:
     total_updates: int = 20  # PPO updates to run
     eval_every: int = 5  # evaluate on held-out prompts every N updates (and before the first)
     eval_prompts: int = 16  # held-out prompts used for evaluation
+    eval_do_sample: bool = False  # sample at evaluation (false: greedy, comparable across runs)
     log_samples_every: int = 5  # sample table every N updates
-    save_every: int = 0  # checkpoint every N updates; 0 = only at the end
     seed: int = 0  # seed of sampling and shuffling
 
     def __post_init__(self) -> None:
@@ -312,6 +312,11 @@ class Config:
 
     def __post_init__(self) -> None:
         _one_of(self.stage, STAGE_NAMES, "stage")
+        _require(
+            self.ppo.critic != "lora" or self.model.lora.enabled,
+            "ppo.critic",
+            "'lora' puts a second adapter on a LoRA policy: set model.lora.enabled=true",
+        )
 
 
 def register_schemas() -> None:

@@ -19,3 +19,11 @@ class ModelLoadError(RlhfError):
 
 class StageNotAvailable(RlhfError):
     """The requested stage is declared but not implemented yet."""
+
+
+class RewardError(RlhfError):
+    """A reward source raised, returned the wrong number of scores, or returned NaN."""
+
+
+class NumericError(RlhfError):
+    """A loss, reward, advantage or gradient went non-finite during PPO."""

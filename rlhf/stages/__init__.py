@@ -7,7 +7,7 @@ from pathlib import Path
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, StageNotAvailable
-from rlhf.stages import rm, sft
+from rlhf.stages import ppo, rm, sft
 
 StageRunner = Callable[[Config, Path, dict], dict[str, float]]
 
@@ -30,13 +30,18 @@ def pipeline(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
 STAGES: dict[str, StageRunner] = {
     "sft": sft.run,
     "rm": rm.run,
-    "ppo": _not_yet("ppo", "the PPO engine lands with the PPO issue"),
+    "ppo": ppo.run,
     "eval": _not_yet("eval", "evaluation lands with the pipeline issue"),
     "pipeline": pipeline,
 }
 
 # The metric a Hydra sweeper optimises, per stage (returned by train.py's main).
-OBJECTIVES = {"sft": "sft/test/loss", "rm": "rm/test/accuracy"}
+OBJECTIVES = {
+    "sft": "sft/test/loss",
+    "rm": "rm/test/accuracy",
+    "ppo": "ppo/objective/scores",
+    "pipeline": "ppo/objective/scores",
+}
 
 
 def run_stage(config: Config, run_dir: Path, resolved: dict) -> float | None:

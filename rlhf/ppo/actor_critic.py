@@ -1,0 +1,149 @@
+"""Policy, reference and critic behind one interface, in the three memory layouts PPO uses.
+
+critic kinds (`ppo.critic`):
+- separate: a model of its own, backbone + one-output `score` head (the public example: the base
+  model with a fresh head, every parameter trained);
+- value_head: a linear head on the policy's last hidden state: one forward pass gives logits and
+  values;
+- lora: a second LoRA adapter ("critic") plus a linear head on the policy's own frozen base, so
+  one base in memory serves policy, critic and reference. PEFT freezes inactive adapters, so the
+  policy and critic passes each run (and back-propagate) with their own adapter active.
+
+Reference: a frozen model, or — for a LoRA policy with no reference configured — the policy with
+its adapters disabled (no second copy in memory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from safetensors.torch import save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from rlhf.ppo.rollout import response_slice
+
+CRITIC_ADAPTER = "critic"
+
+
+def new_value_head(hidden_size: int) -> nn.Linear:
+    head = nn.Linear(hidden_size, 1)
+    nn.init.normal_(head.weight, std=1 / (hidden_size + 1) ** 0.5)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+class ActorCritic(nn.Module):
+    def __init__(
+        self,
+        policy: PreTrainedModel,
+        critic_kind: str,
+        critic: PreTrainedModel | None = None,
+        reference: PreTrainedModel | None = None,
+    ):
+        super().__init__()
+        self.policy = policy
+        self.critic_kind = critic_kind
+        self.critic = critic
+        self.reference = reference
+        self.is_lora = isinstance(policy, PeftModel)
+        if reference is None and not self.is_lora:
+            raise ValueError("a full-parameter policy needs a separate reference model")
+        if critic_kind == "separate" and critic is None:
+            raise ValueError("critic 'separate' needs a critic model")
+        if critic_kind == "lora" and (not self.is_lora or CRITIC_ADAPTER not in policy.peft_config):
+            raise ValueError("critic 'lora' needs a LoRA policy with a 'critic' adapter")
+        hidden = policy.config.get_text_config().hidden_size
+        self.value_head = new_value_head(hidden) if critic_kind in ("value_head", "lora") else None
+        for frozen in (reference,):
+            if frozen is not None:
+                frozen.requires_grad_(False).eval()
+
+    @property
+    def shares_forward(self) -> bool:
+        """True when one policy pass also yields the values (value_head)."""
+        return self.critic_kind == "value_head"
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.policy.named_parameters() if self._is_policy_param(n, p)]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        if self.critic_kind == "separate":
+            return [p for p in self.critic.parameters() if p.requires_grad]
+        params = list(self.value_head.parameters())
+        if self.critic_kind == "lora":
+            params += [p for n, p in self.policy.named_parameters() if f".{CRITIC_ADAPTER}." in n]
+        return params
+
+    def _is_policy_param(self, name: str, param: nn.Parameter) -> bool:
+        if self.is_lora:
+            return "lora_" in name and f".{CRITIC_ADAPTER}." not in name
+        return param.requires_grad
+
+    # --- forward passes, each returning response positions only -------------------------
+
+    def policy_forward(
+        self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits (B, Tr, V), values (B, Tr) when the critic shares this pass, else None)."""
+        output = self.policy(**inputs, output_hidden_states=self.shares_forward, use_cache=False)
+        logits = response_slice(output.logits, prompt_width, response_width)
+        if not self.shares_forward:
+            return logits, None
+        hidden = response_slice(output.hidden_states[-1], prompt_width, response_width)
+        return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+    def critic_forward(
+        self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
+    ) -> torch.Tensor:
+        """Values (B, Tr): V(s_t) read where token t is predicted."""
+        if self.critic_kind == "separate":
+            hidden = self.critic.base_model(**inputs).last_hidden_state
+            values = self.critic.score(response_slice(hidden, prompt_width, response_width))
+            return values.squeeze(-1).float()
+        if self.critic_kind == "value_head":
+            return self.policy_forward(inputs, prompt_width, response_width)[1]
+        with self.critic_adapter():
+            backbone = self.policy.get_base_model().base_model
+            hidden = backbone(**inputs).last_hidden_state
+        hidden = response_slice(hidden, prompt_width, response_width)
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+
+    @torch.no_grad()
+    def reference_logits(
+        self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
+    ) -> torch.Tensor:
+        if self.reference is not None:
+            logits = self.reference(**inputs, use_cache=False).logits
+        else:
+            with self.policy.disable_adapter():
+                logits = self.policy(**inputs, use_cache=False).logits
+        return response_slice(logits, prompt_width, response_width)
+
+    @contextlib.contextmanager
+    def critic_adapter(self) -> Iterator[None]:
+        """Run (and back-propagate) with the critic adapter active; the policy's after."""
+        if self.critic_kind != "lora":
+            yield
+            return
+        self.policy.set_adapter(CRITIC_ADAPTER)
+        try:
+            yield
+        finally:
+            self.policy.set_adapter("default")
+
+    # --- saving ---------------------------------------------------------------------------
+
+    def save_critic(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.critic_kind == "separate":
+            self.critic.save_pretrained(folder, safe_serialization=True)
+            return
+        head = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
+        save_file(head, str(folder / "value_head.safetensors"))
+        if self.critic_kind == "lora":
+            self.policy.save_pretrained(folder, selected_adapters=[CRITIC_ADAPTER])

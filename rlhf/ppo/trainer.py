@@ -1,0 +1,414 @@
+"""The PPO loop for language models, in numbered phases per update.
+
+1. generate: sample responses to a batch of prompts (KV cache), cut after the first stop token;
+2. score: reward source on (prompt, response text); missing-EOS penalty, scale, normalise, clip;
+3. forward passes: log-probs of the sampled tokens under the policy and the reference, values;
+4. rewards: −β·KL per token + score on the last real token (Ziegler et al. 2019);
+5. advantages: optional reward whitening, GAE(γ, λ), advantage whitening;
+6. update: ppo_epochs × shuffled mini-batches of clipped policy loss + vf_coef × clipped value
+   loss − entropy_coef × entropy, gradient accumulation, grad-norm clipping; a mini-batch whose
+   mean ratio passes ratio_threshold is skipped, the epochs stop early once approx-KL passes
+   target_kl; the first critic_warmup_updates train only the critic;
+7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
+   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates.
+
+Implementation details, with where they come from (Huang et al. 2024, "The N+ implementation
+details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
+- logits are divided by the sampling temperature before log-probs, so the log-probs are those of
+  the distribution actually sampled (detail 23);
+- dropout is off in every model (eval mode) so that the first epoch's ratio is exactly 1;
+- masks come from the first stop token and lengths, never from the pad id (pad == EOS in SmolLM2);
+- positions are counted over real tokens, so left-padded prompts see unpadded positions;
+- the score sits on the last real response token; the EOS token itself is trained on;
+- values are read where each response token is predicted (state before the token);
+- gradient accumulation weighs micro-batches by their share of tokens (token_mean) or sequences,
+  so batch 8 × accumulation 1 and batch 4 × accumulation 2 give the same update;
+- advantages are whitened over the whole batch once, before mini-batching;
+- the KL controller sees the mean per-sequence KL of the batch (Ziegler et al. 2019).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from rlhf.config import PPOConfig
+from rlhf.errors import NumericError
+from rlhf.ppo import core
+from rlhf.ppo.actor_critic import ActorCritic
+from rlhf.ppo.kl_control import make_kl_controller
+from rlhf.ppo.rollout import (
+    EncodedPrompts,
+    SamplingSettings,
+    encode_prompts,
+    joined_inputs,
+    sample_responses,
+)
+from rlhf.rewards import RewardFunction
+from rlhf.rewards.processing import ScoreProcessor
+from rlhf.tracking import Tracker
+
+SAMPLE_COLUMNS = ["update", "prompt", "response", "score", "kl", "length", "eos"]
+
+
+@dataclass
+class Rollout:
+    prompts: list[str]
+    encoded: EncodedPrompts
+    responses: torch.Tensor  # (B, Tr)
+    mask: torch.Tensor  # (B, Tr) bool, True on real response tokens
+    ended: torch.Tensor  # (B,) bool, stopped at the stop token
+    texts: list[str]
+    raw_scores: torch.Tensor  # (B,) as the reward source gave them
+    scores: torch.Tensor  # (B,) after penalty / scale / normalisation / clip
+    logprobs: torch.Tensor | None = None  # (B, Tr) policy, at sampling time
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    kl: torch.Tensor | None = None  # (B, Tr) estimator used for the penalty
+    rewards: torch.Tensor | None = None
+    non_score_rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+
+class PPOTrainer:
+    def __init__(
+        self,
+        config: PPOConfig,
+        model: ActorCritic,
+        tokenizer: PreTrainedTokenizerBase,
+        reward_fn: RewardFunction,
+        prompts: list[str],
+        eval_prompts: list[str],
+        system_prompt: str | None,
+        tracker: Tracker,
+        score_processor: ScoreProcessor,
+    ):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.reward_fn, self.tracker, self.processor = reward_fn, tracker, score_processor
+        self.prompts, self.eval_prompts, self.system_prompt = prompts, eval_prompts, system_prompt
+        self.stop_token_id = (
+            tokenizer.convert_tokens_to_ids(config.stop_token)
+            if config.stop_token
+            else tokenizer.eos_token_id
+        )
+        self.kl_controller = make_kl_controller(
+            config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon
+        )
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": model.policy_parameters()},
+                {"params": model.critic_parameters()},
+            ],
+            lr=config.learning_rate,
+        )
+        steps_per_update = config.ppo_epochs * (
+            config.batch_size * config.samples_per_prompt
+            // (config.mini_batch_size * config.gradient_accumulation_steps)
+        )
+        total_steps = max(1, config.total_updates * steps_per_update)
+        schedule = (lambda step: 1.0) if config.lr_scheduler == "constant" else (
+            lambda step: max(0.0, 1.0 - step / total_steps)
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+        self.rng = random.Random(config.seed)
+        self.torch_rng = torch.Generator().manual_seed(config.seed)
+        self.update = 0
+        self._order: list[int] = []
+        self._timings: dict[str, float] = defaultdict(float)
+        self._last_rollout: Rollout | None = None
+
+    # --- data ---------------------------------------------------------------------------
+
+    def next_prompts(self) -> list[str]:
+        """batch_size prompts, in a seeded order reshuffled at each pass over the data."""
+        batch = []
+        while len(batch) < self.config.batch_size:
+            if not self._order:
+                self._order = list(range(len(self.prompts)))
+                self.rng.shuffle(self._order)
+            batch.append(self.prompts[self._order.pop()])
+        return [p for p in batch for _ in range(self.config.samples_per_prompt)]
+
+    def sampling(self, evaluation: bool) -> SamplingSettings:
+        c = self.config
+        if evaluation:
+            return SamplingSettings(c.max_new_tokens, do_sample=c.eval_do_sample)
+        max_new = c.max_new_tokens
+        if c.length_sampler is not None:
+            max_new = self.rng.randint(c.length_sampler[0], c.length_sampler[1])
+        return SamplingSettings(max_new, c.min_new_tokens, True, c.temperature, c.top_k, c.top_p)
+
+    # --- phases -------------------------------------------------------------------------
+
+    def generate(self, prompts: list[str], evaluation: bool = False) -> Rollout:
+        """Phases 1–2: sample and score."""
+        encoded = encode_prompts(self.tokenizer, prompts, self.system_prompt)
+        device = self.model.policy.device
+        encoded = EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device))
+        self.model.policy.eval()
+        responses, mask, ended = sample_responses(
+            self.model.policy,
+            encoded,
+            self.sampling(evaluation),
+            self.stop_token_id,
+            self.tokenizer.pad_token_id,
+        )
+        texts = self.tokenizer.batch_decode(
+            responses.masked_fill(~mask, self.tokenizer.pad_token_id), skip_special_tokens=True
+        )
+        started = time.perf_counter()
+        raw = self.reward_fn(prompts, texts)
+        self._timings["score"] += time.perf_counter() - started
+        scores = raw if evaluation else self.processor(raw, ended.cpu())
+        return Rollout(prompts, encoded, responses, mask, ended, texts, raw, scores.to(device))
+
+    @torch.no_grad()
+    def forward_passes(self, rollout: Rollout) -> None:
+        """Phase 3: log-probs under policy and reference, values."""
+        inputs = joined_inputs(rollout.encoded, rollout.responses, rollout.mask)
+        widths = (rollout.encoded.input_ids.shape[1], rollout.responses.shape[1])
+        logits, values = self.model.policy_forward(inputs, *widths)
+        rollout.logprobs = self._logprobs(logits, rollout.responses)
+        rollout.ref_logprobs = self._logprobs(
+            self.model.reference_logits(inputs, *widths), rollout.responses
+        )
+        rollout.values = values if values is not None else self.model.critic_forward(inputs, *widths)
+        rollout.values = rollout.values.float()
+
+    def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return core.logprobs_of(logits / (self.config.temperature + 1e-7), tokens)
+
+    def shape_rewards(self, rollout: Rollout) -> None:
+        """Phases 4–5: per-token rewards, GAE, whitening."""
+        c = self.config
+        rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
+        rollout.rewards, rollout.non_score_rewards = core.per_token_rewards(
+            rollout.scores, rollout.kl, self.kl_controller.value, rollout.mask
+        )
+        rewards = rollout.rewards
+        if c.whiten_rewards:
+            rewards = core.masked_whiten(rewards, rollout.mask, shift_mean=False)
+        advantages, rollout.returns = core.gae(rewards, rollout.values, rollout.mask, c.gamma, c.lam)
+        if c.whiten_advantages:
+            advantages = core.masked_whiten(advantages, rollout.mask)
+        rollout.advantages = advantages
+        self._check_finite("advantages", advantages[rollout.mask])
+
+    def optimise(self, rollout: Rollout) -> dict[str, float]:
+        """Phase 6: epochs × mini-batches of PPO updates; returns averaged stats."""
+        c = self.config
+        total = rollout.responses.shape[0]
+        group = c.mini_batch_size * c.gradient_accumulation_steps
+        stats: dict[str, list[float]] = defaultdict(list)
+        critic_only = self.update <= c.critic_warmup_updates
+        self.model.policy.eval()  # dropout off: the first epoch's ratio is exactly 1
+        for epoch in range(c.ppo_epochs):
+            order = torch.randperm(total, generator=self.torch_rng)
+            epoch_kl = []
+            for start in range(0, total, group):
+                group_index = order[start : start + group]
+                group_tokens = rollout.mask[group_index].sum()
+                for micro in group_index.split(c.mini_batch_size):
+                    if c.loss_aggregation == "token_mean":
+                        weight = (rollout.mask[micro].sum() / group_tokens).item()
+                    else:
+                        weight = len(micro) / len(group_index)
+                    micro_stats = self._micro_step(rollout, micro, weight, critic_only)
+                    for key, value in micro_stats.items():
+                        stats[key].append(value)
+                    epoch_kl.append(micro_stats["policy/approxkl"])
+                stats["policy/grad_norm"].append(self._optimizer_step())
+            if c.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > c.target_kl:
+                stats["policy/early_stop_epoch"].append(epoch + 1)
+                break
+        averaged = {key: sum(v) / len(v) for key, v in stats.items() if key != "skipped"}
+        averaged["policy/skipped_minibatches"] = sum(stats.get("skipped", []))
+        averaged["policy/epochs"] = epoch + 1
+        return averaged
+
+    def _micro_step(
+        self, rollout: Rollout, index: torch.Tensor, weight: float, critic_only: bool
+    ) -> dict[str, float]:
+        c = self.config
+        mask = rollout.mask[index]
+        encoded = EncodedPrompts(rollout.encoded.input_ids[index], rollout.encoded.attention_mask[index])
+        responses = rollout.responses[index]
+        inputs = joined_inputs(encoded, responses, mask)
+        widths = (encoded.input_ids.shape[1], responses.shape[1])
+        logits, values = self.model.policy_forward(inputs, *widths)
+        logprobs = self._logprobs(logits, responses)
+        pg_loss, pg_stats = core.policy_loss(
+            logprobs,
+            rollout.logprobs[index],
+            rollout.advantages[index],
+            mask,
+            c.cliprange_low if c.cliprange_low is not None else c.cliprange,
+            c.cliprange_high if c.cliprange_high is not None else c.cliprange,
+            c.dual_clip,
+            c.loss_aggregation,
+        )
+        entropy = core.entropy_from_logits(logits / (c.temperature + 1e-7))
+        stats = {f"policy/{k}": v for k, v in pg_stats.items()}
+        stats["policy/entropy"] = core.masked_mean(entropy, mask).item()
+        stats["skipped"] = 0.0
+        if pg_stats["ratio_mean"] > c.ratio_threshold:
+            stats["skipped"] = 1.0  # a stale or broken mini-batch: no gradient from it
+            return stats
+        # critic warm-up: the policy term is left out, only the critic learns
+        loss = 0.0 if critic_only else pg_loss - c.entropy_coef * core.entropy_bonus(
+            entropy, mask, c.loss_aggregation
+        )
+        if values is None:  # separate or LoRA critic: its own pass and backward
+            self._backward(loss, weight, "policy loss")
+            with self.model.critic_adapter():
+                values = self.model.critic_forward(inputs, *widths)
+                vf_loss, vf_stats = self._value_loss(values, rollout, index, mask)
+                self._backward(c.vf_coef * vf_loss, weight, "value loss")
+        else:
+            vf_loss, vf_stats = self._value_loss(values, rollout, index, mask)
+            self._backward(loss + c.vf_coef * vf_loss, weight, "policy + value loss")
+        stats.update({f"val/{k}": v for k, v in vf_stats.items()})
+        stats["loss/policy"], stats["loss/value"] = pg_loss.item(), vf_loss.item()
+        return stats
+
+    def _value_loss(self, values, rollout, index, mask):
+        return core.value_loss(
+            values.float(),
+            rollout.values[index],
+            rollout.returns[index],
+            mask,
+            self.config.cliprange_value,
+            self.config.loss_aggregation,
+        )
+
+    def _backward(self, loss: torch.Tensor | float, weight: float, what: str) -> None:
+        if not torch.is_tensor(loss):
+            return
+        self._check_finite(what, loss)
+        (loss * weight).backward()
+
+    def _optimizer_step(self) -> float:
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        self._check_finite("gradient norm", norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.item()
+
+    def _check_finite(self, what: str, value: torch.Tensor) -> None:
+        if not torch.isfinite(value).all():
+            raise NumericError(f"update {self.update}: non-finite {what}; stopped before it spread")
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def step(self) -> dict[str, float]:
+        """One PPO update: all phases, returns the metrics logged for it."""
+        self.update += 1
+        self._timings = defaultdict(float)
+        started = time.perf_counter()
+        rollout = self.generate(self.next_prompts())
+        generated = time.perf_counter()
+        self._timings["generate"] = generated - started - self._timings["score"]
+        self.forward_passes(rollout)
+        self.shape_rewards(rollout)
+        forwarded = time.perf_counter()
+        update_stats = self.optimise(rollout)
+        done = time.perf_counter()
+        self._timings["forward"] = forwarded - generated
+        self._timings["update"] = done - forwarded
+        metrics = self.rollout_metrics(rollout)
+        metrics.update({f"ppo/{k}": v for k, v in update_stats.items()})
+        metrics["ppo/kl_coef"] = self.kl_controller.value
+        metrics["ppo/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / (done - started)
+        metrics.update({f"timing/{k}": v for k, v in self._timings.items()})
+        metrics["timing/total"] = done - started
+        self.kl_controller.update(metrics["ppo/objective/kl"], rollout.responses.shape[0])
+        return metrics
+
+    def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
+        mask = rollout.mask
+        per_sequence = {
+            "kl": core.masked_sum(rollout.kl, mask, dim=1),
+            "kl_k1": core.masked_sum(core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, 1),
+            "kl_k3": core.masked_sum(core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k3"), mask, 1),
+            "non_score_reward": core.masked_sum(rollout.non_score_rewards, mask, dim=1),
+            "entropy": core.masked_sum(-rollout.logprobs, mask, dim=1),
+        }
+        metrics = {f"ppo/objective/{k}": v.mean().item() for k, v in per_sequence.items()}
+        metrics["ppo/objective/scores"] = rollout.scores.mean().item()
+        metrics["ppo/objective/raw_scores"] = rollout.raw_scores.mean().item()
+        metrics["ppo/objective/rlhf_reward"] = (
+            rollout.scores + per_sequence["non_score_reward"]
+        ).mean().item()
+        metrics["ppo/eos_rate"] = rollout.ended.float().mean().item()
+        metrics["ppo/truncation_rate"] = 1 - metrics["ppo/eos_rate"]
+        metrics["ppo/response_length"] = mask.sum(1).float().mean().item()
+        metrics["ppo/val/returns_mean"] = core.masked_mean(rollout.returns, mask).item()
+        metrics["ppo/val/advantages_mean"] = core.masked_mean(rollout.advantages, mask).item()
+        self._last_rollout = rollout
+        return metrics
+
+    def sample_rows(self, rollout: Rollout) -> list[list]:
+        kl = core.masked_sum(rollout.kl, rollout.mask, dim=1)
+        return [
+            [self.update, p, r, round(s.item(), 4), round(k.item(), 4), int(n), bool(e)]
+            for p, r, s, k, n, e in zip(
+                rollout.prompts,
+                rollout.texts,
+                rollout.raw_scores,
+                kl,
+                rollout.mask.sum(1),
+                rollout.ended,
+                strict=True,
+            )
+        ]
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out prompts with the evaluation sampling settings (greedy by default)."""
+        self._timings = defaultdict(float)
+        texts, scores, lengths, ended = [], [], [], []
+        for start in range(0, len(self.eval_prompts), self.config.batch_size):
+            rollout = self.generate(self.eval_prompts[start : start + self.config.batch_size], True)
+            texts += rollout.texts
+            scores += rollout.raw_scores.tolist()
+            lengths += rollout.mask.sum(1).tolist()
+            ended += rollout.ended.tolist()
+        rows = [
+            [self.update, p, t, round(s, 4), None, int(n), bool(e)]
+            for p, t, s, n, e in zip(self.eval_prompts, texts, scores, lengths, ended, strict=True)
+        ]
+        self.tracker.log_table("ppo/eval_samples", SAMPLE_COLUMNS, rows)
+        n = max(len(scores), 1)
+        return {
+            "ppo/eval/score": sum(scores) / n,
+            "ppo/eval/length": sum(lengths) / n,
+            "ppo/eval/eos_rate": sum(ended) / n,
+            "ppo/eval/distinct": len(set(texts)) / n,
+        }
+
+    def train(self) -> dict[str, float]:
+        c = self.config
+        final: dict[str, float] = {}
+        if c.eval_every and self.eval_prompts:
+            self.tracker.log(self.evaluate(), step=0)
+        for _ in tqdm(range(c.total_updates), desc="PPO updates", unit="update"):
+            metrics = self.step()
+            if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
+                metrics.update(self.evaluate())
+            if c.log_samples_every and self.update % c.log_samples_every == 0:
+                self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, self.sample_rows(self._last_rollout))
+            self.tracker.log(metrics, step=self.update)
+            final = metrics
+        return final

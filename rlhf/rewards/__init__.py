@@ -1,0 +1,92 @@
+"""Reward sources behind one interface: `score(prompts, completions) -> (N,) float tensor`.
+
+- reward_model: a trained one-output sequence classifier (rm stage output), read at the last
+  real token of the chat-formatted conversation (rlhf/scoring.py);
+- function: any Python callable named by `_target_` (prompts, completions → list of floats);
+- classifier: a transformers text-classification pipeline, one label's logit or probability;
+- weighted: a weighted sum of the above.
+Every source is wrapped by `checked`, so a reward that raises, returns the wrong number of
+scores, or returns NaN stops the run with one line naming it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from rlhf.config import ModelConfig, RewardConfig
+from rlhf.errors import ConfigError, RewardError
+
+RewardFunction = Callable[[list[str], list[str]], torch.Tensor]
+
+
+def checked(source: RewardFunction, name: str) -> RewardFunction:
+    """Wrap a source so that bad output is caught where it happens, with its name."""
+
+    def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
+        try:
+            raw = source(prompts, completions)
+        except Exception as exc:
+            raise RewardError(f"reward {name} raised {type(exc).__name__}: {exc}") from exc
+        scores = torch.as_tensor(raw, dtype=torch.float32).flatten().cpu()
+        if scores.numel() != len(completions):
+            raise RewardError(
+                f"reward {name} returned {scores.numel()} scores for {len(completions)} completions"
+            )
+        if not torch.isfinite(scores).all():
+            bad = int((~torch.isfinite(scores)).sum())
+            raise RewardError(f"reward {name} returned {bad} non-finite score(s) (NaN or inf)")
+        return scores
+
+    return score
+
+
+def build_reward(
+    cfg: RewardConfig,
+    default_model_path: Path | None,
+    system_prompt: str | None,
+    model_settings: ModelConfig,
+) -> RewardFunction:
+    """The configured reward source, checked."""
+    if cfg.kind == "reward_model":
+        from rlhf.rewards.reward_model import RewardModelScorer
+
+        path = cfg.model_path or default_model_path
+        if path is None:
+            raise ConfigError("reward.model_path: set the folder of a trained reward model")
+        return checked(RewardModelScorer(Path(path), system_prompt, model_settings), str(path))
+    if cfg.kind == "function":
+        from rlhf.rewards.function import function_reward
+
+        target = cfg.function["_target_"]
+        return checked(function_reward(cfg.function), target)
+    if cfg.kind == "classifier":
+        from rlhf.rewards.classifier import ClassifierScorer
+
+        return checked(ClassifierScorer(cfg.classifier, cfg.label, cfg.use_logit), cfg.classifier)
+    return checked(_weighted(cfg, default_model_path, system_prompt, model_settings), "weighted")
+
+
+def _weighted(
+    cfg: RewardConfig,
+    default_model_path: Path | None,
+    system_prompt: str | None,
+    model_settings: ModelConfig,
+) -> RewardFunction:
+    parts = []
+    for index, component in enumerate(cfg.components):
+        spec = dict(OmegaConf.to_container(component) if OmegaConf.is_config(component) else component)
+        weight = float(spec.pop("weight", 1.0))
+        try:
+            sub_config = RewardConfig(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"reward.components[{index}]: {exc}") from exc
+        parts.append((weight, build_reward(sub_config, default_model_path, system_prompt, model_settings)))
+
+    def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
+        return sum(weight * part(prompts, completions) for weight, part in parts)
+
+    return score

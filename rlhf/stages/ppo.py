@@ -1,0 +1,95 @@
+"""Stage `ppo`: our PPO trainer (rlhf/ppo) on the configured policy, reward and critic.
+
+Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
+model defaults to `<run>/rm/model`, prompts are the data set's train prompts and the held-out
+evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
+tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+from peft import get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlhf.config import Config
+from rlhf.data import limit_lengths, load_preference_data
+from rlhf.models import load_model, load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
+from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rewards import build_reward
+from rlhf.rewards.processing import ScoreProcessor
+from rlhf.stages.common import StageContext, save_model, stage_context
+
+
+def build_actor_critic(
+    config: Config, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> ActorCritic:
+    """Wrap the policy with LoRA if configured and attach reference and critic (see ActorCritic)."""
+    ppo, settings = config.ppo, config.model
+    reference = None
+    if ppo.reference_model is not None:
+        reference_settings = dataclasses.replace(settings, name_or_path=ppo.reference_model)
+        reference = load_model_and_tokenizer(reference_settings, config.cache_dir)[0]
+    elif not settings.lora.enabled:
+        reference = copy.deepcopy(policy)  # frozen snapshot of the starting policy
+    critic = None
+    if ppo.critic == "separate":
+        critic_settings = dataclasses.replace(settings, name_or_path=ppo.critic_model or settings.name_or_path)
+        critic_dir = resolve_model_dir(critic_settings, config.cache_dir)
+        critic = load_model(critic_dir, critic_settings, tokenizer, kind="reward").eval()
+    if settings.lora.enabled:
+        policy = get_peft_model(policy, lora_config(settings.lora))
+        if ppo.critic == "lora":
+            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora))
+            policy.set_adapter("default")
+    return ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
+
+
+def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTokenizerBase) -> None:
+    model.save_critic(ctx.stage_dir / "critic")
+    policy = model.policy
+    if model.is_lora:
+        policy.save_pretrained(ctx.stage_dir / "adapter", selected_adapters=["default"])
+        if model.critic_kind == "lora":
+            policy.delete_adapter(CRITIC_ADAPTER)
+    save_model(policy, tokenizer, ctx.model_dir)
+
+
+def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
+    with stage_context(config, run_dir, "ppo", resolved) as ctx:
+        data = load_preference_data(config.data)
+        ctx.info["data_fingerprint"] = data.fingerprint
+        policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
+        prompts = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
+        test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
+        reward = build_reward(
+            config.reward, run_dir / "rm" / "model", config.data.system_prompt, config.model
+        )
+        model = build_actor_critic(config, policy, tokenizer)
+        processor = ScoreProcessor(
+            config.reward.scale,
+            config.reward.normalize,
+            config.reward.clip,
+            config.ppo.missing_eos_penalty,
+        )
+        trainer = PPOTrainer(
+            config.ppo,
+            model,
+            tokenizer,
+            reward,
+            list(prompts),
+            list(test[: config.ppo.eval_prompts]),
+            config.data.system_prompt,
+            ctx.tracker,
+            processor,
+        )
+        last = trainer.train()
+        save_outputs(ctx, model, tokenizer)
+        keys = ("ppo/objective/scores", "ppo/objective/kl", "ppo/objective/rlhf_reward")
+        ctx.final_metrics = {key: last[key] for key in keys if key in last}
+        ctx.final_metrics.update({k: v for k, v in last.items() if k.startswith("ppo/eval/")})
+    return ctx.final_metrics
