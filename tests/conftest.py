@@ -61,3 +61,11 @@ def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     """The stderr lines a user reads (Hydra's and libraries' log records aside)."""
     return [line for line in result.stderr.splitlines() if "error" in line.lower()]
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_model(tmp_path_factory: pytest.TempPathFactory, offline_environment: Path) -> Path:
+    """A tiny model after a short SFT on the insult data (~10 s), shared by the PPO tests."""
+    from tests.ppo_helpers import train_tiny_sft
+
+    return train_tiny_sft(tmp_path_factory.mktemp("tiny_sft"))

@@ -52,7 +52,9 @@ def encode_prompts(
     return EncodedPrompts(ids, mask)
 
 
-def truncate_after_stop(responses: torch.Tensor, stop_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def truncate_after_stop(
+    responses: torch.Tensor, stop_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, Tr) sampled ids → (response_mask (B, Tr) bool, ended (B,) bool).
 
     The mask keeps every token up to and including the first stop token; a row without one is
@@ -60,7 +62,9 @@ def truncate_after_stop(responses: torch.Tensor, stop_token_id: int) -> tuple[to
     is_stop = responses == stop_token_id
     ended = is_stop.any(dim=1)
     length = responses.shape[1]
-    first_stop = torch.where(ended, is_stop.int().argmax(dim=1), torch.full_like(ended, length - 1, dtype=torch.long))
+    first_stop = torch.where(
+        ended, is_stop.int().argmax(dim=1), torch.full_like(ended, length - 1, dtype=torch.long)
+    )
     positions = torch.arange(length, device=responses.device)
     return positions.unsqueeze(0) <= first_stop.unsqueeze(1), ended
 
@@ -76,7 +80,12 @@ def sample_responses(
     """Sample with the KV cache; returns (responses, response_mask, ended), everything after the
     first stop token replaced by pad."""
     sampling = (
-        {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k, "top_p": settings.top_p}
+        {
+            "do_sample": True,
+            "temperature": settings.temperature,
+            "top_k": settings.top_k,
+            "top_p": settings.top_p,
+        }
         if settings.do_sample
         else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
     )
@@ -109,6 +118,8 @@ def joined_inputs(
     }
 
 
-def response_slice(hidden_or_logits: torch.Tensor, prompt_width: int, response_width: int) -> torch.Tensor:
+def response_slice(
+    hidden_or_logits: torch.Tensor, prompt_width: int, response_width: int
+) -> torch.Tensor:
     """The positions that predict each response token: (B, Tq + Tr, ...) → (B, Tr, ...)."""
     return hidden_or_logits[:, prompt_width - 1 : prompt_width - 1 + response_width]

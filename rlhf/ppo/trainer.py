@@ -110,12 +110,15 @@ class PPOTrainer:
             lr=config.learning_rate,
         )
         steps_per_update = config.ppo_epochs * (
-            config.batch_size * config.samples_per_prompt
+            config.batch_size
+            * config.samples_per_prompt
             // (config.mini_batch_size * config.gradient_accumulation_steps)
         )
         total_steps = max(1, config.total_updates * steps_per_update)
-        schedule = (lambda step: 1.0) if config.lr_scheduler == "constant" else (
-            lambda step: max(0.0, 1.0 - step / total_steps)
+        schedule = (
+            (lambda step: 1.0)
+            if config.lr_scheduler == "constant"
+            else (lambda step: max(0.0, 1.0 - step / total_steps))
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.rng = random.Random(config.seed)
@@ -180,7 +183,9 @@ class PPOTrainer:
         rollout.ref_logprobs = self._logprobs(
             self.model.reference_logits(inputs, *widths), rollout.responses
         )
-        rollout.values = values if values is not None else self.model.critic_forward(inputs, *widths)
+        rollout.values = (
+            values if values is not None else self.model.critic_forward(inputs, *widths)
+        )
         rollout.values = rollout.values.float()
 
     def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -196,7 +201,9 @@ class PPOTrainer:
         rewards = rollout.rewards
         if c.whiten_rewards:
             rewards = core.masked_whiten(rewards, rollout.mask, shift_mean=False)
-        advantages, rollout.returns = core.gae(rewards, rollout.values, rollout.mask, c.gamma, c.lam)
+        advantages, rollout.returns = core.gae(
+            rewards, rollout.values, rollout.mask, c.gamma, c.lam
+        )
         if c.whiten_advantages:
             advantages = core.masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
@@ -239,7 +246,9 @@ class PPOTrainer:
     ) -> dict[str, float]:
         c = self.config
         mask = rollout.mask[index]
-        encoded = EncodedPrompts(rollout.encoded.input_ids[index], rollout.encoded.attention_mask[index])
+        encoded = EncodedPrompts(
+            rollout.encoded.input_ids[index], rollout.encoded.attention_mask[index]
+        )
         responses = rollout.responses[index]
         inputs = joined_inputs(encoded, responses, mask)
         widths = (encoded.input_ids.shape[1], responses.shape[1])
@@ -263,8 +272,10 @@ class PPOTrainer:
             stats["skipped"] = 1.0  # a stale or broken mini-batch: no gradient from it
             return stats
         # critic warm-up: the policy term is left out, only the critic learns
-        loss = 0.0 if critic_only else pg_loss - c.entropy_coef * core.entropy_bonus(
-            entropy, mask, c.loss_aggregation
+        loss = (
+            0.0
+            if critic_only
+            else pg_loss - c.entropy_coef * core.entropy_bonus(entropy, mask, c.loss_aggregation)
         )
         if values is None:  # separate or LoRA critic: its own pass and backward
             self._backward(loss, weight, "policy loss")
@@ -340,8 +351,12 @@ class PPOTrainer:
         mask = rollout.mask
         per_sequence = {
             "kl": core.masked_sum(rollout.kl, mask, dim=1),
-            "kl_k1": core.masked_sum(core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, 1),
-            "kl_k3": core.masked_sum(core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k3"), mask, 1),
+            "kl_k1": core.masked_sum(
+                core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, 1
+            ),
+            "kl_k3": core.masked_sum(
+                core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k3"), mask, 1
+            ),
             "non_score_reward": core.masked_sum(rollout.non_score_rewards, mask, dim=1),
             "entropy": core.masked_sum(-rollout.logprobs, mask, dim=1),
         }
@@ -349,8 +364,8 @@ class PPOTrainer:
         metrics["ppo/objective/scores"] = rollout.scores.mean().item()
         metrics["ppo/objective/raw_scores"] = rollout.raw_scores.mean().item()
         metrics["ppo/objective/rlhf_reward"] = (
-            rollout.scores + per_sequence["non_score_reward"]
-        ).mean().item()
+            (rollout.scores + per_sequence["non_score_reward"]).mean().item()
+        )
         metrics["ppo/eos_rate"] = rollout.ended.float().mean().item()
         metrics["ppo/truncation_rate"] = 1 - metrics["ppo/eos_rate"]
         metrics["ppo/response_length"] = mask.sum(1).float().mean().item()
@@ -408,7 +423,9 @@ class PPOTrainer:
             if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
                 metrics.update(self.evaluate())
             if c.log_samples_every and self.update % c.log_samples_every == 0:
-                self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, self.sample_rows(self._last_rollout))
+                self.tracker.log_table(
+                    "ppo/samples", SAMPLE_COLUMNS, self.sample_rows(self._last_rollout)
+                )
             self.tracker.log(metrics, step=self.update)
             final = metrics
         return final

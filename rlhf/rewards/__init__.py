@@ -78,13 +78,17 @@ def _weighted(
 ) -> RewardFunction:
     parts = []
     for index, component in enumerate(cfg.components):
-        spec = dict(OmegaConf.to_container(component) if OmegaConf.is_config(component) else component)
+        spec = dict(
+            OmegaConf.to_container(component) if OmegaConf.is_config(component) else component
+        )
         weight = float(spec.pop("weight", 1.0))
         try:
             sub_config = RewardConfig(**spec)
         except TypeError as exc:
             raise ConfigError(f"reward.components[{index}]: {exc}") from exc
-        parts.append((weight, build_reward(sub_config, default_model_path, system_prompt, model_settings)))
+        parts.append(
+            (weight, build_reward(sub_config, default_model_path, system_prompt, model_settings))
+        )
 
     def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
         return sum(weight * part(prompts, completions) for weight, part in parts)

@@ -38,7 +38,9 @@ def build_actor_critic(
         reference = copy.deepcopy(policy)  # frozen snapshot of the starting policy
     critic = None
     if ppo.critic == "separate":
-        critic_settings = dataclasses.replace(settings, name_or_path=ppo.critic_model or settings.name_or_path)
+        critic_settings = dataclasses.replace(
+            settings, name_or_path=ppo.critic_model or settings.name_or_path
+        )
         critic_dir = resolve_model_dir(critic_settings, config.cache_dir)
         critic = load_model(critic_dir, critic_settings, tokenizer, kind="reward").eval()
     if settings.lora.enabled:

@@ -1,0 +1,215 @@
+"""The PPO loop: it learns, every knob acts, LoRA shares one base, accumulation is exact."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from rlhf.errors import RewardError
+from rlhf.models import load_model_and_tokenizer
+from tests.conftest import run_train
+from tests.ppo_helpers import make_config, make_trainer, replace_ppo
+
+
+def snapshot(parameters) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in parameters]
+
+
+def changed(before, parameters) -> bool:
+    return any(not torch.equal(a, b) for a, b in zip(before, parameters, strict=True))
+
+
+def test_mean_score_rises_with_a_simple_function_reward(tiny_sft_model, tmp_path):
+    """Reward = share of the character 你 in the answer; the SFT model writes it rarely."""
+    config = make_config(
+        tiny_sft_model, batch_size=16, max_new_tokens=16, total_updates=30, eval_every=0
+    )
+    trainer = make_trainer(config, tmp_path)
+    scores, kls = [], []
+    for _ in range(30):
+        metrics = trainer.step()
+        scores.append(metrics["ppo/objective/scores"])
+        kls.append(metrics["ppo/objective/kl"])
+    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
+    assert last > first + 0.3, (first, last)  # measured: 0.015 → 0.93
+    assert all(math.isfinite(k) for k in kls)
+
+
+def test_gradient_accumulation_equals_one_big_mini_batch(tiny_sft_model, tmp_path):
+    config = make_config(tiny_sft_model, batch_size=8, mini_batch_size=8, ppo_epochs=2)
+    params = []
+    for mini, accumulation in ((8, 1), (4, 2), (2, 4)):
+        variant = replace_ppo(
+            config, mini_batch_size=mini, gradient_accumulation_steps=accumulation
+        )
+        trainer = make_trainer(variant, tmp_path / f"{mini}x{accumulation}")
+        trainer.step()
+        params.append(
+            snapshot(trainer.model.policy_parameters() + trainer.model.critic_parameters())
+        )
+    for other in params[1:]:
+        for a, b in zip(params[0], other, strict=True):
+            torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-4)
+
+
+def test_lora_reference_is_the_base_with_adapters_off_and_no_copy(tiny_sft_model, tmp_path):
+    config = make_config(tiny_sft_model, lora=True, critic="lora")
+    trainer = make_trainer(config, tmp_path)
+    model = trainer.model
+    assert model.reference is None and model.critic is None  # one base serves all three
+    base, tokenizer = load_model_and_tokenizer(config.model, ".")
+    batch = tokenizer(["你好吗？今天"], return_tensors="pt")
+    inputs = {**batch, "position_ids": torch.arange(batch["input_ids"].shape[1])[None]}
+    width = batch["input_ids"].shape[1]
+    expected = base(**batch).logits[:, : width - 1]
+    trainer.step()
+    reference = model.reference_logits(inputs, 1, width - 1)
+    torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-4)
+    policy_logits, _ = model.policy_forward(inputs, 1, width - 1)
+    assert not torch.allclose(policy_logits, expected, atol=1e-4)  # the adapter learned
+
+
+def test_lora_update_moves_both_adapters_and_head_but_not_the_base(tiny_sft_model, tmp_path):
+    trainer = make_trainer(make_config(tiny_sft_model, lora=True, critic="lora"), tmp_path)
+    model = trainer.model
+    frozen = [p for n, p in model.policy.named_parameters() if "lora_" not in n]
+    policy_before, critic_before = (
+        snapshot(model.policy_parameters()),
+        snapshot(model.critic_parameters()),
+    )
+    frozen_before = snapshot(frozen)
+    trainer.step()
+    assert changed(policy_before, model.policy_parameters())
+    assert changed(critic_before, model.critic_parameters())
+    assert not changed(frozen_before, frozen)
+    names = [n for n, _ in model.policy.named_parameters() if ".critic." in n]
+    assert names and len(model.critic_parameters()) == len(names) + 2  # adapter + head (w, b)
+
+
+@pytest.mark.parametrize("critic", ["separate", "value_head"])
+def test_full_policy_and_each_critic_kind_learn_in_one_step(tiny_sft_model, tmp_path, critic):
+    trainer = make_trainer(make_config(tiny_sft_model, critic=critic), tmp_path)
+    policy_before = snapshot(trainer.model.policy_parameters())
+    critic_before = snapshot(trainer.model.critic_parameters())
+    reference_before = snapshot(trainer.model.reference.parameters())
+    metrics = trainer.step()
+    assert changed(policy_before, trainer.model.policy_parameters())
+    assert changed(critic_before, trainer.model.critic_parameters())
+    assert not changed(reference_before, trainer.model.reference.parameters())
+    assert metrics["ppo/policy/epochs"] == 4 and metrics["ppo/loss/value"] > 0
+
+
+def test_first_epoch_ratio_is_one(tiny_sft_model, tmp_path):
+    trainer = make_trainer(make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8), tmp_path)
+    metrics = trainer.step()  # one mini-batch, before any step: new == old log-probs
+    assert metrics["ppo/policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["ppo/policy/clipfrac"] == 0.0
+
+
+def test_max_grad_norm_acts(tiny_sft_model, tmp_path):
+    moves = {}
+    for limit in (None, 1e-6):
+        trainer = make_trainer(
+            make_config(tiny_sft_model, max_grad_norm=limit, ppo_epochs=1), tmp_path
+        )
+        before = snapshot(trainer.model.policy_parameters())
+        trainer.step()
+        after = trainer.model.policy_parameters()
+        moves[limit] = sum((a - b).abs().sum().item() for a, b in zip(before, after, strict=True))
+    # AdamW normalises step sizes, so the clip shows in how far the first moments move them
+    assert moves[1e-6] < moves[None]
+
+
+def test_target_kl_stops_the_epochs_early(tiny_sft_model, tmp_path):
+    trainer = make_trainer(make_config(tiny_sft_model, target_kl=-1.0), tmp_path)
+    assert trainer.step()["ppo/policy/epochs"] == 1
+
+
+def test_ratio_threshold_skips_mini_batches(tiny_sft_model, tmp_path):
+    trainer = make_trainer(make_config(tiny_sft_model, ratio_threshold=0.5), tmp_path)
+    before = snapshot(trainer.model.policy_parameters())
+    metrics = trainer.step()
+    assert metrics["ppo/policy/skipped_minibatches"] == 8  # 4 epochs × 2 mini-batches
+    assert not changed(before, trainer.model.policy_parameters())
+
+
+def test_critic_warmup_trains_only_the_critic(tiny_sft_model, tmp_path):
+    trainer = make_trainer(make_config(tiny_sft_model, critic_warmup_updates=1), tmp_path)
+    policy_before = snapshot(trainer.model.policy_parameters())
+    critic_before = snapshot(trainer.model.critic_parameters())
+    trainer.step()
+    assert not changed(policy_before, trainer.model.policy_parameters())
+    assert changed(critic_before, trainer.model.critic_parameters())
+    trainer.step()
+    assert changed(policy_before, trainer.model.policy_parameters())
+
+
+def test_adaptive_kl_moves_beta(tiny_sft_model, tmp_path):
+    config = make_config(tiny_sft_model, adaptive_kl=True, kl_target=1e-6, kl_horizon=8)
+    trainer = make_trainer(config, tmp_path)
+    first = trainer.step()
+    assert first["ppo/objective/kl"] == 0.0  # the policy still is the reference
+    assert trainer.kl_controller.value == pytest.approx(0.05 * 0.8)  # error −1 clipped to −0.2
+    assert trainer.step()["ppo/objective/kl"] > 1e-6
+    assert trainer.kl_controller.value == pytest.approx(0.05 * 0.8 * 1.2)  # clipped to +0.2
+
+
+@pytest.mark.parametrize(
+    "reward,message",
+    [
+        (lambda prompts, completions: [float("nan")] * len(completions), "non-finite"),
+        (lambda prompts, completions: [1.0], "returned 1 scores for 8"),
+        (lambda prompts, completions: 1 / 0, "raised ZeroDivisionError"),
+    ],
+)
+def test_bad_rewards_stop_with_a_clear_error(tiny_sft_model, tmp_path, reward, message):
+    from rlhf.rewards import checked
+
+    trainer = make_trainer(make_config(tiny_sft_model), tmp_path, reward=checked(reward, "bad_fn"))
+    with pytest.raises(RewardError, match=f"reward bad_fn .*{message}"):
+        trainer.step()
+
+
+def test_ppo_stage_end_to_end_with_lora_and_offline_wandb(tiny_sft_model, tmp_path):
+    result = run_train(
+        [
+            "stage=ppo",
+            f"model.name_or_path={tiny_sft_model}",
+            "model.lora.enabled=true",
+            "ppo.critic=lora",
+            "reward=char_fraction",
+            "ppo.total_updates=4",
+            "ppo.eval_every=2",
+            "ppo.log_samples_every=2",
+            "ppo.eval_prompts=4",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    stage = tmp_path / "ppo"
+    assert (stage / "COMPLETE").is_file()
+    assert (stage / "model" / "model.safetensors").is_file()
+    assert (stage / "adapter" / "adapter_model.safetensors").is_file()
+    assert (stage / "critic" / "value_head.safetensors").is_file()
+    records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in records if "ppo/objective/kl" in r]
+    assert [r["step"] for r in updates] == [1, 2, 3, 4]
+    for key in (
+        "ppo/objective/kl_k1",
+        "ppo/objective/kl_k3",
+        "ppo/policy/clipfrac",
+        "ppo/loss/value",
+        "timing/generate",
+        "ppo/tokens_per_second",
+        "ppo/eos_rate",
+    ):
+        assert all(key in r for r in updates), key
+    evals = [r["step"] for r in records if "ppo/eval/score" in r]
+    assert evals == [0, 2, 4]
+    samples = (stage / "tables" / "ppo_samples.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(samples) == 2 * 8  # two sample tables of 8 rows, accumulated
+    info = json.loads((stage / "run_info.json").read_text())
+    assert info["status"] == "complete" and "ppo/objective/scores" in info["final_metrics"]
