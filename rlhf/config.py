@@ -83,8 +83,8 @@ class ModelConfig:
 @dataclass
 class ColumnMap:
     prompt: str = "prompt"  # source column holding the user question
-    chosen: str = "chosen"  # source column holding the preferred answer
-    rejected: str = "rejected"  # source column holding the dispreferred answer
+    chosen: str | None = "chosen"  # column of the preferred answer; null for prompt-only data
+    rejected: str | None = "rejected"  # column of the dispreferred answer; null if none
 
 
 @dataclass
@@ -148,7 +148,7 @@ class RewardConfig:
 @dataclass
 class PPOConfig:
     # --- rollout ---
-    batch_size: int = 8  # prompts per update (per process)
+    batch_size: int = 8  # prompts per update
     samples_per_prompt: int = 1  # responses sampled for each prompt
     max_new_tokens: int = 32  # longest response
     min_new_tokens: int = 0  # shortest response (EOS suppressed before)
@@ -171,7 +171,7 @@ class PPOConfig:
     whiten_advantages: bool = True  # whiten advantages per batch
     # --- update ---
     ppo_epochs: int = 4  # passes over each batch
-    mini_batch_size: int = 2  # samples per optimiser step
+    mini_batch_size: int = 2  # samples per forward/backward pass (micro-batch)
     gradient_accumulation_steps: int = 1  # mini-batches per optimiser step
     learning_rate: float = 1.41e-5  # AdamW learning rate
     lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates)

@@ -27,7 +27,7 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 @dataclass
 class PreferenceData:
-    train: Dataset  # columns prompt, chosen, rejected (str)
+    train: Dataset  # columns prompt, chosen, rejected (str); only prompt for prompt-only data
     test: Dataset
     fingerprint: str  # sha256 of the source files (or the hub data set's fingerprint)
 
@@ -56,8 +56,10 @@ def _read_hub(cfg: DataConfig, split: str) -> tuple[Dataset, str]:
 
 
 def _standardise(dataset: Dataset, cfg: DataConfig, source: str) -> Dataset:
-    """Rename the mapped columns to prompt / chosen / rejected; reject missing or empty values."""
-    mapping = {getattr(cfg.columns, field): field for field in FIELDS}
+    """Rename the mapped columns to prompt / chosen / rejected; reject missing or empty values.
+    A column mapped to null (prompt-only data for PPO) is left out."""
+    fields = [field for field in FIELDS if getattr(cfg.columns, field) is not None]
+    mapping = {getattr(cfg.columns, field): field for field in fields}
     for column, field in mapping.items():
         if column not in dataset.column_names:
             raise DataError(
@@ -67,7 +69,7 @@ def _standardise(dataset: Dataset, cfg: DataConfig, source: str) -> Dataset:
     if len(dataset) == 0:
         raise DataError(f"{source} has no rows")
     dataset = dataset.select_columns(list(mapping)).rename_columns(mapping)
-    for field in FIELDS:
+    for field in fields:
         for index, value in enumerate(dataset[field]):
             if not isinstance(value, str) or not value.strip():
                 raise DataError(f"{source}: row {index} has an empty {field!r} ({value!r})")
@@ -94,6 +96,13 @@ def load_preference_data(cfg: DataConfig) -> PreferenceData:
         raise DataError(f"data: cannot split a test set off {len(train)} row(s)")
     parts = train.train_test_split(test_size=cfg.test_size, seed=cfg.seed)
     return PreferenceData(parts["train"], parts["test"], _combine(train_hash, f"split{cfg.seed}"))
+
+
+def require_answers(data: PreferenceData, answers: tuple[str, ...], stage: str) -> None:
+    """Stop early when a stage needs answer columns that the data config leaves out."""
+    for answer in answers:
+        if answer not in data.train.column_names:
+            raise DataError(f"data.columns.{answer}: stage {stage} needs it, but it is null")
 
 
 def _combine(*parts: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,10 +21,17 @@ def _not_yet(stage: str, issue: str) -> StageRunner:
 
 
 def pipeline(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
-    """sft → rm → ppo → eval in one run folder (caching and hand-over come with the pipeline)."""
+    """sft → rm → ppo → eval in one run folder; PPO starts from the SFT model and is scored by
+    the RM of this run (stage caching comes with the pipeline issue)."""
     metrics: dict[str, float] = {}
     for stage in ("sft", "rm", "ppo", "eval"):
-        metrics.update(STAGES[stage](config, run_dir, resolved))
+        stage_config = config
+        if stage in ("ppo", "eval"):
+            sft_model = dataclasses.replace(
+                config.model, name_or_path=str(run_dir / "sft" / "model")
+            )
+            stage_config = dataclasses.replace(config, model=sft_model)
+        metrics.update(STAGES[stage](stage_config, run_dir, resolved))
     return metrics
 
 

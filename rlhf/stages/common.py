@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from rlhf.config import Config, TrainerStageConfig
-from rlhf.data import limit_lengths, load_preference_data, sample_rows
+from rlhf.data import limit_lengths, load_preference_data, require_answers, sample_rows
 from rlhf.models import load_model_and_tokenizer
 from rlhf.paths import publish_dir
 from rlhf.run_info import new_run_info, write_run_info
@@ -99,6 +99,7 @@ def load_stage_inputs(
     """Data first (bad data fails before a model loads), then model, then length limits."""
     config = ctx.config
     data = load_preference_data(config.data)
+    require_answers(data, answers, ctx.stage_dir.name)
     ctx.info["data_fingerprint"] = data.fingerprint
     model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind=kind)
     train = sample_rows(data.train, stage.max_train_samples, stage.seed)

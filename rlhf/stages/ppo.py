@@ -3,7 +3,7 @@
 Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
 model defaults to `<run>/rm/model`, prompts are the data set's train prompts and the held-out
 evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
-tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`.
+tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
 from rlhf.models import load_model, load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.plots import plot_ppo_run
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.rewards import build_reward
@@ -66,6 +67,7 @@ def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
+        ctx.info["policy_start"] = config.model.name_or_path
         prompts = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
         test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
         reward = build_reward(
@@ -91,6 +93,7 @@ def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
         )
         last = trainer.train()
         save_outputs(ctx, model, tokenizer)
+        plot_ppo_run(ctx.stage_dir)
         keys = ("ppo/objective/scores", "ppo/objective/kl", "ppo/objective/rlhf_reward")
         ctx.final_metrics = {key: last[key] for key in keys if key in last}
         ctx.final_metrics.update({k: v for k, v in last.items() if k.startswith("ppo/eval/")})
