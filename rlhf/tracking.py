@@ -99,6 +99,7 @@ class Tracker:
     def __init__(self, stage_dir: Path, backend: NullBackend):
         self.stage_dir = stage_dir
         self.backend = backend
+        stage_dir.mkdir(parents=True, exist_ok=True)
         self._metrics_file = (stage_dir / "metrics.jsonl").open("a", encoding="utf-8")
 
     @property

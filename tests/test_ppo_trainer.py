@@ -129,11 +129,15 @@ def test_target_kl_stops_the_epochs_early(tiny_sft_model, tmp_path):
 
 
 def test_ratio_threshold_skips_mini_batches(tiny_sft_model, tmp_path):
-    trainer = make_trainer(make_config(tiny_sft_model, ratio_threshold=0.5), tmp_path)
-    before = snapshot(trainer.model.policy_parameters())
+    trainer = make_trainer(make_config(tiny_sft_model), tmp_path)
+    trainer.step()  # gradients and AdamW moments exist now
+    trainer.config = replace_ppo(make_config(tiny_sft_model), ratio_threshold=0.5).ppo
+    before = snapshot(trainer.model.policy_parameters() + trainer.model.critic_parameters())
     metrics = trainer.step()
     assert metrics["ppo/policy/skipped_minibatches"] == 8  # 4 epochs × 2 mini-batches
-    assert not changed(before, trainer.model.policy_parameters())
+    assert not changed(
+        before, trainer.model.policy_parameters() + trainer.model.critic_parameters()
+    )
 
 
 def test_critic_warmup_trains_only_the_critic(tiny_sft_model, tmp_path):

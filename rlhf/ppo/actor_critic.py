@@ -90,8 +90,13 @@ class ActorCritic(nn.Module):
         self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits (B, Tr, V), values (B, Tr) when the critic shares this pass, else None)."""
-        output = self.policy(**inputs, output_hidden_states=self.shares_forward, use_cache=False)
-        logits = response_slice(output.logits, prompt_width, response_width)
+        output = self.policy(
+            **inputs,
+            output_hidden_states=self.shares_forward,
+            use_cache=False,
+            logits_to_keep=response_width + 1,  # no LM head over the prompt
+        )
+        logits = output.logits[:, :-1]
         if not self.shares_forward:
             return logits, None
         hidden = response_slice(output.hidden_states[-1], prompt_width, response_width)
@@ -117,12 +122,13 @@ class ActorCritic(nn.Module):
     def reference_logits(
         self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
     ) -> torch.Tensor:
+        keep = {"use_cache": False, "logits_to_keep": response_width + 1}
         if self.reference is not None:
-            logits = self.reference(**inputs, use_cache=False).logits
+            logits = self.reference(**inputs, **keep).logits
         else:
             with self.policy.disable_adapter():
-                logits = self.policy(**inputs, use_cache=False).logits
-        return response_slice(logits, prompt_width, response_width)
+                logits = self.policy(**inputs, **keep).logits
+        return logits[:, :-1]
 
     @contextlib.contextmanager
     def critic_adapter(self) -> Iterator[None]:

@@ -78,6 +78,15 @@ class Rollout:
     returns: torch.Tensor | None = None
 
 
+def make_optimizer(groups: list[list[torch.nn.Parameter]], lr: float) -> torch.optim.AdamW:
+    """AdamW, fused where PyTorch has a fused kernel for the device (3–4× faster on CPU)."""
+    param_groups = [{"params": params} for params in groups if params]
+    try:
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=0.0, fused=True)
+    except RuntimeError:
+        return torch.optim.AdamW(param_groups, lr=lr, weight_decay=0.0)
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -102,12 +111,8 @@ class PPOTrainer:
         self.kl_controller = make_kl_controller(
             config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon
         )
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": model.policy_parameters()},
-                {"params": model.critic_parameters()},
-            ],
-            lr=config.learning_rate,
+        self.optimizer = make_optimizer(
+            [model.policy_parameters(), model.critic_parameters()], config.learning_rate
         )
         steps_per_update = config.ppo_epochs * (
             config.batch_size
@@ -223,6 +228,7 @@ class PPOTrainer:
             for start in range(0, total, group):
                 group_index = order[start : start + group]
                 group_tokens = rollout.mask[group_index].sum()
+                contributed = False
                 for micro in group_index.split(c.mini_batch_size):
                     if c.loss_aggregation == "token_mean":
                         weight = (rollout.mask[micro].sum() / group_tokens).item()
@@ -232,7 +238,9 @@ class PPOTrainer:
                     for key, value in micro_stats.items():
                         stats[key].append(value)
                     epoch_kl.append(micro_stats["policy/approxkl"])
-                stats["policy/grad_norm"].append(self._optimizer_step())
+                    contributed |= not micro_stats["skipped"]
+                if contributed:  # a step on zero gradients would still move AdamW's moments
+                    stats["policy/grad_norm"].append(self._optimizer_step())
             if c.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > c.target_kl:
                 stats["policy/early_stop_epoch"].append(epoch + 1)
                 break
@@ -253,7 +261,8 @@ class PPOTrainer:
         inputs = joined_inputs(encoded, responses, mask)
         widths = (encoded.input_ids.shape[1], responses.shape[1])
         logits, values = self.model.policy_forward(inputs, *widths)
-        logprobs = self._logprobs(logits, responses)
+        log_probs_all = torch.log_softmax(logits.float() / (c.temperature + 1e-7), dim=-1)
+        logprobs = torch.gather(log_probs_all, 2, responses.unsqueeze(-1)).squeeze(-1)
         pg_loss, pg_stats = core.policy_loss(
             logprobs,
             rollout.logprobs[index],
@@ -264,7 +273,9 @@ class PPOTrainer:
             c.dual_clip,
             c.loss_aggregation,
         )
-        entropy = core.entropy_from_logits(logits / (c.temperature + 1e-7))
+        # entropy needs a graph only when it is in the loss
+        with torch.set_grad_enabled(c.entropy_coef != 0 and torch.is_grad_enabled()):
+            entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
         stats = {f"policy/{k}": v for k, v in pg_stats.items()}
         stats["policy/entropy"] = core.masked_mean(entropy, mask).item()
         stats["skipped"] = 0.0
@@ -313,7 +324,8 @@ class PPOTrainer:
         self._check_finite("gradient norm", norm)
         self.optimizer.step()
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
+        self.optimizer.zero_grad(set_to_none=False)
         return norm.item()
 
     def _check_finite(self, what: str, value: torch.Tensor) -> None:
