@@ -158,6 +158,8 @@ class PPOConfig:
     stop_token: str | None = None  # stop at this token instead of EOS
     length_sampler: list[int] | None = None  # [min, max] new tokens sampled per batch
     missing_eos_penalty: float | None = None  # subtracted from the score of unfinished answers
+    overlong_buffer: int | None = None  # last N tokens before max_new_tokens are penalised
+    overlong_penalty: float = 1.0  # penalty reached at max_new_tokens (linear over the buffer)
     # --- reward shaping ---
     kl_coef: float = 0.05  # beta: weight of the per-token KL penalty
     kl_estimator: str = "k1"  # estimator in the penalty: k1, k2, k3, abs
@@ -184,7 +186,7 @@ class PPOConfig:
     vf_coef: float = 0.1  # weight of the value loss
     entropy_coef: float = 0.0  # weight of the entropy bonus
     loss_aggregation: str = "token_mean"  # token_mean, seq_mean_token_mean, seq_mean_token_sum
-    target_kl: float | None = None  # stop the epochs of an update when approx-KL passes this
+    target_kl: float | None = None  # stop an update's epochs once approx-KL (k3) passes this
     ratio_threshold: float = 10.0  # skip a mini-batch whose mean ratio passes this
     critic_warmup_updates: int = 0  # updates that train only the critic
     # --- models ---
@@ -211,6 +213,11 @@ class PPOConfig:
         _require(0 <= self.lam <= 1, "ppo.lam", "must be in [0, 1]")
         _require(
             self.dual_clip is None or self.dual_clip > 1, "ppo.dual_clip", "must be > 1 when set"
+        )
+        _require(
+            self.overlong_buffer is None or 0 < self.overlong_buffer <= self.max_new_tokens,
+            "ppo.overlong_buffer",
+            "must be in (0, max_new_tokens] when set",
         )
         rollout = self.batch_size * self.samples_per_prompt
         step = self.mini_batch_size * self.gradient_accumulation_steps

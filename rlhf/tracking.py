@@ -99,6 +99,7 @@ class Tracker:
     def __init__(self, stage_dir: Path, backend: NullBackend):
         self.stage_dir = stage_dir
         self.backend = backend
+        self._tables: dict[str, list[list[Any]]] = {}
         stage_dir.mkdir(parents=True, exist_ok=True)
         self._metrics_file = (stage_dir / "metrics.jsonl").open("a", encoding="utf-8")
 
@@ -114,15 +115,16 @@ class Tracker:
         self.backend.log(clean, step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        """A table of samples; rows also go to `<stage_dir>/tables/<key>.jsonl`."""
+        """Add rows to a table of samples: the backend gets every row so far (a table is never
+        overwritten by the next one), `<stage_dir>/tables/<key>.jsonl` gets the new rows."""
         table_file = self.stage_dir / "tables" / f"{key.replace('/', '_')}.jsonl"
         table_file.parent.mkdir(exist_ok=True)
         with table_file.open("a", encoding="utf-8") as handle:
             for row in rows:
-                handle.write(
-                    json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False) + "\n"
-                )
-        self.backend.log_table(key, columns, rows)
+                record = dict(zip(columns, row, strict=True))
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._tables.setdefault(key, []).extend(rows)
+        self.backend.log_table(key, columns, self._tables[key])
 
     def summary(self, metrics: dict[str, Any]) -> None:
         self.backend.summary(metrics)

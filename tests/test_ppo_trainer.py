@@ -23,19 +23,21 @@ def changed(before, parameters) -> bool:
 
 
 def test_mean_score_rises_with_a_simple_function_reward(tiny_sft_model, tmp_path):
-    """Reward = share of the character 你 in the answer; the SFT model writes it rarely."""
+    """Reward = share of the characters 你 and 我 in the answer, rare in the SFT model's answers.
+    Over seeds 0–4 the mean of the last 5 of 40 updates was 0.82–0.96, from 0.04–0.06 (~9 s)."""
     config = make_config(
-        tiny_sft_model, batch_size=16, max_new_tokens=16, total_updates=30, eval_every=0
+        tiny_sft_model, batch_size=16, max_new_tokens=16, ppo_epochs=2, total_updates=40
     )
+    config.reward.function["chars"] = "你我"
     trainer = make_trainer(config, tmp_path)
     scores, kls = [], []
-    for _ in range(30):
+    for _ in range(40):
         metrics = trainer.step()
         scores.append(metrics["ppo/objective/scores"])
         kls.append(metrics["ppo/objective/kl"])
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-    assert last > first + 0.3, (first, last)  # measured: 0.015 → 0.93
-    assert all(math.isfinite(k) for k in kls)
+    assert last > first + 0.4, (first, last)
+    assert all(math.isfinite(k) for k in kls) and max(kls) > 0
 
 
 def test_gradient_accumulation_equals_one_big_mini_batch(tiny_sft_model, tmp_path):
@@ -217,3 +219,42 @@ def test_ppo_stage_end_to_end_with_lora_and_offline_wandb(tiny_sft_model, tmp_pa
     assert len(samples) == 2 * 8  # two sample tables of 8 rows, accumulated
     info = json.loads((stage / "run_info.json").read_text())
     assert info["status"] == "complete" and "ppo/objective/scores" in info["final_metrics"]
+
+
+def test_sampling_knobs_act(tiny_sft_model, tmp_path):
+    config = make_config(tiny_sft_model, samples_per_prompt=2, length_sampler=[3, 3])
+    trainer = make_trainer(config, tmp_path)
+    rollout = trainer.generate(trainer.next_prompts())
+    assert rollout.responses.shape == (16, 3)  # 8 prompts × 2 samples, 3 new tokens at most
+    assert rollout.prompts[0] == rollout.prompts[1]
+
+
+def test_stop_token_replaces_eos(tiny_sft_model, tmp_path):
+    trainer = make_trainer(
+        make_config(tiny_sft_model, stop_token="，", max_new_tokens=24), tmp_path
+    )
+    torch.manual_seed(1)
+    rollout = trainer.generate(trainer.next_prompts())
+    comma = trainer.tokenizer.convert_tokens_to_ids("，")
+    lengths = rollout.mask.sum(1)
+    for row in range(len(rollout.texts)):
+        if rollout.ended[row]:
+            assert rollout.responses[row, lengths[row] - 1] == comma
+            assert rollout.texts[row].endswith("，") and rollout.texts[row].count("，") == 1
+    assert rollout.ended.any()
+
+
+def test_linear_schedule_decays_the_learning_rate(tiny_sft_model, tmp_path):
+    trainer = make_trainer(
+        make_config(tiny_sft_model, lr_scheduler="linear", total_updates=2), tmp_path
+    )
+    assert trainer.step()["ppo/lr"] == pytest.approx(1e-3 * 0.5)  # 8 of 16 optimiser steps done
+    assert trainer.step()["ppo/lr"] == pytest.approx(0.0)
+
+
+def test_overlong_penalty_lowers_the_scores_of_long_answers(tiny_sft_model, tmp_path):
+    config = make_config(tiny_sft_model, max_new_tokens=4, min_new_tokens=4, overlong_buffer=1)
+    trainer = make_trainer(config, tmp_path)
+    rollout = trainer.generate(trainer.next_prompts())
+    expected = rollout.raw_scores - 1.0  # every answer is 4 tokens long: the full penalty
+    torch.testing.assert_close(rollout.scores.cpu(), expected)

@@ -120,6 +120,15 @@ def per_token_rewards(
     return rewards, non_score
 
 
+def overlong_penalty(
+    lengths: torch.Tensor, max_length: int, buffer: int, penalty: float
+) -> torch.Tensor:
+    """Soft penalty (B,) for answers running into the length limit (DAPO, Yu et al. 2025):
+    0 up to max_length − buffer, then falling linearly to −penalty at max_length."""
+    excess = (lengths.float() - (max_length - buffer)).clamp(min=0)
+    return -penalty * (excess / buffer).clamp(max=1.0)
+
+
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,14 +1,15 @@
 """The PPO loop for language models, in numbered phases per update.
 
 1. generate: sample responses to a batch of prompts (KV cache), cut after the first stop token;
-2. score: reward source on (prompt, response text); missing-EOS penalty, scale, normalise, clip;
+2. score: reward source on (prompt, response text); missing-EOS penalty, scale, normalise, clip,
+   soft overlong penalty;
 3. forward passes: log-probs of the sampled tokens under the policy and the reference, values;
 4. rewards: −β·KL per token + score on the last real token (Ziegler et al. 2019);
 5. advantages: optional reward whitening, GAE(γ, λ), advantage whitening;
 6. update: ppo_epochs × shuffled mini-batches of clipped policy loss + vf_coef × clipped value
    loss − entropy_coef × entropy, gradient accumulation, grad-norm clipping; a mini-batch whose
-   mean ratio passes ratio_threshold is skipped, the epochs stop early once approx-KL passes
-   target_kl; the first critic_warmup_updates train only the critic;
+   mean ratio passes ratio_threshold is skipped, the epochs stop early once an epoch's mean
+   approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
    truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates.
 
@@ -176,6 +177,13 @@ class PPOTrainer:
         raw = self.reward_fn(prompts, texts)
         self._timings["score"] += time.perf_counter() - started
         scores = raw if evaluation else self.processor(raw, ended.cpu())
+        if not evaluation and self.config.overlong_buffer is not None:
+            scores = scores + core.overlong_penalty(
+                mask.sum(1).cpu(),
+                self.config.max_new_tokens,
+                self.config.overlong_buffer,
+                self.config.overlong_penalty,
+            )
         return Rollout(prompts, encoded, responses, mask, ended, texts, raw, scores.to(device))
 
     @torch.no_grad()
@@ -237,7 +245,7 @@ class PPOTrainer:
                     micro_stats = self._micro_step(rollout, micro, weight, critic_only)
                     for key, value in micro_stats.items():
                         stats[key].append(value)
-                    epoch_kl.append(micro_stats["policy/approxkl"])
+                    epoch_kl.append(micro_stats["policy/approxkl_k3"])  # ≥ 0, low variance
                     contributed |= not micro_stats["skipped"]
                 if contributed:  # a step on zero gradients would still move AdamW's moments
                     stats["policy/grad_norm"].append(self._optimizer_step())
