@@ -127,3 +127,14 @@ def test_train_py_reports_config_errors_in_one_line(tmp_path, override, needle):
     assert len(lines) == 1, result.stderr
     assert needle in lines[0]
     assert not (run_dir / "sft").exists()  # nothing started, nothing that looks finished
+
+
+def test_ppo_default_yaml_documents_every_ppo_knob():
+    import yaml
+
+    from rlhf.config import PPOConfig
+
+    text = (CONF_DIR / "ppo" / "default.yaml").read_text(encoding="utf-8")
+    assert set(yaml.safe_load(text)) == {f.name for f in dataclasses.fields(PPOConfig)}
+    knob_lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert all("  # " in line for line in knob_lines)  # one line of doc each

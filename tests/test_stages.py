@@ -81,11 +81,19 @@ def test_lora_sft_saves_merged_weights_that_moved(tmp_path):
 
 
 def test_unimplemented_stage_says_so_in_one_line(tmp_path):
-    result = run_train(["stage=ppo", "logger=none"], tmp_path)
+    result = run_train(["stage=eval", "logger=none"], tmp_path)
     assert result.returncode == 2
     assert error_lines(result) == [
-        "error: stage 'ppo' is not implemented yet (the PPO engine lands with the PPO issue)"
+        "error: stage 'eval' is not implemented yet (evaluation lands with the pipeline issue)"
     ]
+
+
+def test_ppo_without_a_reward_model_names_the_missing_folder(tmp_path):
+    result = run_train(["stage=ppo", "logger=none"], tmp_path)
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert str(tmp_path / "rm" / "model") in line and "does not exist" in line
+    assert not (tmp_path / "ppo" / "COMPLETE").exists()
 
 
 def write_empty(tmp_path):
