@@ -59,9 +59,8 @@ class ActorCritic(nn.Module):
             raise ValueError("critic 'lora' needs a LoRA policy with a 'critic' adapter")
         hidden = policy.config.get_text_config().hidden_size
         self.value_head = new_value_head(hidden) if critic_kind in ("value_head", "lora") else None
-        for frozen in (reference,):
-            if frozen is not None:
-                frozen.requires_grad_(False).eval()
+        if reference is not None:
+            reference.requires_grad_(False).eval()
 
     @property
     def shares_forward(self) -> bool:

@@ -23,6 +23,26 @@ class EncodedPrompts:
 
 
 @dataclass
+class Rollout:
+    prompts: list[str]
+    encoded: EncodedPrompts
+    responses: torch.Tensor  # (B, Tr)
+    mask: torch.Tensor  # (B, Tr) bool, True on real response tokens
+    ended: torch.Tensor  # (B,) bool, stopped at the stop token
+    texts: list[str]
+    raw_scores: torch.Tensor  # (B,) as the reward source gave them
+    scores: torch.Tensor  # (B,) after penalty / scale / normalisation / clip
+    logprobs: torch.Tensor | None = None  # (B, Tr) policy, at sampling time
+    ref_logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    kl: torch.Tensor | None = None  # (B, Tr) estimator used for the penalty
+    rewards: torch.Tensor | None = None
+    non_score_rewards: torch.Tensor | None = None
+    advantages: torch.Tensor | None = None
+    returns: torch.Tensor | None = None
+
+
+@dataclass
 class SamplingSettings:
     max_new_tokens: int
     min_new_tokens: int = 0

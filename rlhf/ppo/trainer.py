@@ -34,7 +34,6 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -45,8 +44,10 @@ from rlhf.errors import NumericError
 from rlhf.ppo import core
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.kl_control import make_kl_controller
+from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
 from rlhf.ppo.rollout import (
     EncodedPrompts,
+    Rollout,
     SamplingSettings,
     encode_prompts,
     joined_inputs,
@@ -55,28 +56,6 @@ from rlhf.ppo.rollout import (
 from rlhf.rewards import RewardFunction
 from rlhf.rewards.processing import ScoreProcessor
 from rlhf.tracking import Tracker
-
-SAMPLE_COLUMNS = ["update", "prompt", "response", "score", "kl", "length", "eos"]
-
-
-@dataclass
-class Rollout:
-    prompts: list[str]
-    encoded: EncodedPrompts
-    responses: torch.Tensor  # (B, Tr)
-    mask: torch.Tensor  # (B, Tr) bool, True on real response tokens
-    ended: torch.Tensor  # (B,) bool, stopped at the stop token
-    texts: list[str]
-    raw_scores: torch.Tensor  # (B,) as the reward source gave them
-    scores: torch.Tensor  # (B,) after penalty / scale / normalisation / clip
-    logprobs: torch.Tensor | None = None  # (B, Tr) policy, at sampling time
-    ref_logprobs: torch.Tensor | None = None
-    values: torch.Tensor | None = None
-    kl: torch.Tensor | None = None  # (B, Tr) estimator used for the penalty
-    rewards: torch.Tensor | None = None
-    non_score_rewards: torch.Tensor | None = None
-    advantages: torch.Tensor | None = None
-    returns: torch.Tensor | None = None
 
 
 def make_optimizer(groups: list[list[torch.nn.Parameter]], lr: float) -> torch.optim.AdamW:
@@ -357,7 +336,8 @@ class PPOTrainer:
         done = time.perf_counter()
         self._timings["forward"] = forwarded - generated
         self._timings["update"] = done - forwarded
-        metrics = self.rollout_metrics(rollout)
+        self._last_rollout = rollout
+        metrics = rollout_metrics(rollout)
         metrics.update({f"ppo/{k}": v for k, v in update_stats.items()})
         metrics["ppo/kl_coef"] = self.kl_controller.value
         metrics["ppo/lr"] = self.scheduler.get_last_lr()[0]
@@ -366,48 +346,6 @@ class PPOTrainer:
         metrics["timing/total"] = done - started
         self.kl_controller.update(metrics["ppo/objective/kl"], rollout.responses.shape[0])
         return metrics
-
-    def rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
-        mask = rollout.mask
-        per_sequence = {
-            "kl": core.masked_sum(rollout.kl, mask, dim=1),
-            "kl_k1": core.masked_sum(
-                core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k1"), mask, 1
-            ),
-            "kl_k3": core.masked_sum(
-                core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, "k3"), mask, 1
-            ),
-            "non_score_reward": core.masked_sum(rollout.non_score_rewards, mask, dim=1),
-            "entropy": core.masked_sum(-rollout.logprobs, mask, dim=1),
-        }
-        metrics = {f"ppo/objective/{k}": v.mean().item() for k, v in per_sequence.items()}
-        metrics["ppo/objective/scores"] = rollout.scores.mean().item()
-        metrics["ppo/objective/raw_scores"] = rollout.raw_scores.mean().item()
-        metrics["ppo/objective/rlhf_reward"] = (
-            (rollout.scores + per_sequence["non_score_reward"]).mean().item()
-        )
-        metrics["ppo/eos_rate"] = rollout.ended.float().mean().item()
-        metrics["ppo/truncation_rate"] = 1 - metrics["ppo/eos_rate"]
-        metrics["ppo/response_length"] = mask.sum(1).float().mean().item()
-        metrics["ppo/val/returns_mean"] = core.masked_mean(rollout.returns, mask).item()
-        metrics["ppo/val/advantages_mean"] = core.masked_mean(rollout.advantages, mask).item()
-        self._last_rollout = rollout
-        return metrics
-
-    def sample_rows(self, rollout: Rollout) -> list[list]:
-        kl = core.masked_sum(rollout.kl, rollout.mask, dim=1)
-        return [
-            [self.update, p, r, round(s.item(), 4), round(k.item(), 4), int(n), bool(e)]
-            for p, r, s, k, n, e in zip(
-                rollout.prompts,
-                rollout.texts,
-                rollout.raw_scores,
-                kl,
-                rollout.mask.sum(1),
-                rollout.ended,
-                strict=True,
-            )
-        ]
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -444,7 +382,7 @@ class PPOTrainer:
                 metrics.update(self.evaluate())
             if c.log_samples_every and self.update % c.log_samples_every == 0:
                 self.tracker.log_table(
-                    "ppo/samples", SAMPLE_COLUMNS, self.sample_rows(self._last_rollout)
+                    "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
                 )
             self.tracker.log(metrics, step=self.update)
             final = metrics
