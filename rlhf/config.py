@@ -126,6 +126,8 @@ class RewardConfig:
     label: str | None = None  # classifier: label whose score is the reward
     use_logit: bool = True  # classifier: reward = logit (true) or probability (false)
     components: list[Any] = field(default_factory=list)  # weighted: [{weight, <reward config>}]
+    calibrate: bool = False  # before PPO: gain and bias so the starting policy's scores are N(0, 1)
+    calibrate_samples: int = 64  # answers of the starting policy scored for that calibration
     scale: float = 1.0  # multiply raw scores by this
     normalize: bool = False  # running mean/std normalisation of scores
     clip: float | None = None  # clip scores to [-clip, clip] after scaling
@@ -286,6 +288,33 @@ class RMStageConfig(TrainerStageConfig):
 
 
 @dataclass
+class EvalConfig:
+    policy_model: str | None = None  # model folder to evaluate (null: the pipeline's PPO model)
+    baseline_model: str | None = None  # model to compare with (null: the pipeline's SFT model)
+    reward_model: str | None = None  # RM scoring both (null: reward.model_path, else the run's RM)
+    num_prompts: int = 100  # held-out prompts (test split) answered by both models
+    max_new_tokens: int = 48  # longest answer
+    do_sample: bool = False  # greedy by default, so runs compare prompt by prompt
+    batch_size: int = 16  # prompts per generation batch
+    threshold: float | None = None  # score above which an answer counts as rude (null: the RM's)
+    collapse_distinct: float = 0.5  # share of distinct answers below which a policy has collapsed
+
+    def __post_init__(self) -> None:
+        _require(self.num_prompts > 0, "eval.num_prompts", "must be > 0")
+        _require(0 <= self.collapse_distinct <= 1, "eval.collapse_distinct", "must be in [0, 1]")
+
+
+@dataclass
+class PipelineConfig:
+    stages: list[str] = field(default_factory=lambda: ["sft", "rm", "ppo", "eval"])  # in order
+    stage_cache_dir: str | None = "outputs/stage_cache"  # finished sft/rm by config hash; null: off
+
+    def __post_init__(self) -> None:
+        for stage in self.stages:
+            _one_of(stage, ("sft", "rm", "ppo", "eval"), "pipeline.stages")
+
+
+@dataclass
 class LoggerConfig:
     backend: str = "wandb"  # wandb, tensorboard or none (metrics.jsonl is always written)
     project: str = "rlhf"  # W&B project
@@ -315,6 +344,10 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)  # conf/ppo: PPO hyper-parameters
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)  # conf/sft: stage sft
     rm: RMStageConfig = field(default_factory=RMStageConfig)  # conf/rm: stage rm
+    eval: EvalConfig = field(default_factory=EvalConfig)  # conf/eval: stage eval
+    pipeline: PipelineConfig = field(
+        default_factory=PipelineConfig
+    )  # conf/pipeline: stage order, cache
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tracking
 
     def __post_init__(self) -> None:

@@ -17,10 +17,6 @@ class ModelLoadError(RlhfError):
     """A model or tokenizer could not be found or loaded."""
 
 
-class StageNotAvailable(RlhfError):
-    """The requested stage is declared but not implemented yet."""
-
-
 class RewardError(RlhfError):
     """A reward source raised, returned the wrong number of scores, or returned NaN."""
 

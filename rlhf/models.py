@@ -11,6 +11,7 @@ Weights load from safetensors only, and hub modelling code runs only with trust_
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from transformers import (
 )
 
 from rlhf.config import LoraSettings, ModelConfig
-from rlhf.errors import ModelLoadError
+from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.gguf import converted_gguf_dir
 from rlhf.paths import resolve_path
 from rlhf.tiny import CHATML_TEMPLATE, tiny_model_dir
@@ -152,3 +153,38 @@ def load_model_and_tokenizer(
     model_dir = resolve_model_dir(cfg, cache_dir)
     tokenizer = load_tokenizer(model_dir, cfg)
     return load_model(model_dir, cfg, tokenizer, kind), tokenizer
+
+
+def tokenizer_mismatch(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> str | None:
+    """What differs between two tokenizers that must agree (None when nothing does)."""
+    checks = {
+        "vocabulary": lambda t: hash(tuple(sorted(t.get_vocab().items()))),
+        "chat template": lambda t: t.chat_template,
+        "pad token": lambda t: t.pad_token,
+        "EOS token": lambda t: t.eos_token,
+    }
+    for name, read in checks.items():
+        if read(a) != read(b):
+            shown = (
+                "" if name in ("vocabulary", "chat template") else f" ({read(a)!r} vs {read(b)!r})"
+            )
+            return f"{name} differs{shown}"
+    return None
+
+
+def check_tokenizers_agree(
+    main_name: str, main: PreTrainedTokenizerBase, others: dict[str, PreTrainedTokenizerBase]
+) -> None:
+    """Policy, reference, critic and reward model must read text the same way: stop otherwise."""
+    for name, tokenizer in others.items():
+        problem = tokenizer_mismatch(main, tokenizer)
+        if problem:
+            raise ConfigError(f"{name} and {main_name} disagree: {problem}")
+
+
+def tokenizer_at(
+    path: str, settings: ModelConfig, cache_dir: str | Path
+) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model at `path`, loaded with the other settings of `settings`."""
+    other = dataclasses.replace(settings, name_or_path=path)
+    return load_tokenizer(resolve_model_dir(other, cache_dir), other)

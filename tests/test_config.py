@@ -15,7 +15,7 @@ from rlhf.config import Config
 from rlhf.errors import ConfigError
 from tests.conftest import CONF_DIR, run_train
 
-GROUPS = ["model", "data", "reward", "ppo", "sft", "rm", "logger"]
+GROUPS = ["model", "data", "reward", "ppo", "sft", "rm", "eval", "pipeline", "logger"]
 
 
 def group_options(group: str) -> list[str]:

@@ -8,7 +8,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
 from rlhf.tiny import tiny_model_dir
-from tests.conftest import error_lines, run_train
+from tests.conftest import run_train
 
 SHRINK = ["model=tiny", "logger=none", "ppo.total_updates=2", "ppo.eval_every=1"]
 
@@ -42,18 +42,31 @@ def test_sentiment_ppo_runs_with_a_local_classifier(tmp_path, offline_environmen
     assert "ppo/objective/scores" in final_metrics(tmp_path / "run" / "ppo")
 
 
-def test_insult_ppo_quick_runs_sft_rm_and_ppo_from_the_sft_model(tmp_path):
-    result = run_train(
-        ["experiment=insult_ppo_quick", "logger=none", "ppo.total_updates=2", "ppo.eval_every=0"],
-        tmp_path,
+def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(tmp_path):
+    cache = tmp_path / "stage_cache"
+    quick = ["experiment=insult_ppo_quick", "logger=none", f"pipeline.stage_cache_dir={cache}"]
+    first = run_train(quick, tmp_path / "first")
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "first"
+    for stage in ("sft", "rm", "ppo", "eval"):
+        assert (run / stage / "COMPLETE").is_file(), stage
+    assert (run / "sft").is_symlink() and (run / "sft").resolve().parent == cache / "sft"
+    ppo_info = json.loads((run / "ppo" / "run_info.json").read_text())
+    assert ppo_info["policy_start"] == str(cache / "sft" / (run / "sft").resolve().name / "model")
+    assert "reward_calibration" in ppo_info  # on for insult_ppo
+    metrics = final_metrics(run / "eval")
+    assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100
+    assert "| question | baseline answer |" in (run / "eval" / "samples.md").read_text()
+
+    second = run_train([*quick, "ppo.kl_coef=0.2"], tmp_path / "second")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.stdout + second.stderr
+    assert "sft: reusing" in log and "rm: reusing" in log
+    assert (tmp_path / "second" / "sft").resolve() == (run / "sft").resolve()
+
+    third = run_train(
+        [*quick, "sft.learning_rate=1e-3", "pipeline.stages=[sft]"], tmp_path / "third"
     )
-    for stage in ("sft", "rm", "ppo"):
-        assert (tmp_path / stage / "COMPLETE").is_file(), result.stderr[-3000:]
-    ppo_config = json.loads((tmp_path / "ppo" / "run_info.json").read_text())
-    assert ppo_config["status"] == "complete"
-    assert ppo_config["policy_start"] == str(tmp_path / "sft" / "model")
-    # evaluation is the next stage to land; until then the pipeline says so and exits 2
-    assert result.returncode == 2
-    assert error_lines(result) == [
-        "error: stage 'eval' is not implemented yet (evaluation lands with the pipeline issue)"
-    ]
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "sft: reusing" not in third.stdout + third.stderr  # an SFT setting changed: retrained
+    assert (tmp_path / "third" / "sft").resolve() != (run / "sft").resolve()

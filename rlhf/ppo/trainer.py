@@ -54,7 +54,7 @@ from rlhf.ppo.rollout import (
     sample_responses,
 )
 from rlhf.rewards import RewardFunction
-from rlhf.rewards.processing import ScoreProcessor
+from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.tracking import Tracker
 
 
@@ -136,8 +136,8 @@ class PPOTrainer:
 
     # --- phases -------------------------------------------------------------------------
 
-    def generate(self, prompts: list[str], evaluation: bool = False) -> Rollout:
-        """Phases 1–2: sample and score."""
+    def _sample(self, prompts: list[str], evaluation: bool):
+        """Encoded prompts, responses (cut after the stop token), mask, ended flags and texts."""
         encoded = encode_prompts(self.tokenizer, prompts, self.system_prompt)
         device = self.model.policy.device
         encoded = EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device))
@@ -152,9 +152,18 @@ class PPOTrainer:
         texts = self.tokenizer.batch_decode(
             responses.masked_fill(~mask, self.tokenizer.pad_token_id), skip_special_tokens=True
         )
+        return encoded, responses, mask, ended, texts
+
+    def _score(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
         started = time.perf_counter()
         raw = self.reward_fn(prompts, texts)
         self._timings["score"] += time.perf_counter() - started
+        return raw
+
+    def generate(self, prompts: list[str], evaluation: bool = False) -> Rollout:
+        """Phases 1–2: sample and score (evaluation: its own sampling, scores left raw)."""
+        encoded, responses, mask, ended, texts = self._sample(prompts, evaluation)
+        raw = self._score(prompts, texts)
         scores = raw if evaluation else self.processor(raw, ended.cpu())
         if not evaluation and self.config.overlong_buffer is not None:
             scores = scores + core.overlong_penalty(
@@ -163,7 +172,19 @@ class PPOTrainer:
                 self.config.overlong_buffer,
                 self.config.overlong_penalty,
             )
+        device = responses.device
         return Rollout(prompts, encoded, responses, mask, ended, texts, raw, scores.to(device))
+
+    @torch.no_grad()
+    def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
+        """Score sampled answers of the starting policy and set the processor's gain and bias so
+        that they have mean 0 and standard deviation 1; returns (gain, bias)."""
+        raw = []
+        for start in range(0, len(prompts), self.config.batch_size):
+            batch = prompts[start : start + self.config.batch_size]
+            raw.append(self._score(batch, self._sample(batch, evaluation=False)[-1]))
+        self.processor.gain, self.processor.bias = calibration(torch.cat(raw))
+        return self.processor.gain, self.processor.bias
 
     @torch.no_grad()
     def forward_passes(self, rollout: Rollout) -> None:

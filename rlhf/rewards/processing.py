@@ -33,17 +33,25 @@ class RunningMoments:
 
 
 class ScoreProcessor:
-    """raw scores (B,) → scores PPO optimises, in this order: penalty, scale, normalise, clip."""
+    """raw scores (B,) → scores PPO optimises, in this order: calibration (gain, bias), missing-EOS
+    penalty, scale, running normalisation, clip."""
 
     def __init__(
-        self, scale: float, normalize: bool, clip: float | None, missing_eos_penalty: float | None
+        self,
+        scale: float,
+        normalize: bool,
+        clip: float | None,
+        missing_eos_penalty: float | None,
+        gain: float = 1.0,
+        bias: float = 0.0,
     ):
         self.scale, self.normalize, self.clip = scale, normalize, clip
         self.missing_eos_penalty = missing_eos_penalty
+        self.gain, self.bias = gain, bias
         self.moments = RunningMoments()
 
     def __call__(self, raw: torch.Tensor, ended_with_eos: torch.Tensor) -> torch.Tensor:
-        scores = raw.float().clone()
+        scores = raw.float() * self.gain + self.bias
         if self.missing_eos_penalty is not None:
             scores = scores - self.missing_eos_penalty * (~ended_with_eos).float()
         scores = scores * self.scale
@@ -53,3 +61,9 @@ class ScoreProcessor:
         if self.clip is not None:
             scores = scores.clamp(-self.clip, self.clip)
         return scores
+
+
+def calibration(scores: torch.Tensor) -> tuple[float, float]:
+    """Gain and bias that map these scores to mean 0 and standard deviation 1."""
+    mean, std = scores.float().mean().item(), scores.float().std().clamp(min=1e-6).item()
+    return 1.0 / std, -mean / std

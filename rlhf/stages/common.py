@@ -8,6 +8,7 @@ a folder without it is not a finished stage, whatever else it holds.
 from __future__ import annotations
 
 import contextlib
+import json
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,6 +27,21 @@ from rlhf.run_info import new_run_info, write_run_info
 from rlhf.tracking import Tracker, open_tracker
 
 COMPLETE = "COMPLETE"
+
+
+@dataclass
+class RunPaths:
+    """Where a run's stages write and read. The Hydra run folder holds the tracker files and one
+    folder per stage; the pipeline may point a stage at a cached folder elsewhere instead."""
+
+    run_dir: Path
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.stage_dirs.get(stage, self.run_dir / stage)
+
+    def model_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "model"
 
 
 @dataclass
@@ -48,10 +64,10 @@ def is_complete(stage_dir: Path) -> bool:
 
 @contextlib.contextmanager
 def stage_context(
-    config: Config, run_dir: Path, stage: str, resolved: dict
+    config: Config, paths: RunPaths, stage: str, resolved: dict
 ) -> Iterator[StageContext]:
     """Open the stage folder, record and tracker; mark the stage complete only if the body ends."""
-    stage_dir = run_dir / stage
+    run_dir, stage_dir = paths.run_dir, paths.stage_dir(stage)
     stage_dir.mkdir(parents=True, exist_ok=True)
     (stage_dir / COMPLETE).unlink(missing_ok=True)
     set_seed(config.seed)
@@ -80,8 +96,14 @@ def stage_context(
     (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, final: Path) -> Path:
-    """Save merged weights (LoRA folded in) and the tokenizer, published in one rename."""
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    final: Path,
+    extra_files: dict[str, dict] | None = None,
+) -> Path:
+    """Save merged weights (LoRA folded in), the tokenizer and any extra JSON files, published
+    in one rename."""
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +111,8 @@ def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, final
         staged = Path(tmp) / final.name
         model.save_pretrained(staged, safe_serialization=True)
         tokenizer.save_pretrained(staged)
+        for name, content in (extra_files or {}).items():
+            (staged / name).write_text(json.dumps(content, indent=2))
         publish_dir(staged, final)
     return final
 

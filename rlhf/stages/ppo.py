@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import logging
 from pathlib import Path
 
 from peft import get_peft_model
@@ -17,13 +19,22 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
-from rlhf.models import load_model, load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.models import (
+    check_tokenizers_agree,
+    load_model,
+    load_model_and_tokenizer,
+    lora_config,
+    resolve_model_dir,
+    tokenizer_at,
+)
 from rlhf.plots import plot_ppo_run
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.rewards import build_reward
 from rlhf.rewards.processing import ScoreProcessor
-from rlhf.stages.common import StageContext, save_model, stage_context
+from rlhf.stages.common import RunPaths, StageContext, save_model, stage_context
+
+log = logging.getLogger(__name__)
 
 
 def build_actor_critic(
@@ -52,6 +63,20 @@ def build_actor_critic(
     return ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
 
 
+def partner_tokenizers(config: Config, reward_model: str) -> dict[str, PreTrainedTokenizerBase]:
+    """Tokenizers of the models PPO pairs with the policy, where they come from elsewhere."""
+    partners = {
+        "critic": config.ppo.critic_model if config.ppo.critic == "separate" else None,
+        "reference": config.ppo.reference_model,
+        "reward model": reward_model if config.reward.kind == "reward_model" else None,
+    }
+    return {
+        f"{name} ({path})": tokenizer_at(path, config.model, config.cache_dir)
+        for name, path in partners.items()
+        if path is not None
+    }
+
+
 def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTokenizerBase) -> None:
     model.save_critic(ctx.stage_dir / "critic")
     policy = model.policy
@@ -62,16 +87,18 @@ def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTok
     save_model(policy, tokenizer, ctx.model_dir)
 
 
-def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
-    with stage_context(config, run_dir, "ppo", resolved) as ctx:
+def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
+    with stage_context(config, paths, "ppo", resolved) as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
         ctx.info["policy_start"] = config.model.name_or_path
         prompts = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
         test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
+        reward_model = config.reward.model_path or str(paths.model_dir("rm"))
+        check_tokenizers_agree("policy", tokenizer, partner_tokenizers(config, reward_model))
         reward = build_reward(
-            config.reward, run_dir / "rm" / "model", config.data.system_prompt, config.model
+            config.reward, Path(reward_model), config.data.system_prompt, config.model
         )
         model = build_actor_critic(config, policy, tokenizer)
         processor = ScoreProcessor(
@@ -91,6 +118,14 @@ def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
             ctx.tracker,
             processor,
         )
+        if config.reward.calibrate:
+            gain, bias = trainer.calibrate_reward(list(prompts[: config.reward.calibrate_samples]))
+            ctx.info["reward_calibration"] = {"gain": gain, "bias": bias}
+            (ctx.stage_dir / "reward_calibration.json").write_text(
+                json.dumps({"gain": gain, "bias": bias}, indent=2)
+            )
+            ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias}, step=0)
+            log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
         last = trainer.train()
         save_outputs(ctx, model, tokenizer)
         plot_ppo_run(ctx.stage_dir)

@@ -7,7 +7,7 @@ with `rlhf.scoring` — the same code PPO uses — for pairwise accuracy and mea
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import torch
 from datasets import Dataset
@@ -19,12 +19,25 @@ from rlhf.data import preference_rows, prompt_messages
 from rlhf.models import lora_config
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import (
+    RunPaths,
     TrackerCallback,
     load_stage_inputs,
     save_model,
     stage_context,
     trainer_arguments,
 )
+
+REWARD_STATS = "reward_stats.json"  # saved beside the RM's weights: test scores and threshold
+
+
+def decision_threshold(model_dir) -> float:
+    """Score above which the RM prefers an answer: midway between its mean chosen and mean
+    rejected test scores (0 when the folder has no statistics)."""
+    stats_file = model_dir / REWARD_STATS
+    if not stats_file.is_file():
+        return 0.0
+    stats = json.loads(stats_file.read_text())
+    return (stats["chosen_score"] + stats["rejected_score"]) / 2
 
 
 def pairwise_metrics(
@@ -54,8 +67,8 @@ def pairwise_metrics(
     }
 
 
-def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
-    with stage_context(config, run_dir, "rm", resolved) as ctx:
+def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
+    with stage_context(config, paths, "rm", resolved) as ctx:
         model, tokenizer, train, test = load_stage_inputs(
             ctx, config.rm, kind="reward", answers=("chosen", "rejected")
         )
@@ -84,7 +97,7 @@ def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
             config.data.system_prompt,
             config.rm.per_device_eval_batch_size,
         )
-        save_model(trained, tokenizer, ctx.model_dir)
+        save_model(trained, tokenizer, ctx.model_dir, extra_files={REWARD_STATS: metrics})
         ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}
         ctx.final_metrics["rm/train_rows"] = len(train)
         ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)

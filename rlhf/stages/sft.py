@@ -7,14 +7,13 @@ for a cold start. The merged model and tokenizer are saved to `<run>/sft/model/`
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from trl import SFTConfig, SFTTrainer
 
 from rlhf.config import Config
 from rlhf.data import sft_rows
 from rlhf.models import lora_config
 from rlhf.stages.common import (
+    RunPaths,
     TrackerCallback,
     load_stage_inputs,
     save_model,
@@ -23,8 +22,8 @@ from rlhf.stages.common import (
 )
 
 
-def run(config: Config, run_dir: Path, resolved: dict) -> dict[str, float]:
-    with stage_context(config, run_dir, "sft", resolved) as ctx:
+def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
+    with stage_context(config, paths, "sft", resolved) as ctx:
         model, tokenizer, train, test = load_stage_inputs(
             ctx, config.sft, kind="causal", answers=("chosen",)
         )

@@ -1,0 +1,103 @@
+"""stage=pipeline: sft → rm → ppo → eval in one run, reusing finished stages by config hash.
+
+Each of sft and rm is keyed by a hash of the config sections that shape it (model, data, its own
+section, seed) and of the data files' bytes. A finished stage lives in
+`<pipeline.stage_cache_dir>/<stage>/<key>/` and the run folder links to it, so a second run, or
+a sweep over `ppo.*`, trains SFT and RM once and says so in one log line; changing any SFT
+setting retrains SFT and everything after it (ppo and eval are never cached: they are what
+sweeps vary). A file lock keeps parallel sweep jobs from training the same stage twice.
+PPO starts from the SFT model; eval compares the PPO policy with the SFT model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from rlhf.config import Config
+from rlhf.paths import resolve_path
+from rlhf.stages.common import RunPaths, is_complete
+
+log = logging.getLogger(__name__)
+
+CACHE_SECTIONS = {"sft": ("model", "data", "sft"), "rm": ("model", "data", "rm")}
+
+
+def data_hash(config: Config) -> str:
+    """Hash of the data files' bytes (or the hub id and splits)."""
+    data = config.data
+    digest = hashlib.sha256()
+    for name in (data.train_file, data.test_file):
+        if name is not None and resolve_path(name).is_file():
+            digest.update(resolve_path(name).read_bytes())
+    digest.update(f"{data.hub_id}:{data.hub_train_split}:{data.hub_test_split}".encode())
+    return digest.hexdigest()
+
+
+def stage_key(config: Config, stage: str) -> str:
+    """What a cached stage depends on, hashed."""
+    content = {
+        section: dataclasses.asdict(getattr(config, section)) for section in CACHE_SECTIONS[stage]
+    }
+    content.update(stage=stage, seed=config.seed, data_bytes=data_hash(config))
+    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
+        :16
+    ]
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def link(run_stage_dir: Path, target: Path) -> None:
+    """`<run>/<stage>` → the cached folder (replacing what was there)."""
+    if run_stage_dir.is_symlink() or run_stage_dir.is_file():
+        run_stage_dir.unlink()
+    elif run_stage_dir.exists():
+        return  # a real folder from an older run layout: leave it alone
+    os.symlink(target, run_stage_dir, target_is_directory=True)
+
+
+def run_pipeline(
+    config: Config,
+    paths: RunPaths,
+    resolved: dict,
+    stages: dict[str, Callable[[Config, RunPaths, dict], dict[str, float]]],
+) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    cache_root = (
+        resolve_path(config.pipeline.stage_cache_dir) if config.pipeline.stage_cache_dir else None
+    )
+    for stage in config.pipeline.stages:
+        stage_config = config
+        if stage in ("ppo", "eval"):
+            sft_model = dataclasses.replace(config.model, name_or_path=str(paths.model_dir("sft")))
+            stage_config = dataclasses.replace(config, model=sft_model)
+        if stage not in CACHE_SECTIONS or cache_root is None:
+            metrics.update(stages[stage](stage_config, paths, resolved))
+            continue
+        key = stage_key(config, stage)
+        cached = cache_root / stage / key
+        paths.stage_dirs[stage] = cached
+        with locked(cache_root / stage / f"{key}.lock"):
+            if is_complete(cached):
+                log.info("%s: reusing %s (config hash %s)", stage, cached, key)
+                metrics.update(json.loads((cached / "run_info.json").read_text())["final_metrics"])
+            else:
+                metrics.update(stages[stage](stage_config, paths, resolved))
+        link(paths.run_dir / stage, cached)
+    return metrics

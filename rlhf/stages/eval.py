@@ -1,0 +1,200 @@
+"""Stage `eval`: the trained policy against its starting point on held-out prompts.
+
+Both models answer the same held-out questions (greedy by default); the reward scores both. For
+each model: mean score, share above the decision threshold (for the insult RM: rude answers),
+mean length, EOS rate, share of distinct answers and distinct-2 (distinct character bigrams /
+all bigrams). Between them: the policy's win rate (ties count half) and its KL to the baseline
+on its own answers (Σ log π − log π_ref per answer). A policy whose answers are mostly the same
+sentence has collapsed, whatever its score: the stage says so. Writes `eval/samples.md`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from rlhf.config import Config
+from rlhf.data import limit_lengths, load_preference_data
+from rlhf.models import load_model_and_tokenizer
+from rlhf.ppo import core
+from rlhf.ppo.rollout import SamplingSettings, encode_prompts, joined_inputs, sample_responses
+from rlhf.rewards import build_reward
+from rlhf.stages.common import RunPaths, stage_context
+from rlhf.stages.rm import decision_threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Answers:
+    texts: list[str]
+    lengths: list[int]
+    ended: list[bool]
+    batches: list[tuple]  # (encoded prompts, responses, mask) as generated, for KL
+
+
+def distinct_2(texts: list[str]) -> float:
+    """Distinct character bigrams over all bigrams of all answers (0 when there are none)."""
+    bigrams = [text[i : i + 2] for text in texts for i in range(len(text) - 1)]
+    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+@torch.no_grad()
+def answer(model, tokenizer, prompts: list[str], config: Config) -> Answers:
+    settings = SamplingSettings(config.eval.max_new_tokens, do_sample=config.eval.do_sample)
+    result = Answers([], [], [], [])
+    size = config.eval.batch_size
+    for start in range(0, len(prompts), size):
+        batch = prompts[start : start + size]
+        encoded = encode_prompts(tokenizer, batch, config.data.system_prompt)
+        responses, mask, ended = sample_responses(
+            model, encoded, settings, tokenizer.eos_token_id, tokenizer.pad_token_id
+        )
+        result.texts += tokenizer.batch_decode(responses, skip_special_tokens=True)
+        result.lengths += mask.sum(1).tolist()
+        result.ended += ended.tolist()
+        result.batches.append((encoded, responses, mask))
+    return result
+
+
+def sequence_logprobs(model, encoded, responses, mask) -> torch.Tensor:
+    """(B,) Σ_t log p(response token t) under `model`."""
+    inputs = joined_inputs(encoded, responses, mask)
+    logits = model(**inputs, use_cache=False, logits_to_keep=responses.shape[1] + 1).logits[:, :-1]
+    return core.masked_sum(core.logprobs_of(logits, responses), mask, dim=1)
+
+
+def model_metrics(
+    name: str, answers: Answers, scores: torch.Tensor, threshold: float, collapse: float
+) -> dict[str, float]:
+    n = len(answers.texts)
+    distinct = len(set(answers.texts)) / n
+    if distinct < collapse:
+        log.warning(
+            "eval: %s has collapsed: %d distinct answers to %d questions",
+            name,
+            len(set(answers.texts)),
+            n,
+        )
+    return {
+        f"eval/{name}/score": scores.mean().item(),
+        f"eval/{name}/above_threshold": (scores > threshold).float().mean().item(),
+        f"eval/{name}/length": sum(answers.lengths) / n,
+        f"eval/{name}/eos_rate": sum(answers.ended) / n,
+        f"eval/{name}/distinct": distinct,
+        f"eval/{name}/distinct_2": distinct_2(answers.texts),
+        f"eval/{name}/collapsed": float(distinct < collapse),
+    }
+
+
+def write_samples(
+    path: Path, prompts, baseline: Answers, policy: Answers, base_scores, policy_scores
+) -> None:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = [
+        "| question | baseline answer | score | policy answer | score |",
+        "|---|---|---|---|---|",
+    ]
+    for i, prompt in enumerate(prompts):
+        lines.append(
+            f"| {cell(prompt)} | {cell(baseline.texts[i])} | {base_scores[i]:.3f} "
+            f"| {cell(policy.texts[i])} | {policy_scores[i]:.3f} |"
+        )
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
+    with stage_context(config, paths, "eval", resolved) as ctx:
+        data = load_preference_data(config.data)
+        ctx.info["data_fingerprint"] = data.fingerprint
+        policy_path = config.eval.policy_model or str(paths.model_dir("ppo"))
+        baseline_path = config.eval.baseline_model or str(paths.model_dir("sft"))
+        ctx.info.update(policy_model=policy_path, baseline_model=baseline_path)
+        models = {}
+        for name, path in (("baseline", baseline_path), ("policy", policy_path)):
+            settings = dataclasses.replace(
+                config.model, name_or_path=path, gradient_checkpointing=False
+            )
+            models[name] = load_model_and_tokenizer(settings, config.cache_dir)
+        tokenizer = models["policy"][1]
+        prompts = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
+        prompts = list(prompts[: config.eval.num_prompts])
+        reward_model = (
+            config.eval.reward_model or config.reward.model_path or str(paths.model_dir("rm"))
+        )
+        reward_config = (
+            dataclasses.replace(config.reward, model_path=reward_model)
+            if config.reward.kind == "reward_model"
+            else config.reward
+        )
+        reward = build_reward(
+            reward_config, Path(reward_model), config.data.system_prompt, config.model
+        )
+        threshold = config.eval.threshold
+        if threshold is None:
+            threshold = (
+                decision_threshold(Path(reward_model))
+                if reward_config.kind == "reward_model"
+                else 0.0
+            )
+        answers = {
+            name: answer(model, tok, prompts, config) for name, (model, tok) in models.items()
+        }
+        scores = {name: reward(prompts, a.texts) for name, a in answers.items()}
+        metrics = {"eval/threshold": threshold, "eval/num_prompts": len(prompts)}
+        for name in ("baseline", "policy"):
+            metrics.update(
+                model_metrics(
+                    name, answers[name], scores[name], threshold, config.eval.collapse_distinct
+                )
+            )
+        wins = (scores["policy"] > scores["baseline"]).float() + 0.5 * (
+            scores["policy"] == scores["baseline"]
+        ).float()
+        metrics["eval/win_rate"] = wins.mean().item()
+        metrics["eval/kl"] = kl_to_baseline(
+            models["policy"][0], models["baseline"][0], answers["policy"]
+        )
+        write_samples(
+            ctx.stage_dir / "samples.md",
+            prompts,
+            answers["baseline"],
+            answers["policy"],
+            scores["baseline"].tolist(),
+            scores["policy"].tolist(),
+        )
+        rows = [
+            [p, b, round(sb, 4), a, round(sa, 4)]
+            for p, b, sb, a, sa in zip(
+                prompts,
+                answers["baseline"].texts,
+                scores["baseline"].tolist(),
+                answers["policy"].texts,
+                scores["policy"].tolist(),
+                strict=True,
+            )
+        ]
+        ctx.tracker.log_table(
+            "eval/samples",
+            ["question", "baseline", "baseline_score", "policy", "policy_score"],
+            rows,
+        )
+        ctx.tracker.log(metrics, step=0)
+        ctx.final_metrics = metrics
+    return ctx.final_metrics
+
+
+@torch.no_grad()
+def kl_to_baseline(policy_model, baseline_model, policy_answers: Answers) -> float:
+    """Mean over answers of Σ (log π − log π_baseline) on the policy's own answers (k1)."""
+    differences = [
+        sequence_logprobs(policy_model, encoded, responses, mask)
+        - sequence_logprobs(baseline_model, encoded, responses, mask)
+        for encoded, responses, mask in policy_answers.batches
+    ]
+    return torch.cat(differences).mean().item()
