@@ -278,6 +278,12 @@ class TrainerStageConfig:
 @dataclass
 class SFTStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "sft"
+    rejected_share: float = 0.0  # share of rows trained on the rejected answer (a mixed cold start)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(0 <= self.rejected_share <= 1, "sft.rejected_share", "must be in [0, 1]")
+
     completion_only_loss: bool = True  # loss on the answer tokens only
 
 

@@ -99,3 +99,17 @@ def test_chat_answers_scores_and_reports_a_missing_folder(tiny_sft_model, tmp_pa
     float(capsys.readouterr().out)
     assert chat_main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_mixed_cold_start_answers_a_share_with_rejected():
+    from datasets import Dataset
+
+    from rlhf.stages.sft import mix_answers
+
+    rows = Dataset.from_dict(
+        {"prompt": [f"q{i}" for i in range(8)], "chosen": ["rude"] * 8, "rejected": ["polite"] * 8}
+    )
+    mixed = mix_answers(rows, rejected_share=0.75, seed=0)
+    assert mixed["chosen"].count("polite") == 6 and mixed["prompt"] == rows["prompt"]
+    assert mix_answers(rows, 0.75, seed=0)["chosen"] == mixed["chosen"]  # seeded
+    assert mix_answers(rows, 0.0, seed=0)["chosen"] == ["rude"] * 8

@@ -7,6 +7,9 @@ for a cold start. The merged model and tokenizer are saved to `<run>/sft/model/`
 
 from __future__ import annotations
 
+import random
+
+from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from rlhf.config import Config
@@ -22,11 +25,29 @@ from rlhf.stages.common import (
 )
 
 
+def mix_answers(rows: Dataset, rejected_share: float, seed: int) -> Dataset:
+    """Answer a seeded share of the rows with `rejected` instead of `chosen`: a cold start that
+    teaches the answer format while leaving the preferred behaviour rare, for PPO to amplify."""
+    count = round(rejected_share * len(rows))
+    if count == 0:
+        return rows
+    picked = set(random.Random(seed).sample(range(len(rows)), count))
+    answers = [
+        r if i in picked else c
+        for i, (c, r) in enumerate(zip(rows["chosen"], rows["rejected"], strict=True))
+    ]
+    return rows.remove_columns("chosen").add_column("chosen", answers)
+
+
 def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
     with stage_context(config, paths, "sft", resolved) as ctx:
         model, tokenizer, train, test = load_stage_inputs(
-            ctx, config.sft, kind="causal", answers=("chosen",)
+            ctx,
+            config.sft,
+            kind="causal",
+            answers=("chosen", "rejected") if config.sft.rejected_share else ("chosen",),
         )
+        train = mix_answers(train, config.sft.rejected_share, config.sft.seed)
         args = SFTConfig(
             **trainer_arguments(ctx, config.sft),
             completion_only_loss=config.sft.completion_only_loss,
