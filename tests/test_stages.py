@@ -80,12 +80,12 @@ def test_lora_sft_saves_merged_weights_that_moved(tmp_path):
     assert info["config"]["model"]["lora"]["enabled"] is True
 
 
-def test_unimplemented_stage_says_so_in_one_line(tmp_path):
+def test_eval_without_a_policy_names_the_missing_folder(tmp_path):
     result = run_train(["stage=eval", "logger=none"], tmp_path)
     assert result.returncode == 2
-    assert error_lines(result) == [
-        "error: stage 'eval' is not implemented yet (evaluation lands with the pipeline issue)"
-    ]
+    (line,) = error_lines(result)
+    assert str(tmp_path / "sft" / "model") in line and "does not exist" in line
+    assert not (tmp_path / "eval" / "COMPLETE").exists()
 
 
 def test_ppo_without_a_reward_model_names_the_missing_folder(tmp_path):
