@@ -100,4 +100,8 @@ def run_pipeline(
             else:
                 metrics.update(stages[stage](stage_config, paths, resolved))
         link(paths.run_dir / stage, cached)
+    run = paths.run_dir
+    log.info("done. models: %s/{sft,rm,ppo}/model; metrics: %s/*/metrics.jsonl", run, run)
+    log.info("plots: %s/ppo/plots/; samples: %s/eval/samples.md", run, run)
+    log.info("talk to it: python -m rlhf.chat %s/ppo/model", run)
     return metrics
