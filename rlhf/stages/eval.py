@@ -90,61 +90,76 @@ def model_metrics(
     }
 
 
-def write_samples(
-    path: Path, prompts, baseline: Answers, policy: Answers, base_scores, policy_scores
-) -> None:
-    def cell(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
+SAMPLE_COLUMNS = ["question", "baseline", "baseline_score", "policy", "policy_score"]
+
+
+def sample_table(prompts: list[str], answers: dict[str, Answers], scores: dict) -> list[list]:
+    """(question, baseline answer, score, policy answer, score) rows."""
+    return [
+        [p, b, round(sb, 4), a, round(sa, 4)]
+        for p, b, sb, a, sa in zip(
+            prompts,
+            answers["baseline"].texts,
+            scores["baseline"].tolist(),
+            answers["policy"].texts,
+            scores["policy"].tolist(),
+            strict=True,
+        )
+    ]
+
+
+def write_samples(path: Path, rows: list[list]) -> None:
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
 
     lines = [
         "| question | baseline answer | score | policy answer | score |",
         "|---|---|---|---|---|",
+        *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
     ]
-    for i, prompt in enumerate(prompts):
-        lines.append(
-            f"| {cell(prompt)} | {cell(baseline.texts[i])} | {base_scores[i]:.3f} "
-            f"| {cell(policy.texts[i])} | {policy_scores[i]:.3f} |"
-        )
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
+    """baseline (SFT unless set) and policy (PPO unless set): name → (model, tokenizer)."""
+    sources = {
+        "baseline": config.eval.baseline_model or str(paths.model_dir("sft")),
+        "policy": config.eval.policy_model or str(paths.model_dir("ppo")),
+    }
+    models = {}
+    for name, path in sources.items():
+        settings = dataclasses.replace(
+            config.model, name_or_path=path, gradient_checkpointing=False
+        )
+        models[name] = load_model_and_tokenizer(settings, config.cache_dir)
+    return models
+
+
+def eval_reward(config: Config, paths: RunPaths):
+    """The reward both models are scored with, and its decision threshold."""
+    rm_path = config.eval.reward_model or config.reward.model_path or str(paths.model_dir("rm"))
+    reward_config = config.reward
+    if reward_config.kind == "reward_model":
+        reward_config = dataclasses.replace(reward_config, model_path=rm_path)
+    reward = build_reward(reward_config, Path(rm_path), config.data.system_prompt, config.model)
+    threshold = config.eval.threshold
+    if threshold is None:
+        threshold = (
+            decision_threshold(Path(rm_path)) if reward_config.kind == "reward_model" else 0.0
+        )
+    return reward, threshold
 
 
 def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
     with stage_context(config, paths, "eval", resolved) as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
-        policy_path = config.eval.policy_model or str(paths.model_dir("ppo"))
-        baseline_path = config.eval.baseline_model or str(paths.model_dir("sft"))
-        ctx.info.update(policy_model=policy_path, baseline_model=baseline_path)
-        models = {}
-        for name, path in (("baseline", baseline_path), ("policy", policy_path)):
-            settings = dataclasses.replace(
-                config.model, name_or_path=path, gradient_checkpointing=False
-            )
-            models[name] = load_model_and_tokenizer(settings, config.cache_dir)
+        models = load_models(config, paths)
         tokenizer = models["policy"][1]
         prompts = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
         prompts = list(prompts[: config.eval.num_prompts])
-        reward_model = (
-            config.eval.reward_model or config.reward.model_path or str(paths.model_dir("rm"))
-        )
-        reward_config = (
-            dataclasses.replace(config.reward, model_path=reward_model)
-            if config.reward.kind == "reward_model"
-            else config.reward
-        )
-        reward = build_reward(
-            reward_config, Path(reward_model), config.data.system_prompt, config.model
-        )
-        threshold = config.eval.threshold
-        if threshold is None:
-            threshold = (
-                decision_threshold(Path(reward_model))
-                if reward_config.kind == "reward_model"
-                else 0.0
-            )
-        answers = {
-            name: answer(model, tok, prompts, config) for name, (model, tok) in models.items()
-        }
+        reward, threshold = eval_reward(config, paths)
+        answers = {name: answer(m, tok, prompts, config) for name, (m, tok) in models.items()}
         scores = {name: reward(prompts, a.texts) for name, a in answers.items()}
         metrics = {"eval/threshold": threshold, "eval/num_prompts": len(prompts)}
         for name in ("baseline", "policy"):
@@ -153,37 +168,16 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
                     name, answers[name], scores[name], threshold, config.eval.collapse_distinct
                 )
             )
-        wins = (scores["policy"] > scores["baseline"]).float() + 0.5 * (
-            scores["policy"] == scores["baseline"]
-        ).float()
-        metrics["eval/win_rate"] = wins.mean().item()
+        ties = (scores["policy"] == scores["baseline"]).float()
+        metrics["eval/win_rate"] = (
+            ((scores["policy"] > scores["baseline"]).float() + 0.5 * ties).mean().item()
+        )
         metrics["eval/kl"] = kl_to_baseline(
             models["policy"][0], models["baseline"][0], answers["policy"]
         )
-        write_samples(
-            ctx.stage_dir / "samples.md",
-            prompts,
-            answers["baseline"],
-            answers["policy"],
-            scores["baseline"].tolist(),
-            scores["policy"].tolist(),
-        )
-        rows = [
-            [p, b, round(sb, 4), a, round(sa, 4)]
-            for p, b, sb, a, sa in zip(
-                prompts,
-                answers["baseline"].texts,
-                scores["baseline"].tolist(),
-                answers["policy"].texts,
-                scores["policy"].tolist(),
-                strict=True,
-            )
-        ]
-        ctx.tracker.log_table(
-            "eval/samples",
-            ["question", "baseline", "baseline_score", "policy", "policy_score"],
-            rows,
-        )
+        rows = sample_table(prompts, answers, scores)
+        write_samples(ctx.stage_dir / "samples.md", rows)
+        ctx.tracker.log_table("eval/samples", SAMPLE_COLUMNS, rows)
         ctx.tracker.log(metrics, step=0)
         ctx.final_metrics = metrics
     return ctx.final_metrics
