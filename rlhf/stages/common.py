@@ -96,6 +96,11 @@ def stage_context(
     (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
 
 
+def merged(model: PreTrainedModel) -> PreTrainedModel:
+    """The plain model with any LoRA adapters folded into its weights."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+
+
 def save_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -104,8 +109,7 @@ def save_model(
 ) -> Path:
     """Save merged weights (LoRA folded in), the tokenizer and any extra JSON files, published
     in one rename."""
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+    model = merged(model)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".saving-") as tmp:
         staged = Path(tmp) / final.name

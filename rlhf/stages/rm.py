@@ -22,6 +22,7 @@ from rlhf.stages.common import (
     RunPaths,
     TrackerCallback,
     load_stage_inputs,
+    merged,
     save_model,
     stage_context,
     trainer_arguments,
@@ -85,11 +86,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             callbacks=[TrackerCallback(ctx.tracker, "rm")],
         )
         trainer.train()
-        trained = (
-            trainer.model.merge_and_unload()
-            if hasattr(trainer.model, "merge_and_unload")
-            else trainer.model
-        )
+        trained = merged(trainer.model)
         metrics = pairwise_metrics(
             trained,
             tokenizer,
