@@ -18,7 +18,7 @@ from rlhf.config import ModelConfig
 from rlhf.data import prompt_messages
 from rlhf.errors import RlhfError
 from rlhf.models import load_model, load_tokenizer, resolve_model_dir
-from rlhf.ppo.rollout import SamplingSettings, encode_prompts, sample_responses
+from rlhf.ppo.rollout import SamplingSettings, sample_answers
 from rlhf.scoring import score_conversations
 
 
@@ -40,15 +40,10 @@ class Chat:
 
     @torch.no_grad()
     def reply(self, question: str) -> str:
-        encoded = encode_prompts(self.tokenizer, [question], self.system)
-        responses, _, _ = sample_responses(
-            self.model,
-            encoded,
-            self.settings,
-            self.tokenizer.eos_token_id,
-            self.tokenizer.pad_token_id,
-        )
-        return self.tokenizer.decode(responses[0], skip_special_tokens=True)
+        texts = sample_answers(self.model, self.tokenizer, [question], self.system, self.settings)[
+            -1
+        ]
+        return texts[0]
 
     def score(self, question: str, answer: str) -> float:
         conversation = prompt_messages(question, self.system) + [

@@ -95,8 +95,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probability of each token under the logits: (B, T, V), (B, T) → (B, T)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return torch.gather(logp, 2, tokens.unsqueeze(-1)).squeeze(-1)
+    return gather_tokens(F.log_softmax(logits.float(), dim=-1), tokens)
+
+
+def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T, V) log-probabilities, (B, T) tokens → (B, T) log-probability of each token."""
+    return torch.gather(log_probs, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 # --- rewards and advantages -----------------------------------------------------------------

@@ -124,6 +124,27 @@ def sample_responses(
     return responses.masked_fill(~mask, pad_token_id), mask, ended
 
 
+def sample_answers(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    system_prompt: str | None,
+    settings: SamplingSettings,
+    stop_token_id: int | None = None,
+) -> tuple[EncodedPrompts, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    """Prompts → (encoded prompts, responses, response mask, ended, decoded answers), on the
+    model's device; stops at `stop_token_id` (EOS by default)."""
+    encoded = encode_prompts(tokenizer, prompts, system_prompt)
+    device = model.device
+    encoded = EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device))
+    stop = tokenizer.eos_token_id if stop_token_id is None else stop_token_id
+    responses, mask, ended = sample_responses(
+        model, encoded, settings, stop, tokenizer.pad_token_id
+    )
+    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)  # pad after the stop
+    return encoded, responses, mask, ended, texts
+
+
 def joined_inputs(
     prompts: EncodedPrompts, responses: torch.Tensor, response_mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:

@@ -49,9 +49,8 @@ from rlhf.ppo.rollout import (
     EncodedPrompts,
     Rollout,
     SamplingSettings,
-    encode_prompts,
     joined_inputs,
-    sample_responses,
+    sample_answers,
 )
 from rlhf.rewards import RewardFunction
 from rlhf.rewards.processing import ScoreProcessor, calibration
@@ -138,21 +137,15 @@ class PPOTrainer:
 
     def _sample(self, prompts: list[str], evaluation: bool):
         """Encoded prompts, responses (cut after the stop token), mask, ended flags and texts."""
-        encoded = encode_prompts(self.tokenizer, prompts, self.system_prompt)
-        device = self.model.policy.device
-        encoded = EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device))
         self.model.policy.eval()
-        responses, mask, ended = sample_responses(
+        return sample_answers(
             self.model.policy,
-            encoded,
+            self.tokenizer,
+            prompts,
+            self.system_prompt,
             self.sampling(evaluation),
             self.stop_token_id,
-            self.tokenizer.pad_token_id,
         )
-        texts = self.tokenizer.batch_decode(
-            responses.masked_fill(~mask, self.tokenizer.pad_token_id), skip_special_tokens=True
-        )
-        return encoded, responses, mask, ended, texts
 
     def _score(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
         started = time.perf_counter()
@@ -201,8 +194,12 @@ class PPOTrainer:
         )
         rollout.values = rollout.values.float()
 
+    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the distribution actually sampled (logits / temperature)."""
+        return torch.log_softmax(logits.float() / (self.config.temperature + 1e-7), dim=-1)
+
     def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return core.logprobs_of(logits / (self.config.temperature + 1e-7), tokens)
+        return core.gather_tokens(self._log_softmax(logits), tokens)
 
     def shape_rewards(self, rollout: Rollout) -> None:
         """Phases 4–5: per-token rewards, GAE, whitening."""
@@ -269,8 +266,8 @@ class PPOTrainer:
         inputs = joined_inputs(encoded, responses, mask)
         widths = (encoded.input_ids.shape[1], responses.shape[1])
         logits, values = self.model.policy_forward(inputs, *widths)
-        log_probs_all = torch.log_softmax(logits.float() / (c.temperature + 1e-7), dim=-1)
-        logprobs = torch.gather(log_probs_all, 2, responses.unsqueeze(-1)).squeeze(-1)
+        log_probs_all = self._log_softmax(logits)  # one softmax for log-probs and entropy
+        logprobs = core.gather_tokens(log_probs_all, responses)
         pg_loss, pg_stats = core.policy_loss(
             logprobs,
             rollout.logprobs[index],

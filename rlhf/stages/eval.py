@@ -20,7 +20,7 @@ from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
 from rlhf.models import load_model_and_tokenizer
 from rlhf.ppo import core
-from rlhf.ppo.rollout import SamplingSettings, encode_prompts, joined_inputs, sample_responses
+from rlhf.ppo.rollout import SamplingSettings, joined_inputs, sample_answers
 from rlhf.rewards import build_reward
 from rlhf.stages.common import RunPaths, stage_context
 from rlhf.stages.rm import decision_threshold
@@ -48,12 +48,10 @@ def answer(model, tokenizer, prompts: list[str], config: Config) -> Answers:
     result = Answers([], [], [], [])
     size = config.eval.batch_size
     for start in range(0, len(prompts), size):
-        batch = prompts[start : start + size]
-        encoded = encode_prompts(tokenizer, batch, config.data.system_prompt)
-        responses, mask, ended = sample_responses(
-            model, encoded, settings, tokenizer.eos_token_id, tokenizer.pad_token_id
+        encoded, responses, mask, ended, texts = sample_answers(
+            model, tokenizer, prompts[start : start + size], config.data.system_prompt, settings
         )
-        result.texts += tokenizer.batch_decode(responses, skip_special_tokens=True)
+        result.texts += texts
         result.lengths += mask.sum(1).tolist()
         result.ended += ended.tolist()
         result.batches.append((encoded, responses, mask))
