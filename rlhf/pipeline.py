@@ -47,9 +47,8 @@ def stage_key(config: Config, stage: str) -> str:
         section: dataclasses.asdict(getattr(config, section)) for section in CACHE_SECTIONS[stage]
     }
     content.update(stage=stage, seed=config.seed, data_bytes=data_hash(config))
-    return hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode()).hexdigest()[
-        :16
-    ]
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 @contextlib.contextmanager
