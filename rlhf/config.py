@@ -40,9 +40,15 @@ class LoraSettings:
     )  # modules to adapt
     bias: str = "none"  # which biases to train: none, all, lora_only
     modules_to_save: list[str] | None = None  # extra modules trained in full (e.g. a score head)
+    top_layers: int | None = None  # adapt the last N decoder layers only (faster backward)
 
     def __post_init__(self) -> None:
         _require(self.r > 0, "model.lora.r", f"must be > 0, got {self.r}")
+        _require(
+            self.top_layers is None or self.top_layers > 0,
+            "model.lora.top_layers",
+            f"must be > 0 when set, got {self.top_layers}",
+        )
         _one_of(self.bias, ("none", "all", "lora_only"), "model.lora.bias")
 
 
@@ -255,6 +261,7 @@ class TrainerStageConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     logging_steps: int = 5  # log every N optimiser steps
     max_train_samples: int | None = None  # use only the first N (shuffled) training rows
+    max_eval_samples: int | None = None  # evaluate on N (shuffled) test rows; null = all
     bf16: bool = False  # bf16 mixed precision (needs hardware support)
     seed: int = 42  # seed of data order and head initialisation
 
@@ -271,6 +278,11 @@ class TrainerStageConfig:
         _require(
             self.max_train_samples is None or self.max_train_samples > 0,
             f"{key}.max_train_samples",
+            "must be > 0 when set",
+        )
+        _require(
+            self.max_eval_samples is None or self.max_eval_samples > 0,
+            f"{key}.max_eval_samples",
             "must be > 0 when set",
         )
 
@@ -291,6 +303,15 @@ class SFTStageConfig(TrainerStageConfig):
 class RMStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "rm"
     center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
+    # extra pairs (share of the training rows) of chosen vs. a hard negative a weak policy writes,
+    # from rlhf/hard_negatives.py:
+    echo_negatives: float = 0.0  # ... the question echoed back as the answer
+    garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("echo_negatives", "garbled_negatives"):
+            _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
 
 
 @dataclass

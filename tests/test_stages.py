@@ -64,19 +64,20 @@ def test_rm_reaches_pairwise_accuracy_on_the_test_split(tmp_path):
 
 
 def test_lora_sft_saves_merged_weights_that_moved(tmp_path):
-    result = run_train(
-        ["stage=sft", "model.lora.enabled=true", "sft.max_steps=3", "logger=none"], tmp_path
-    )
+    overrides = ["model.lora.enabled=true", "model.lora.top_layers=1", "sft.max_eval_samples=5"]
+    result = run_train(["stage=sft", *overrides, "sft.max_steps=3", "logger=none"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     tuned = load_file(tmp_path / "sft" / "model" / "model.safetensors")
     assert not any("lora" in name for name in tuned)  # adapters folded into the weights
     base_dir = resolve_model_dir(ModelConfig(), os.environ["RLHF_CACHE"])
     base = load_file(base_dir / "model.safetensors")
     info = json.loads((tmp_path / "sft" / "run_info.json").read_text())
-    name = "model.layers.0.self_attn.q_proj.weight"
-    assert not torch.equal(base[name], tuned[name])  # LoRA on q_proj changed it
-    untouched = "model.layers.0.mlp.up_proj.weight"
+    top, bottom = "model.layers.1.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(base[top], tuned[top])  # LoRA on the top layer's q_proj changed it
+    assert torch.equal(base[bottom], tuned[bottom])  # below top_layers: untouched
+    untouched = "model.layers.1.mlp.up_proj.weight"
     assert torch.equal(base[untouched], tuned[untouched])  # frozen base elsewhere
+    assert info["final_metrics"]["sft/test_rows"] == 5
     assert info["config"]["model"]["lora"]["enabled"] is True
 
 

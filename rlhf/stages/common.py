@@ -132,7 +132,8 @@ def load_stage_inputs(
     model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind=kind)
     train = sample_rows(data.train, stage.max_train_samples, stage.seed)
     train = limit_lengths(train, tokenizer, config.data, "train", answers)
-    test = limit_lengths(data.test, tokenizer, config.data, "test", answers)
+    test = sample_rows(data.test, stage.max_eval_samples, stage.seed)
+    test = limit_lengths(test, tokenizer, config.data, "test", answers)
     return model, tokenizer, train, test
 
 

@@ -56,9 +56,10 @@ def build_actor_critic(
         critic_dir = resolve_model_dir(critic_settings, config.cache_dir)
         critic = load_model(critic_dir, critic_settings, tokenizer, kind="reward").eval()
     if settings.lora.enabled:
-        policy = get_peft_model(policy, lora_config(settings.lora))
+        num_layers = policy.config.num_hidden_layers
+        policy = get_peft_model(policy, lora_config(settings.lora, num_layers))
         if ppo.critic == "lora":
-            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora))
+            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora, num_layers))
             policy.set_adapter("default")
     return ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
 

@@ -16,6 +16,7 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
 from rlhf.data import preference_rows, prompt_messages
+from rlhf.hard_negatives import with_hard_negatives
 from rlhf.models import lora_config
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import (
@@ -73,6 +74,9 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         model, tokenizer, train, test = load_stage_inputs(
             ctx, config.rm, kind="reward", answers=("chosen", "rejected")
         )
+        train = with_hard_negatives(
+            train, config.rm.echo_negatives, config.rm.garbled_negatives, config.rm.seed
+        )
         args = RewardConfig(
             **trainer_arguments(ctx, config.rm),
             center_rewards_coefficient=config.rm.center_rewards_coefficient,
@@ -82,7 +86,9 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             args=args,
             train_dataset=preference_rows(train, config.data.system_prompt),
             processing_class=tokenizer,
-            peft_config=lora_config(config.model.lora, kind="reward"),
+            peft_config=lora_config(
+                config.model.lora, model.config.num_hidden_layers, kind="reward"
+            ),
             callbacks=[TrackerCallback(ctx.tracker, "rm")],
         )
         trainer.train()

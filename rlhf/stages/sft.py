@@ -58,7 +58,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             train_dataset=sft_rows(train, config.data.system_prompt),
             eval_dataset=sft_rows(test, config.data.system_prompt),
             processing_class=tokenizer,
-            peft_config=lora_config(config.model.lora, kind="causal"),
+            peft_config=lora_config(config.model.lora, model.config.num_hidden_layers),
             callbacks=[TrackerCallback(ctx.tracker, "sft")],
         )
         trainer.train()
@@ -70,6 +70,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
                 "eval_mean_token_accuracy", float("nan")
             ),
             "sft/train_rows": len(train),
+            "sft/test_rows": len(test),
         }
         ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
     return ctx.final_metrics
