@@ -84,7 +84,10 @@ def swept_keys(sweep_dir: Path, sweeper_params: dict | None) -> frozenset[str]:
     saved = sweep_dir / "multirun.yaml"
     if saved.is_file():
         task = OmegaConf.load(saved).hydra.overrides.task
-        parsed = OverridesParser.create().parse_overrides(list(task))
+        try:
+            parsed = OverridesParser.create().parse_overrides(list(task))
+        except Exception:  # noqa: BLE001 (only labels depend on it: fall back to all overrides)
+            parsed = []
         keys.update(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
     return frozenset(keys)
 
