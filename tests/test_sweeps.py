@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,30 +25,74 @@ from rlhf.wandb_files import read_run
 from tests.conftest import CONF_DIR
 
 GRID = {(0.01, 0.1), (0.01, 0.3), (0.2, 0.1), (0.2, 0.3)}  # (kl_coef, cliprange)
-# insult_ppo_quick with SFT and RM cut to a few steps and three PPO updates (β acts from the
-# second update on: at the first the policy is the reference and the KL is 0).
+# insult_ppo_quick with SFT and RM cut to a few steps, three PPO updates (β acts from the second
+# update on: at the first the policy is the reference and the KL is 0) and no eval stage.
 QUICK = [
     "experiment=insult_ppo_quick", "sft.max_steps=12", "rm.max_steps=12", "ppo.total_updates=3",
-    "ppo.eval_every=3", "eval.num_prompts=8", "reward.calibrate_samples=8",
+    "ppo.eval_every=3", "reward.calibrate_samples=8", "pipeline.stages=[sft,rm,ppo]",
 ]  # fmt: skip
+OBJECTIVE = "ppo/objective/rlhf_reward"
 
 
-def run_sweep(args: list[str], sweep_dir: Path) -> subprocess.CompletedProcess:
-    """`python train.py -m <args>` with its sweep folder at `sweep_dir`."""
-    return subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "train.py"),
-            "-m",
-            *args,
-            f"hydra.sweep.dir={sweep_dir}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "HYDRA_FULL_ERROR": ""},
-    )
+def start_sweep(args: list[str], sweep_dir: Path) -> tuple[subprocess.Popen, Path]:
+    """`python train.py -m <args>` with its sweep folder at `sweep_dir`, output in a file."""
+    sweep_dir.mkdir(parents=True)
+    log = sweep_dir.parent / f"{sweep_dir.name}.log"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "train.py"),
+        "-m",
+        *args,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            command, stdout=handle, stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
+            env={**os.environ, "HYDRA_FULL_ERROR": ""},
+        )  # fmt: skip
+    return process, log
+
+
+@dataclass
+class Sweep:
+    folder: Path
+    returncode: int
+    output: str  # stdout and stderr
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Sweep]:
+    """Two real sweeps sharing one stage cache, run at the same time (two cores, and the cache's
+    file lock is part of what is tested): the 2 × 2 grid, and two jobs of which one fails."""
+    root = tmp_path_factory.mktemp("sweeps")
+    cache = f"pipeline.stage_cache_dir={root / 'stage_cache'}"
+    grid = [
+        *QUICK,
+        "ppo.kl_coef=0.01,0.2",
+        "ppo.cliprange=0.1,0.3",
+        f"objective={OBJECTIVE}",
+        cache,
+    ]
+    failing = [*QUICK, "ppo.total_updates=2", "reward.model_path=null,no_such_rm", cache]
+    started = {"grid": start_sweep(grid, root / "grid")}
+    started["with_failure"] = start_sweep(failing, root / "with_failure")
+    done = {}
+    try:
+        for name, (process, log) in started.items():
+            returncode = process.wait(timeout=600)
+            done[name] = Sweep(root / name, returncode, log.read_text())
+    finally:
+        for process, _ in started.values():
+            if process.poll() is None:  # timed out: leave no sweep running behind the tests
+                process.kill()
+                process.wait()
+    return done
+
+
+@pytest.fixture(scope="module")
+def grid_sweep(sweeps: dict[str, Sweep]) -> Sweep:
+    assert sweeps["grid"].returncode == 0, sweeps["grid"].output[-3000:]
+    return sweeps["grid"]
 
 
 def job_record(job_dir: Path) -> dict:
@@ -58,49 +103,27 @@ def stage_info(job_dir: Path, stage: str) -> dict:
     return json.loads((job_dir / stage / "run_info.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def stage_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One stage cache for the module: the failing sweep reuses the grid sweep's SFT and RM."""
-    return tmp_path_factory.mktemp("sweeps") / "stage_cache"
-
-
-@pytest.fixture(scope="module")
-def grid_sweep(stage_cache: Path) -> tuple[Path, subprocess.CompletedProcess]:
-    sweep_dir = stage_cache.parent / "grid"
-    result = run_sweep(
-        [
-            *QUICK,
-            "ppo.kl_coef=0.01,0.2",
-            "ppo.cliprange=0.1,0.3",
-            f"pipeline.stage_cache_dir={stage_cache}",
-        ],
-        sweep_dir,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return sweep_dir, result
-
-
-def test_grid_sweep_trains_sft_and_rm_once_and_returns_the_objective(grid_sweep, stage_cache):
-    sweep_dir, result = grid_sweep
-    jobs = compare.job_dirs(sweep_dir)
+def test_grid_sweep_trains_sft_and_rm_once_and_returns_the_objective(sweeps, grid_sweep):
+    jobs = compare.job_dirs(grid_sweep.folder)
     assert len(jobs) == 4
-    log = result.stdout + result.stderr
-    assert log.count("sft: reusing") == 3 and log.count("rm: reusing") == 3
-    assert len(list((stage_cache / "sft").glob("*/COMPLETE"))) == 1
-    assert len(list((stage_cache / "rm").glob("*/COMPLETE"))) == 1
+    # six jobs in two sweeps running at once; only one trains SFT and RM, the rest reuse them
+    outputs = grid_sweep.output + sweeps["with_failure"].output
+    assert outputs.count("sft: reusing") == 5 and outputs.count("rm: reusing") == 5
+    cache = grid_sweep.folder.parent / "stage_cache"
+    assert len(list((cache / "sft").glob("*/COMPLETE"))) == 1
+    assert len(list((cache / "rm").glob("*/COMPLETE"))) == 1
     assert len({(job / "sft").resolve() for job in jobs}) == 1
     for job in jobs:
         record = job_record(job)
         assert record["status"] == "complete" and record["wall_seconds"] > 0
-        # train.py returns the stage's objective (the pipeline's: the eval score) to the sweeper
-        assert record["objective"] == "eval/policy/score"
-        eval_score = stage_info(job, "eval")["final_metrics"]["eval/policy/score"]
-        assert record["objective_value"] == eval_score
-    assert "sweep: 4 of 4 jobs complete" in result.stderr
+        # what train.py returned to the sweeper: the final value of `objective`
+        assert record["objective"] == OBJECTIVE
+        assert record["objective_value"] == stage_info(job, "ppo")["final_metrics"][OBJECTIVE]
+    assert "sweep: 4 of 4 jobs complete" in grid_sweep.output
 
 
 def test_grid_sweep_jobs_are_one_wandb_group_with_their_own_parameters(grid_sweep):
-    sweep_dir, _ = grid_sweep
+    sweep_dir = grid_sweep.folder
     assert not list(sweep_dir.glob("*/wandb"))  # every job's W&B files under the sweep folder
     seen = set()
     for job in compare.job_dirs(sweep_dir):
@@ -125,7 +148,7 @@ def test_grid_sweep_jobs_are_one_wandb_group_with_their_own_parameters(grid_swee
 
 
 def test_compare_tabulates_and_plots_the_grid(grid_sweep, capsys):
-    sweep_dir, _ = grid_sweep
+    sweep_dir = grid_sweep.folder
     assert compare.main([str(sweep_dir)]) == 0
     assert "4 jobs (4 complete, 0 running, 0 failed)" in capsys.readouterr().out
     out = sweep_dir / "compare"
@@ -154,19 +177,14 @@ def test_compare_tabulates_and_plots_the_grid(grid_sweep, capsys):
     )
 
 
-def test_a_failing_job_is_reported_and_the_others_keep_their_results(stage_cache, capsys):
-    sweep_dir = stage_cache.parent / "with_failure"
-    fixed = [
-        "ppo.total_updates=2",
-        "pipeline.stages=[sft,rm,ppo]",
-        f"pipeline.stage_cache_dir={stage_cache}",
-    ]
-    result = run_sweep([*QUICK, *fixed, "reward.model_path=null,no_such_rm"], sweep_dir)
-    assert result.returncode == 1
-    failure = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
+def test_a_failing_job_is_reported_and_the_others_keep_their_results(sweeps):
+    sweep = sweeps["with_failure"]
+    sweep_dir = sweep.folder
+    assert sweep.returncode == 1, sweep.output[-3000:]
+    failure = [line for line in sweep.output.splitlines() if line.startswith("failed:")]
     assert len(failure) == 1 and "job #1 (reward.model_path=no_such_rm)" in failure[0]
     assert "'no_such_rm' is neither a local folder" in failure[0]
-    assert "sweep: 1 of 2 jobs complete" in result.stderr
+    assert "sweep: 1 of 2 jobs complete" in sweep.output
     good, bad = compare.job_dirs(sweep_dir)
     assert (good / "ppo" / "COMPLETE").is_file() and (good / "ppo" / "model").is_dir()
     assert job_record(bad)["status"] == "failed" and "no_such_rm" in job_record(bad)["error"]
