@@ -10,14 +10,13 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
+from rlhf.sweep import SweepJob, current_job, run_recorded, with_sweep_logging
 
 EXIT_INPUT_ERROR = 2
 
@@ -46,20 +45,28 @@ def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> No
 def run(cfg: DictConfig) -> float | None:
     """Validate, dispatch to the stage runner, return the metric a sweeper optimises.
 
-    In a single run an input error ends the process here with one line; in a multirun it is
-    raised so that Hydra reports the job's overrides.
+    In a single run an input error ends the process here with one line. In a multirun any
+    failure is recorded in the job's `job.json` and the job returns None, so the other jobs
+    still run (rlhf/sweep.py reports the failures when the sweep ends).
     """
+    job = current_job()
+    if job is not None:
+        return run_recorded(job, lambda: _run_validated(cfg, job))
     try:
-        from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
-
-        config = typed_config(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        return run_stage(config, Path(config.output_dir), resolved)
+        return _run_validated(cfg, None)[1]
     except RlhfError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
         print(describe_error(exc), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
+
+
+def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, float | None]:
+    from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
+
+    config = typed_config(cfg)
+    if job is not None:
+        config = with_sweep_logging(config, job)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    return run_stage(config, Path(config.output_dir), resolved)
 
 
 def _suggest(full_key: str, known_keys: list[str]) -> str:

@@ -346,8 +346,9 @@ class LoggerConfig:
     backend: str = "wandb"  # wandb, tensorboard or none (metrics.jsonl is always written)
     project: str = "rlhf"  # W&B project
     entity: str | None = None  # W&B team or user
-    group: str | None = None  # W&B group (a sweep's runs share one)
-    name: str | None = None  # run name; null = experiment name + stage
+    group: str | None = None  # W&B group; null: none (multirun: <name>-<sweep folder>)
+    name: str | None = None  # run name, '-<stage>' added; null: name (multirun: job overrides)
+    dir: str | None = None  # folder for wandb/; null: the run folder (multirun: the sweep's)
     tags: list[str] = field(default_factory=list)  # W&B tags
     mode: str = "auto"  # auto (offline without WANDB_API_KEY), online, offline, disabled
 
@@ -363,6 +364,7 @@ class Config:
     seed: int = 42  # global seed
     cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
+    objective: str | None = None  # final metric train.py returns to a sweeper; null = the stage's
     model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
     data: DataConfig = field(  # conf/data: preference rows
         default_factory=lambda: DataConfig(train_file="train.jsonl")

@@ -45,7 +45,8 @@ class WandbBackend(NullBackend):
         mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        wandb_parent = Path(cfg.dir) if cfg.dir else run_dir  # a sweep's jobs share one folder
+        wandb_parent.mkdir(parents=True, exist_ok=True)
         self._wandb = wandb
         self._run = wandb.init(
             project=cfg.project,
@@ -55,7 +56,7 @@ class WandbBackend(NullBackend):
             job_type=job_type,
             tags=list(cfg.tags),
             config=config,
-            dir=str(run_dir),
+            dir=str(wandb_parent),
             mode=mode,
             reinit="finish_previous",
         )

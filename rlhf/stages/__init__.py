@@ -28,7 +28,7 @@ STAGES: dict[str, StageRunner] = {
     "pipeline": pipeline,
 }
 
-# The metric a Hydra sweeper optimises, per stage (returned by train.py's main).
+# The metric a Hydra sweeper optimises, per stage, unless `objective` names another.
 OBJECTIVES = {
     "sft": "sft/test/loss",
     "rm": "rm/test/accuracy",
@@ -38,9 +38,16 @@ OBJECTIVES = {
 }
 
 
-def run_stage(config: Config, run_dir: Path, resolved: dict) -> float | None:
+def run_stage(config: Config, run_dir: Path, resolved: dict) -> tuple[str | None, float | None]:
+    """Run `config.stage`; return the objective's name and final value (train.py returns the
+    value to the sweeper)."""
     if config.stage not in STAGES:
         raise ConfigError(f"stage: {config.stage!r} is not one of {', '.join(STAGES)}")
     metrics = STAGES[config.stage](config, RunPaths(run_dir), resolved)
-    objective = OBJECTIVES.get(config.stage)
-    return metrics.get(objective) if objective else None
+    if config.objective is not None and config.objective not in metrics:
+        raise ConfigError(
+            f"objective: {config.objective!r} is not a final metric of stage {config.stage} "
+            f"(final metrics: {', '.join(sorted(metrics))})"
+        )
+    objective = config.objective or OBJECTIVES.get(config.stage)
+    return objective, metrics.get(objective) if objective else None

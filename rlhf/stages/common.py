@@ -75,8 +75,9 @@ def stage_context(
     info_path = stage_dir / "run_info.json"
     write_run_info(info_path, info)
     started = time.time()
-    name = config.logger.name or f"{config.name}-{stage}"
-    tracker_config = {**resolved, "run_info": {k: v for k, v in info.items() if k != "config"}}
+    name = f"{config.logger.name or config.name}-{stage}"
+    record = {k: v for k, v in info.items() if k not in ("config", "sweep")}
+    tracker_config = {**resolved, "sweep": info["sweep"], "run_info": record}
     try:
         with open_tracker(
             config.logger, run_dir, stage_dir, name, stage, tracker_config
