@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
+from rlhf.resume import check_resumable, resume_run_dir
 
 EXIT_INPUT_ERROR = 2
 
@@ -50,11 +51,17 @@ def run(cfg: DictConfig) -> float | None:
     raised so that Hydra reports the job's overrides.
     """
     try:
+        config = typed_config(cfg)
+        run_dir = Path(config.output_dir)
+        resumed = resume_run_dir(config.resume, config.output_dir)
+        if resumed is not None:  # checked before the heavy imports: a bad path fails fast
+            check_resumable(config.stage, config.pipeline.stages, resumed)
+            run_dir = resumed
+        config = dataclasses.replace(config, resume=resumed is not None)
         from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
 
-        config = typed_config(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        return run_stage(config, Path(config.output_dir), resolved)
+        return run_stage(config, run_dir, resolved)
     except RlhfError as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
