@@ -69,6 +69,7 @@ def locked(path: Path) -> Iterator[None]:
 
 def link(run_stage_dir: Path, target: Path) -> None:
     """`<run>/<stage>` → the cached folder (replacing what was there)."""
+    run_stage_dir.parent.mkdir(parents=True, exist_ok=True)
     if run_stage_dir.is_symlink() or run_stage_dir.is_file():
         run_stage_dir.unlink()
     elif run_stage_dir.exists():
@@ -116,12 +117,13 @@ def run_pipeline(
         cached = cache_root / stage / key
         paths.stage_dirs[stage] = cached
         with locked(cache_root / stage / f"{key}.lock"):
+            cached.mkdir(parents=True, exist_ok=True)
+            link(paths.run_dir / stage, cached)  # first, so an interrupted run can be resumed
             if is_complete(cached):
                 log.info("%s: reusing %s (config hash %s)", stage, cached, key)
                 metrics.update(json.loads((cached / "run_info.json").read_text())["final_metrics"])
             else:
                 metrics.update(run_or_reuse(stage, stage_config, paths, resolved, stages))
-        link(paths.run_dir / stage, cached)
     run = paths.run_dir
     log.info("done. models: %s/{sft,rm,ppo}/model; metrics: %s/*/metrics.jsonl", run, run)
     log.info("plots: %s/ppo/plots/; samples: %s/eval/samples.md", run, run)
