@@ -79,7 +79,9 @@ def test_ppo_killed_twice_and_resumed_ends_like_a_straight_run(
         expected = [r[key] for r in logged[0] if key in r]
         assert max(expected) > 0, key  # a run that learns something, not all zeros
         assert [r[key] for r in logged[1] if key in r] == pytest.approx(expected, rel=1e-4)
-    samples = [read_jsonl(run / "ppo" / "tables" / "ppo_samples.jsonl") for run in (straight, broken)]
+    samples = [
+        read_jsonl(run / "ppo" / "tables" / "ppo_samples.jsonl") for run in (straight, broken)
+    ]
     assert [r["update"] for r in samples[1]] == [r["update"] for r in samples[0]]
     # one W&B run, continued by each process (offline runs are named ...-<run id>)
     run_ids = {p.name.rsplit("-", 1)[1] for p in (broken / "wandb").glob("offline-run-*")}

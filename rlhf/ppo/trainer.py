@@ -255,7 +255,7 @@ class PPOTrainer:
                 stats["policy/early_stop_epoch"].append(epoch + 1)
                 break
         counts = ("skipped", "nonfinite")
-        averaged = {key: sum(v) / len(v) for key, v in stats.items() if key not in counts}
+        averaged = {k: sum(v) / len(v) for k, v in stats.items() if k not in counts and v}
         averaged["policy/skipped_minibatches"] = sum(stats.get("skipped", []))
         averaged["policy/nonfinite_skipped"] = sum(stats.get("nonfinite", []))
         averaged["policy/epochs"] = epoch + 1
