@@ -442,28 +442,29 @@ class PPOTrainer:
         final: dict[str, float] = {}
         if c.eval_every and self.eval_prompts and self.update == 0:
             self.tracker.log(self.evaluate(), step=0)
-        progress = tqdm(
+        # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
+        with tqdm(
             total=c.total_updates, initial=self.update, desc="PPO updates", unit="update"
-        )
-        while self.update < c.total_updates:
-            metrics = self.step()
-            if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
-                metrics.update(self.evaluate())
-            alarms = self._observe_health(metrics)
-            if (
-                c.log_samples_every
-                and self.update % c.log_samples_every == 0
-                and self._last_rollout
-            ):
-                self.tracker.log_table(
-                    "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
-                )
-            self.tracker.log(metrics, step=self.update)
-            last_good = checkpointer.latest() if checkpointer else None
-            self.health.stop_if_configured(alarms, self.update, str(last_good or "none"))
-            if checkpointer is not None:
-                checkpointer.after_update(self, metrics)
-            progress.update()
-            final = metrics
-        progress.close()
+        ) as bar:
+            while self.update < c.total_updates:
+                final = self._train_one(checkpointer)
+                bar.update()
         return final
+
+    def _train_one(self, checkpointer: Checkpointer | None) -> dict[str, float]:
+        """One update with its evaluation, samples, health check, log line and checkpoint."""
+        c = self.config
+        metrics = self.step()
+        if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
+            metrics.update(self.evaluate())
+        alarms = self._observe_health(metrics)
+        if c.log_samples_every and self.update % c.log_samples_every == 0 and self._last_rollout:
+            self.tracker.log_table(
+                "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
+            )
+        self.tracker.log(metrics, step=self.update)
+        last_good = checkpointer.latest() if checkpointer else None
+        self.health.stop_if_configured(alarms, self.update, str(last_good or "none"))
+        if checkpointer is not None:
+            checkpointer.after_update(self, metrics)
+        return metrics
