@@ -1,6 +1,6 @@
 """Where a stopped run continues: finding whole checkpoints and checking a resume request.
 
-Light on imports (pathlib and json only), so that `resume=<path>` is checked before torch loads.
+Light on imports (standard library and rlhf.errors / rlhf.paths), so that `resume=<path>` is checked before torch loads.
 Layouts: PPO writes `<stage>/checkpoints/update-NNNNNN/` (complete by construction: written to a
 temporary folder and renamed); TRL writes `<stage>/trainer/checkpoint-N/` in place, so a TRL
 checkpoint counts only when its `trainer_state.json`, written last, parses.
@@ -97,11 +97,13 @@ def check_resumable(stage: str, pipeline_stages: list[str], run_dir: Path) -> No
             return
         if stage == "pipeline" and (stage_dir / "run_info.json").is_file():
             return  # an unfinished stage without a checkpoint starts over
-    where = (
-        f"{run_dir}/ppo/checkpoints"
-        if stage == "ppo"
-        else f"{run_dir}/{stage}/trainer"
-        if stage in ("sft", "rm")
-        else str(run_dir)
+    if stage == "ppo":
+        where, hint = f"{run_dir}/ppo/checkpoints", "ppo.checkpoint.every"
+    elif stage in ("sft", "rm"):
+        where, hint = f"{run_dir}/{stage}/trainer", f"{stage}.save_steps"
+    else:
+        where, hint = str(run_dir), "a stage with checkpoints"
+    raise ConfigError(
+        f"resume: no checkpoint in {where} (nothing to resume: pass the stopped run's folder "
+        f"as resume=<path>; checkpoints come from {hint})"
     )
-    raise ConfigError(f"resume: no checkpoint in {where} (nothing to resume)")
