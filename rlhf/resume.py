@@ -1,6 +1,7 @@
 """Where a stopped run continues: finding whole checkpoints and checking a resume request.
 
-Light on imports (standard library and rlhf.errors / rlhf.paths), so that `resume=<path>` is checked before torch loads.
+Light on imports (standard library, rlhf.errors, rlhf.paths), so that `resume=<path>` is checked
+before torch loads.
 Layouts: PPO writes `<stage>/checkpoints/update-NNNNNN/` (complete by construction: written to a
 temporary folder and renamed); TRL writes `<stage>/trainer/checkpoint-N/` in place, so a TRL
 checkpoint counts only when its `trainer_state.json`, written last, parses.

@@ -113,3 +113,11 @@ def test_sft_resumes_through_trl_and_the_pipeline_cache(compose_config, tmp_path
 
     app.run(compose_config([*args, f"output_dir={tmp_path / 'second'}"]))
     assert "sft: reusing" in caplog.text  # complete now, so the cache serves it
+
+    third = tmp_path / "third"  # without the cache: resuming a finished stage skips it
+    third.mkdir()
+    (third / "sft").symlink_to(stage)
+    uncached = [a for a in args if not a.startswith("pipeline.stage_cache_dir")]
+    app.run(compose_config([*uncached, "pipeline.stage_cache_dir=null", f"resume={third}"]))
+    assert f"sft: complete in {third / 'sft'}, skipped on resume" in caplog.text
+    assert json.loads((stage / "run_info.json").read_text())["resumed_from"].endswith("-2")
