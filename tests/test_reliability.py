@@ -162,6 +162,34 @@ def test_nan_loss_stops_or_skips_its_mini_batches(tiny_sft_model, tmp_path, mode
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer), strict=True))
 
 
+def nan_values(trainer):
+    healthy = trainer.model.critic_forward
+    trainer.model.critic_forward = lambda *args: healthy(*args) * float("nan")
+
+
+def inf_gradient(trainer):
+    trainer.model.policy_parameters()[0].register_hook(lambda grad: grad * float("inf"))
+
+
+@pytest.mark.parametrize(
+    "inject,message",
+    [
+        (nan_values, "update 1, phase advantages: non-finite advantages"),
+        (inf_gradient, "update 1, phase update: non-finite gradient norm"),
+    ],
+    ids=["advantage", "gradient-norm"],
+)
+def test_nan_advantage_and_gradient_norm_stop_with_phase_and_update(
+    tiny_sft_model, tmp_path, inject, message
+):
+    trainer = make_trainer(make_config(tiny_sft_model), tmp_path)
+    inject(trainer)
+    before = params(trainer)
+    with pytest.raises(NumericError, match=message):
+        trainer.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params(trainer), strict=True))
+
+
 def test_a_poisoned_state_is_never_checkpointed(tiny_sft_model, tmp_path):
     trainer = make_trainer(make_config(tiny_sft_model, total_updates=1), tmp_path)
     trainer.step()

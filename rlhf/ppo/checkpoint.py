@@ -160,7 +160,9 @@ def load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
 class Checkpointer:
     """Saves after updates (every N, the last, and each new best), prunes, and resumes."""
 
-    def __init__(self, config: CheckpointConfig, stage_dir: Path, total_updates: int, run_id):
+    def __init__(
+        self, config: CheckpointConfig, stage_dir: Path, total_updates: int, run_id: str | None
+    ):
         self.config, self.total_updates, self.run_id = config, total_updates, run_id
         self.stage_dir = stage_dir
         self.folder = stage_dir / "checkpoints"
