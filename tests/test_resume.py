@@ -87,7 +87,12 @@ def test_ppo_killed_while_writing_a_checkpoint_resumes_like_a_straight_run(
     assert len(list((broken / "wandb").glob("offline-run-*"))) == 2
     assert run_ids == {info["tracker_run_id"]}
     best = json.loads((stage / "best_checkpoint.json").read_text())
-    assert best["metric"] == "ppo/eval/score" and (stage / best["checkpoint"]).is_dir()
+    evals = [
+        (r["ppo/eval/score"], -r["step"]) for r in logged[1] if r["step"] and "ppo/eval/score" in r
+    ]
+    value, earliest = max(evals)  # the first update that reached the highest held-out score
+    assert (best["metric"], best["update"], best["value"]) == ("ppo/eval/score", -earliest, value)
+    assert (stage / best["checkpoint"]).is_dir()  # kept beside the newest keep_last
 
 
 def test_sft_resumes_through_trl_and_the_pipeline_cache(compose_config, tmp_path, caplog):
