@@ -16,6 +16,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
+from rlhf.resume import check_resumable, resume_run_dir
 from rlhf.sweep import SweepJob, current_job, run_recorded, with_sweep_logging
 
 EXIT_INPUT_ERROR = 2
@@ -60,13 +61,19 @@ def run(cfg: DictConfig) -> float | None:
 
 
 def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, float | None]:
-    from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
-
     config = typed_config(cfg)
+    run_dir = Path(config.output_dir)
+    resumed = resume_run_dir(config.resume, config.output_dir)
+    if resumed is not None:  # checked before the heavy imports: a bad path fails fast
+        check_resumable(config.stage, config.pipeline.stages, resumed)
+        run_dir = resumed
+    config = dataclasses.replace(config, resume=resumed is not None)
     if job is not None:
         config = with_sweep_logging(config, job)
+    from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
+
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run_stage(config, Path(config.output_dir), resolved)
+    return run_stage(config, run_dir, resolved)
 
 
 def _suggest(full_key: str, known_keys: list[str]) -> str:

@@ -154,6 +154,50 @@ class RewardConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """PPO checkpoints: `<stage>/checkpoints/update-NNNNNN/`, written whole or not at all."""
+
+    every: int = 10  # save every N updates (and after the last); 0 = only after the last
+    keep_last: int = 2  # newest checkpoints kept; older ones are pruned (the best is kept too)
+    best_metric: str | None = "ppo/eval/score"  # logged metric that picks the best; null = off
+    best_mode: str = "max"  # max or min: which direction of best_metric is better
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "ppo.checkpoint.every", f"must be >= 0, got {self.every}")
+        _require(self.keep_last >= 1, "ppo.checkpoint.keep_last", "must be >= 1")
+        _one_of(self.best_mode, ("max", "min"), "ppo.checkpoint.best_mode")
+
+
+@dataclass
+class HealthConfig:
+    """Training-health alarms (rlhf/ppo/health.py): each threshold null = off; an alarm is logged
+    as `health/<name>` and a warning line, and stops the run when its name is in `stop_on`."""
+
+    kl_max: float | None = None  # ppo/objective/kl above this
+    kl_min: float | None = -1.0  # ppo/objective/kl below this: negative beyond noise
+    entropy_min: float | None = 0.01  # ppo/policy/entropy (nats per token) below this: collapse
+    eos_rate_min: float | None = None  # share of answers that stopped at the stop token below this
+    truncation_rate_max: float | None = None  # share of answers cut at max_new_tokens above this
+    ratio_max: float | None = None  # ppo/policy/ratio_max above this
+    distinct_min: float | None = 0.05  # distinct n-grams / all n-grams of a batch below this
+    distinct_n: int = 2  # n of those n-grams (response tokens)
+    length_corr_max: float | None = 0.9  # corr(score, length) above this while the score rises
+    trend_window: int = 5  # updates over which "the score rises" is judged
+    stop_on: list[str] = field(default_factory=list)  # alarms that stop the run (others warn)
+
+    ALARMS: ClassVar[tuple[str, ...]] = (
+        "kl_max", "kl_min", "entropy_min", "eos_rate_min", "truncation_rate_max", "ratio_max",
+        "distinct_min", "length_corr_max",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name in self.stop_on:
+            _one_of(name, self.ALARMS, "ppo.health.stop_on")
+        _require(self.distinct_n >= 1, "ppo.health.distinct_n", "must be >= 1")
+        _require(self.trend_window >= 2, "ppo.health.trend_window", "must be >= 2")
+
+
+@dataclass
 class PPOConfig:
     # --- rollout ---
     batch_size: int = 8  # prompts per update
@@ -208,8 +252,13 @@ class PPOConfig:
     eval_do_sample: bool = False  # sample at evaluation (false: greedy, comparable across runs)
     log_samples_every: int = 5  # sample table every N updates
     seed: int = 0  # seed of sampling and shuffling
+    # --- reliability ---
+    on_nonfinite: str = "stop"  # non-finite score/advantage/loss/grad norm: stop, or skip the batch
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
+    health: HealthConfig = field(default_factory=HealthConfig)  # warn/stop thresholds
 
     def __post_init__(self) -> None:
+        _one_of(self.on_nonfinite, ("stop", "skip"), "ppo.on_nonfinite")
         for key in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
             _require(getattr(self, key) > 0, f"ppo.{key}", "must be > 0")
         _require(self.cliprange > 0, "ppo.cliprange", f"must be > 0, got {self.cliprange}")
@@ -264,6 +313,8 @@ class TrainerStageConfig:
     max_eval_samples: int | None = None  # evaluate on N (shuffled) test rows; null = all
     bf16: bool = False  # bf16 mixed precision (needs hardware support)
     seed: int = 42  # seed of data order and head initialisation
+    save_steps: int | None = None  # TRL checkpoint every N optimiser steps (for resume); null = off
+    save_total_limit: int = 2  # newest TRL checkpoints kept
 
     section: ClassVar[str] = "stage"
 
@@ -365,6 +416,7 @@ class Config:
     cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
     objective: str | None = None  # final metric train.py returns to a sweeper; null = the stage's
+    resume: Any = None  # true: continue the run in output_dir; a path: continue that run folder
     model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
     data: DataConfig = field(  # conf/data: preference rows
         default_factory=lambda: DataConfig(train_file="train.jsonl")
@@ -381,6 +433,11 @@ class Config:
 
     def __post_init__(self) -> None:
         _one_of(self.stage, STAGE_NAMES, "stage")
+        _require(
+            self.resume is None or isinstance(self.resume, (bool, str)),
+            "resume",
+            f"true, false or a run folder, got {self.resume!r}",
+        )
         _require(
             self.ppo.critic != "lora" or self.model.lora.enabled,
             "ppo.critic",

@@ -60,21 +60,6 @@ def test_dtype_and_gradient_checkpointing_act(tmp_path):
     assert model.is_gradient_checkpointing
 
 
-def test_missing_local_folder_names_the_path(tmp_path):
-    missing = tmp_path / "no" / "such" / "model"
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        resolve_model_dir(ModelConfig(name_or_path=str(missing)), tmp_path)
-
-
-def test_folder_without_safetensors_is_refused(tmp_path):
-    folder = tmp_path / "pickled"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(ModelLoadError, match="safetensors"):
-        resolve_model_dir(ModelConfig(name_or_path=str(folder)), tmp_path)
-
-
 def test_unreachable_hub_id_without_fallback_says_what_to_do(tmp_path):
     with pytest.raises(ModelLoadError, match="gguf_fallback"):
         resolve_model_dir(ModelConfig(name_or_path="nobody/no-such-model-xyz"), tmp_path)

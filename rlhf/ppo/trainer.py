@@ -11,7 +11,10 @@
    mean ratio passes ratio_threshold is skipped, the epochs stop early once an epoch's mean
    approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
-   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates.
+   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates;
+8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
+Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
+the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch).
 
 Implementation details, with where they come from (Huang et al. 2024, "The N+ implementation
 details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
@@ -30,10 +33,12 @@ details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -43,6 +48,7 @@ from rlhf.config import PPOConfig
 from rlhf.errors import NumericError
 from rlhf.ppo import core
 from rlhf.ppo.actor_critic import ActorCritic
+from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
 from rlhf.ppo.rollout import (
@@ -55,6 +61,11 @@ from rlhf.ppo.rollout import (
 from rlhf.rewards import RewardFunction
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.tracking import Tracker
+
+if TYPE_CHECKING:
+    from rlhf.ppo.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(groups: list[list[torch.nn.Parameter]], lr: float) -> torch.optim.AdamW:
@@ -111,6 +122,7 @@ class PPOTrainer:
         self._order: list[int] = []
         self._timings: dict[str, float] = defaultdict(float)
         self._last_rollout: Rollout | None = None
+        self.health = HealthMonitor(config.health)
 
     # --- data ---------------------------------------------------------------------------
 
@@ -158,6 +170,8 @@ class PPOTrainer:
         encoded, responses, mask, ended, texts = self._sample(prompts, evaluation)
         raw = self._score(prompts, texts)
         scores = raw if evaluation else self.processor(raw, ended.cpu())
+        if not evaluation:
+            self._check_finite("score", "scores", scores)
         if not evaluation and self.config.overlong_buffer is not None:
             scores = scores + core.overlong_penalty(
                 mask.sum(1).cpu(),
@@ -217,7 +231,7 @@ class PPOTrainer:
         if c.whiten_advantages:
             advantages = core.masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
-        self._check_finite("advantages", advantages[rollout.mask])
+        self._check_finite("advantages", "advantages", advantages[rollout.mask])
 
     def optimise(self, rollout: Rollout) -> dict[str, float]:
         """Phase 6: epochs × mini-batches of PPO updates; returns averaged stats."""
@@ -229,30 +243,44 @@ class PPOTrainer:
         self.model.policy.eval()  # dropout off: the first epoch's ratio is exactly 1
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(total, generator=self.torch_rng)
-            epoch_kl = []
+            first = len(stats["policy/approxkl_k3"])
             for start in range(0, total, group):
-                group_index = order[start : start + group]
-                group_tokens = rollout.mask[group_index].sum()
-                contributed = False
-                for micro in group_index.split(c.mini_batch_size):
-                    if c.loss_aggregation == "token_mean":
-                        weight = (rollout.mask[micro].sum() / group_tokens).item()
-                    else:
-                        weight = len(micro) / len(group_index)
-                    micro_stats = self._micro_step(rollout, micro, weight, critic_only)
-                    for key, value in micro_stats.items():
-                        stats[key].append(value)
-                    epoch_kl.append(micro_stats["policy/approxkl_k3"])  # ≥ 0, low variance
-                    contributed |= not micro_stats["skipped"]
-                if contributed:  # a step on zero gradients would still move AdamW's moments
-                    stats["policy/grad_norm"].append(self._optimizer_step())
-            if c.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > c.target_kl:
+                try:
+                    self._group_step(rollout, order[start : start + group], critic_only, stats)
+                except NumericError as exc:
+                    if c.on_nonfinite == "stop":
+                        raise
+                    log.warning("%s; mini-batch skipped (ppo.on_nonfinite=skip)", exc)
+                    self.optimizer.zero_grad(set_to_none=False)  # drop its partial gradients
+                    stats["nonfinite"].append(1.0)
+            epoch_kl = stats["policy/approxkl_k3"][first:]  # ≥ 0, low variance
+            if c.target_kl is not None and epoch_kl and sum(epoch_kl) / len(epoch_kl) > c.target_kl:
                 stats["policy/early_stop_epoch"].append(epoch + 1)
                 break
-        averaged = {key: sum(v) / len(v) for key, v in stats.items() if key != "skipped"}
+        counts = ("skipped", "nonfinite")
+        averaged = {k: sum(v) / len(v) for k, v in stats.items() if k not in counts and v}
         averaged["policy/skipped_minibatches"] = sum(stats.get("skipped", []))
+        averaged["policy/nonfinite_skipped"] = sum(stats.get("nonfinite", []))
         averaged["policy/epochs"] = epoch + 1
         return averaged
+
+    def _group_step(
+        self, rollout: Rollout, group_index: torch.Tensor, critic_only: bool, stats: dict
+    ) -> None:
+        """One optimiser step over a group of micro-batches (gradient accumulation)."""
+        group_tokens = rollout.mask[group_index].sum()
+        contributed = False
+        for micro in group_index.split(self.config.mini_batch_size):
+            if self.config.loss_aggregation == "token_mean":
+                weight = (rollout.mask[micro].sum() / group_tokens).item()
+            else:
+                weight = len(micro) / len(group_index)
+            micro_stats = self._micro_step(rollout, micro, weight, critic_only)
+            for key, value in micro_stats.items():
+                stats[key].append(value)
+            contributed |= not micro_stats["skipped"]
+        if contributed:  # a step on zero gradients would still move AdamW's moments
+            stats["policy/grad_norm"].append(self._optimizer_step())
 
     def _micro_step(
         self, rollout: Rollout, index: torch.Tensor, weight: float, critic_only: bool
@@ -319,23 +347,29 @@ class PPOTrainer:
     def _backward(self, loss: torch.Tensor | float, weight: float, what: str) -> None:
         if not torch.is_tensor(loss):
             return
-        self._check_finite(what, loss)
+        self._check_finite("update", what, loss)
         (loss * weight).backward()
 
     def _optimizer_step(self) -> float:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self._check_finite("gradient norm", norm)
+        self._check_finite("update", "gradient norm", norm)
         self.optimizer.step()
         self.scheduler.step()
         # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
         self.optimizer.zero_grad(set_to_none=False)
         return norm.item()
 
-    def _check_finite(self, what: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value).all():
-            raise NumericError(f"update {self.update}: non-finite {what}; stopped before it spread")
+    def _check_finite(self, phase: str, what: str, value: torch.Tensor) -> None:
+        """Numeric guard: a NaN or inf stops the update here, naming phase and update."""
+        finite = torch.isfinite(value)
+        if not finite.all():
+            bad = f" ({int((~finite).sum())} of {finite.numel()})" if finite.numel() > 1 else ""
+            raise NumericError(
+                f"update {self.update}, phase {phase}: non-finite {what}{bad}; "
+                "stopped before it reached the weights"
+            )
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -343,12 +377,19 @@ class PPOTrainer:
         """One PPO update: all phases, returns the metrics logged for it."""
         self.update += 1
         self._timings = defaultdict(float)
+        self._last_rollout = None
         started = time.perf_counter()
-        rollout = self.generate(self.next_prompts())
-        generated = time.perf_counter()
+        try:
+            rollout = self.generate(self.next_prompts())
+            generated = time.perf_counter()
+            self.forward_passes(rollout)
+            self.shape_rewards(rollout)
+        except NumericError as exc:
+            if self.config.on_nonfinite == "stop":
+                raise
+            log.warning("%s; batch skipped (ppo.on_nonfinite=skip)", exc)
+            return {"ppo/nonfinite_skipped_batches": 1.0}
         self._timings["generate"] = generated - started - self._timings["score"]
-        self.forward_passes(rollout)
-        self.shape_rewards(rollout)
         forwarded = time.perf_counter()
         update_stats = self.optimise(rollout)
         done = time.perf_counter()
@@ -389,19 +430,44 @@ class PPOTrainer:
             "ppo/eval/distinct": len(set(texts)) / n,
         }
 
-    def train(self) -> dict[str, float]:
+    def _observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
+        rollout = self._last_rollout
+        if rollout is None:  # a skipped batch
+            return []
+        lengths = rollout.mask.sum(1).tolist()
+        responses = [row[:n].tolist() for row, n in zip(rollout.responses, lengths, strict=True)]
+        return self.health.observe(metrics, responses, rollout.raw_scores.tolist())
+
+    def train(self, checkpointer: Checkpointer | None = None) -> dict[str, float]:
+        """Updates from the current one (0, or a resumed checkpoint's) to total_updates; after
+        each: evaluation and samples when due, health alarms, log, checkpoint when due."""
         c = self.config
         final: dict[str, float] = {}
-        if c.eval_every and self.eval_prompts:
+        if c.eval_every and self.eval_prompts and self.update == 0:
             self.tracker.log(self.evaluate(), step=0)
-        for _ in tqdm(range(c.total_updates), desc="PPO updates", unit="update"):
-            metrics = self.step()
-            if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
-                metrics.update(self.evaluate())
-            if c.log_samples_every and self.update % c.log_samples_every == 0:
-                self.tracker.log_table(
-                    "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
-                )
-            self.tracker.log(metrics, step=self.update)
-            final = metrics
+        # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
+        with tqdm(
+            total=c.total_updates, initial=self.update, desc="PPO updates", unit="update"
+        ) as bar:
+            while self.update < c.total_updates:
+                final = self._train_one(checkpointer)
+                bar.update()
         return final
+
+    def _train_one(self, checkpointer: Checkpointer | None) -> dict[str, float]:
+        """One update with its evaluation, samples, health check, log line and checkpoint."""
+        c = self.config
+        metrics = self.step()
+        if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
+            metrics.update(self.evaluate())
+        alarms = self._observe_health(metrics)
+        if c.log_samples_every and self.update % c.log_samples_every == 0 and self._last_rollout:
+            self.tracker.log_table(
+                "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
+            )
+        self.tracker.log(metrics, step=self.update)
+        last_good = checkpointer.latest() if checkpointer else None
+        self.health.stop_if_configured(alarms, self.update, str(last_good or "none"))
+        if checkpointer is not None:
+            checkpointer.after_update(self, metrics)
+        return metrics

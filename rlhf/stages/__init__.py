@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,7 +11,9 @@ from rlhf.config import Config
 from rlhf.errors import ConfigError
 from rlhf.stages import eval as eval_stage
 from rlhf.stages import ppo, rm, sft
-from rlhf.stages.common import RunPaths
+from rlhf.stages.common import RunPaths, is_complete
+
+log = logging.getLogger(__name__)
 
 StageRunner = Callable[[Config, RunPaths, dict], dict[str, float]]
 
@@ -43,7 +47,13 @@ def run_stage(config: Config, run_dir: Path, resolved: dict) -> tuple[str | None
     value to the sweeper)."""
     if config.stage not in STAGES:
         raise ConfigError(f"stage: {config.stage!r} is not one of {', '.join(STAGES)}")
-    metrics = STAGES[config.stage](config, RunPaths(run_dir), resolved)
+    paths = RunPaths(run_dir)
+    if config.resume and config.stage != "pipeline" and is_complete(paths.stage_dir(config.stage)):
+        log.info("%s: already complete in %s, nothing to resume", config.stage, run_dir)
+        metrics = json.loads((paths.stage_dir(config.stage) / "run_info.json").read_text())
+        metrics = metrics["final_metrics"]
+    else:
+        metrics = STAGES[config.stage](config, paths, resolved)
     if config.objective is not None and config.objective not in metrics:
         raise ConfigError(
             f"objective: {config.objective!r} is not a final metric of stage {config.stage} "

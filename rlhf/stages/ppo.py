@@ -3,7 +3,9 @@
 Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
 model defaults to `<run>/rm/model`, prompts are the data set's train prompts and the held-out
 evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
-tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`.
+tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`,
+`checkpoints/` (rlhf/ppo/checkpoint.py) and `best_checkpoint.json`. With `resume`, the newest
+checkpoint is loaded after the models are built and training continues from its update.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from rlhf.models import (
 )
 from rlhf.plots import plot_ppo_run
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
+from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.rewards import build_reward
 from rlhf.rewards.processing import ScoreProcessor
@@ -88,6 +91,13 @@ def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTok
     save_model(policy, tokenizer, ctx.model_dir)
 
 
+def last_logged_update(stage_dir: Path) -> dict[str, float]:
+    """Metrics of the last logged update (a resume whose checkpoint was already the last)."""
+    records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in records if "ppo/objective/scores" in r]
+    return updates[-1] if updates else {}
+
+
 def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
     with stage_context(config, paths, "ppo", resolved) as ctx:
         data = load_preference_data(config.data)
@@ -119,7 +129,12 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             ctx.tracker,
             processor,
         )
-        if config.reward.calibrate:
+        checkpointer = Checkpointer(
+            config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id
+        )
+        if ctx.resume is not None:  # calibration and all state come from the checkpoint
+            checkpointer.resume(trainer, ctx.resume.checkpoint)
+        elif config.reward.calibrate:
             gain, bias = trainer.calibrate_reward(list(prompts[: config.reward.calibrate_samples]))
             ctx.info["reward_calibration"] = {"gain": gain, "bias": bias}
             (ctx.stage_dir / "reward_calibration.json").write_text(
@@ -127,7 +142,8 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             )
             ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias}, step=0)
             log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
-        last = trainer.train()
+        last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
+        ctx.info["best_checkpoint"] = checkpointer.best
         save_outputs(ctx, model, tokenizer)
         plot_ppo_run(ctx.stage_dir)
         keys = ("ppo/objective/scores", "ppo/objective/kl", "ppo/objective/rlhf_reward")

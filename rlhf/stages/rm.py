@@ -91,7 +91,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             ),
             callbacks=[TrackerCallback(ctx.tracker, "rm")],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         trained = merged(trainer.model)
         metrics = pairwise_metrics(
             trained,

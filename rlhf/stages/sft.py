@@ -61,7 +61,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             peft_config=lora_config(config.model.lora, model.config.num_hidden_layers),
             callbacks=[TrackerCallback(ctx.tracker, "sft")],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         evaluation = trainer.evaluate()
         save_model(trainer.model, tokenizer, ctx.model_dir)
         ctx.final_metrics = {
