@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import difflib
+import json
+import os
+import shutil
 import sys
+import tempfile
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +25,7 @@ from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
 
 EXIT_INPUT_ERROR = 2
+RESULT_FILE_ENV = "RLHF_RESULT_FILE"  # where the main process writes the job's return value
 
 
 def typed_config(cfg: DictConfig) -> Config:
@@ -50,16 +56,35 @@ def run(cfg: DictConfig) -> float | None:
     raised so that Hydra reports the job's overrides.
     """
     try:
+        from rlhf.ppo import distributed
         from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
 
         config = typed_config(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        return run_stage(config, Path(config.output_dir), resolved)
+        # one run folder for all processes of an `accelerate launch`: the main process's
+        config.output_dir = resolved["output_dir"] = distributed.broadcast_object(config.output_dir)
+        result = run_stage(config, Path(config.output_dir), resolved)
+        if os.environ.get(RESULT_FILE_ENV) and distributed.is_main_process():
+            Path(os.environ[RESULT_FILE_ENV]).write_text(json.dumps({"result": result}))
+        return result
     except RlhfError as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise
         print(describe_error(exc), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
+
+
+def secondary_process_overrides(env: dict[str, str]) -> list[str]:
+    """Hydra overrides for a non-main process of `accelerate launch` / torchrun (RANK > 0).
+
+    Hydra names run folders by the time each process composed its config, so the processes of
+    one job could disagree by a second. The main process's folder is the run's (`run` hands its
+    path to the others); the others get a temporary one, removed at exit."""
+    if env.get("RANK", "0") == "0":
+        return []
+    folder = tempfile.mkdtemp(prefix=f"rlhf-rank{env['RANK']}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return [f"hydra.run.dir={folder}", f"hydra.sweep.dir={folder}", "hydra.output_subdir=null"]
 
 
 def _suggest(full_key: str, known_keys: list[str]) -> str:

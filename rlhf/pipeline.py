@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rlhf.config import Config
 from rlhf.paths import resolve_path
+from rlhf.ppo import distributed
 from rlhf.stages.common import RunPaths, is_complete
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,16 @@ def stage_key(config: Config, stage: str) -> str:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
+    """An exclusive file lock. In a multi-process job only the main process takes it and the
+    others wait for it, so every process sees the cache in the same state."""
+    if not distributed.is_main_process():
+        distributed.barrier()
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        distributed.barrier()
         try:
             yield
         finally:
@@ -98,7 +106,8 @@ def run_pipeline(
                 metrics.update(json.loads((cached / "run_info.json").read_text())["final_metrics"])
             else:
                 metrics.update(stages[stage](stage_config, paths, resolved))
-        link(paths.run_dir / stage, cached)
+        if distributed.is_main_process():
+            link(paths.run_dir / stage, cached)
     run = paths.run_dir
     log.info("done. models: %s/{sft,rm,ppo}/model; metrics: %s/*/metrics.jsonl", run, run)
     log.info("plots: %s/ppo/plots/; samples: %s/eval/samples.md", run, run)

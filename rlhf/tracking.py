@@ -134,6 +134,24 @@ class Tracker:
         self.backend.finish(failed)
 
 
+class SilentTracker(Tracker):
+    """The tracker of a non-main process in a multi-process run: same interface, writes nothing
+    (the main process logs the reduced metrics: one run, one metrics.jsonl)."""
+
+    def __init__(self, stage_dir: Path):
+        self.stage_dir = stage_dir
+        self.backend = NullBackend()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def close(self, failed: bool) -> None:
+        pass
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -150,10 +168,20 @@ def make_backend(
 
 @contextlib.contextmanager
 def open_tracker(
-    cfg: LoggerConfig, run_dir: Path, stage_dir: Path, name: str, job_type: str, config: dict
+    cfg: LoggerConfig,
+    run_dir: Path,
+    stage_dir: Path,
+    name: str,
+    job_type: str,
+    config: dict,
+    main_process: bool = True,
 ) -> Iterator[Tracker]:
-    """A tracker whose backend run is finished on exit, marked failed if the body raised."""
+    """A tracker whose backend run is finished on exit, marked failed if the body raised; a
+    silent one on the non-main processes of a multi-process run."""
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if not main_process:
+        yield SilentTracker(stage_dir)
+        return
     tracker = Tracker(stage_dir, make_backend(cfg, run_dir, stage_dir, name, job_type, config))
     failed = True
     try:

@@ -41,8 +41,9 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import PPOConfig
 from rlhf.errors import NumericError
-from rlhf.ppo import core
+from rlhf.ppo import core, distributed
 from rlhf.ppo.actor_critic import ActorCritic
+from rlhf.ppo.compute import MixedPrecision, checkpointing_in_eval
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
 from rlhf.ppo.rollout import (
@@ -78,6 +79,7 @@ class PPOTrainer:
         system_prompt: str | None,
         tracker: Tracker,
         score_processor: ScoreProcessor,
+        mixed_precision: str = "no",
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.reward_fn, self.tracker, self.processor = reward_fn, tracker, score_processor
@@ -93,6 +95,9 @@ class PPOTrainer:
         self.optimizer = make_optimizer(
             [model.policy_parameters(), model.critic_parameters()], config.learning_rate
         )
+        # every process starts from the main process's weights (fresh heads are random)
+        distributed.broadcast_parameters(self._trained_parameters())
+        self.precision = MixedPrecision(mixed_precision, model.policy.device)
         steps_per_update = config.ppo_epochs * (
             config.batch_size
             * config.samples_per_prompt
@@ -111,17 +116,20 @@ class PPOTrainer:
         self._order: list[int] = []
         self._timings: dict[str, float] = defaultdict(float)
         self._last_rollout: Rollout | None = None
+        self._main = distributed.is_main_process()
 
     # --- data ---------------------------------------------------------------------------
 
     def next_prompts(self) -> list[str]:
-        """batch_size prompts, in a seeded order reshuffled at each pass over the data."""
+        """batch_size prompts: this process's share of batch_size × processes prompts drawn in a
+        seeded order (the same on every process), reshuffled at each pass over the data."""
         batch = []
-        while len(batch) < self.config.batch_size:
+        while len(batch) < self.config.batch_size * distributed.world_size():
             if not self._order:
                 self._order = list(range(len(self.prompts)))
                 self.rng.shuffle(self._order)
             batch.append(self.prompts[self._order.pop()])
+        batch = distributed.shard(batch)
         return [p for p in batch for _ in range(self.config.samples_per_prompt)]
 
     def sampling(self, evaluation: bool) -> SamplingSettings:
@@ -138,14 +146,15 @@ class PPOTrainer:
     def _sample(self, prompts: list[str], evaluation: bool):
         """Encoded prompts, responses (cut after the stop token), mask, ended flags and texts."""
         self.model.policy.eval()
-        return sample_answers(
-            self.model.policy,
-            self.tokenizer,
-            prompts,
-            self.system_prompt,
-            self.sampling(evaluation),
-            self.stop_token_id,
-        )
+        with self.precision.autocast():
+            return sample_answers(
+                self.model.policy,
+                self.tokenizer,
+                prompts,
+                self.system_prompt,
+                self.sampling(evaluation),
+                self.stop_token_id,
+            )
 
     def _score(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
         started = time.perf_counter()
@@ -171,12 +180,15 @@ class PPOTrainer:
     @torch.no_grad()
     def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
         """Score sampled answers of the starting policy and set the processor's gain and bias so
-        that they have mean 0 and standard deviation 1; returns (gain, bias)."""
+        that they have mean 0 and standard deviation 1; returns (gain, bias). Each process
+        scores its share of the prompts; the moments are those of all of them."""
         raw = []
-        for start in range(0, len(prompts), self.config.batch_size):
-            batch = prompts[start : start + self.config.batch_size]
+        mine = distributed.shard(prompts)
+        for start in range(0, len(mine), self.config.batch_size):
+            batch = mine[start : start + self.config.batch_size]
             raw.append(self._score(batch, self._sample(batch, evaluation=False)[-1]))
-        self.processor.gain, self.processor.bias = calibration(torch.cat(raw))
+        everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
+        self.processor.gain, self.processor.bias = calibration(everyone)
         return self.processor.gain, self.processor.bias
 
     @torch.no_grad()
@@ -184,14 +196,15 @@ class PPOTrainer:
         """Phase 3: log-probs under policy and reference, values."""
         inputs = joined_inputs(rollout.encoded, rollout.responses, rollout.mask)
         widths = (rollout.encoded.input_ids.shape[1], rollout.responses.shape[1])
-        logits, values = self.model.policy_forward(inputs, *widths)
-        rollout.logprobs = self._logprobs(logits, rollout.responses)
-        rollout.ref_logprobs = self._logprobs(
-            self.model.reference_logits(inputs, *widths), rollout.responses
-        )
-        rollout.values = (
-            values if values is not None else self.model.critic_forward(inputs, *widths)
-        )
+        with self.precision.autocast():
+            logits, values = self.model.policy_forward(inputs, *widths)
+            rollout.logprobs = self._logprobs(logits, rollout.responses)
+            rollout.ref_logprobs = self._logprobs(
+                self.model.reference_logits(inputs, *widths), rollout.responses
+            )
+            rollout.values = (
+                values if values is not None else self.model.critic_forward(inputs, *widths)
+            )
         rollout.values = rollout.values.float()
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
@@ -202,7 +215,7 @@ class PPOTrainer:
         return core.gather_tokens(self._log_softmax(logits), tokens)
 
     def shape_rewards(self, rollout: Rollout) -> None:
-        """Phases 4–5: per-token rewards, GAE, whitening."""
+        """Phases 4–5: per-token rewards, GAE, whitening (moments of the global batch)."""
         c = self.config
         rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
         rollout.rewards, rollout.non_score_rewards = core.per_token_rewards(
@@ -210,12 +223,12 @@ class PPOTrainer:
         )
         rewards = rollout.rewards
         if c.whiten_rewards:
-            rewards = core.masked_whiten(rewards, rollout.mask, shift_mean=False)
+            rewards = distributed.masked_whiten(rewards, rollout.mask, shift_mean=False)
         advantages, rollout.returns = core.gae(
             rewards, rollout.values, rollout.mask, c.gamma, c.lam
         )
         if c.whiten_advantages:
-            advantages = core.masked_whiten(advantages, rollout.mask)
+            advantages = distributed.masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
         self._check_finite("advantages", advantages[rollout.mask])
 
@@ -227,28 +240,34 @@ class PPOTrainer:
         stats: dict[str, list[float]] = defaultdict(list)
         critic_only = self.update <= c.critic_warmup_updates
         self.model.policy.eval()  # dropout off: the first epoch's ratio is exactly 1
+        # micro-batch weights are shares of the group over all processes (gradients are summed)
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(total, generator=self.torch_rng)
             epoch_kl = []
             for start in range(0, total, group):
                 group_index = order[start : start + group]
-                group_tokens = rollout.mask[group_index].sum()
+                group_tokens = distributed.all_reduce_sum(rollout.mask[group_index].sum())
+                group_size = len(group_index) * distributed.world_size()
                 contributed = False
                 for micro in group_index.split(c.mini_batch_size):
                     if c.loss_aggregation == "token_mean":
                         weight = (rollout.mask[micro].sum() / group_tokens).item()
                     else:
-                        weight = len(micro) / len(group_index)
-                    micro_stats = self._micro_step(rollout, micro, weight, critic_only)
+                        weight = len(micro) / group_size
+                    with self.precision.autocast():
+                        micro_stats = self._micro_step(rollout, micro, weight, critic_only)
                     for key, value in micro_stats.items():
                         stats[key].append(value)
                     epoch_kl.append(micro_stats["policy/approxkl_k3"])  # ≥ 0, low variance
                     contributed |= not micro_stats["skipped"]
-                if contributed:  # a step on zero gradients would still move AdamW's moments
+                # a step on zero gradients would still move AdamW's moments
+                if distributed.any_process(contributed):
                     stats["policy/grad_norm"].append(self._optimizer_step())
-            if c.target_kl is not None and sum(epoch_kl) / len(epoch_kl) > c.target_kl:
-                stats["policy/early_stop_epoch"].append(epoch + 1)
-                break
+            if c.target_kl is not None:
+                epoch_mean_kl = distributed.mean_over_processes(sum(epoch_kl) / len(epoch_kl))
+                if epoch_mean_kl > c.target_kl:
+                    stats["policy/early_stop_epoch"].append(epoch + 1)
+                    break
         averaged = {key: sum(v) / len(v) for key, v in stats.items() if key != "skipped"}
         averaged["policy/skipped_minibatches"] = sum(stats.get("skipped", []))
         averaged["policy/epochs"] = epoch + 1
@@ -320,14 +339,20 @@ class PPOTrainer:
         if not torch.is_tensor(loss):
             return
         self._check_finite(what, loss)
-        (loss * weight).backward()
+        self.precision.scale(loss * weight).backward()
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _optimizer_step(self) -> float:
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = self._trained_parameters()
+        distributed.sum_gradients(params)  # the same gradient on every process
+        self.precision.unscale(self.optimizer)
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self._check_finite("gradient norm", norm)
-        self.optimizer.step()
+        if not self.precision.scales_loss:  # fp16: an overflow skips the step, the scale drops
+            self._check_finite("gradient norm", norm)
+        self.precision.step(self.optimizer)
         self.scheduler.step()
         # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
         self.optimizer.zero_grad(set_to_none=False)
@@ -350,7 +375,8 @@ class PPOTrainer:
         self.forward_passes(rollout)
         self.shape_rewards(rollout)
         forwarded = time.perf_counter()
-        update_stats = self.optimise(rollout)
+        with checkpointing_in_eval(self.model):
+            update_stats = self.optimise(rollout)
         done = time.perf_counter()
         self._timings["forward"] = forwarded - generated
         self._timings["update"] = done - forwarded
@@ -362,20 +388,28 @@ class PPOTrainer:
         metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / (done - started)
         metrics.update({f"timing/{k}": v for k, v in self._timings.items()})
         metrics["timing/total"] = done - started
-        self.kl_controller.update(metrics["ppo/objective/kl"], rollout.responses.shape[0])
+        metrics = distributed.reduce_metrics(metrics)
+        global_batch = rollout.responses.shape[0] * distributed.world_size()
+        self.kl_controller.update(metrics["ppo/objective/kl"], global_batch)
         return metrics
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out prompts with the evaluation sampling settings (greedy by default)."""
+        """Held-out prompts with the evaluation sampling settings (greedy by default); each
+        process answers its share, the statistics cover all of them."""
         self._timings = defaultdict(float)
         texts, scores, lengths, ended = [], [], [], []
-        for start in range(0, len(self.eval_prompts), self.config.batch_size):
-            rollout = self.generate(self.eval_prompts[start : start + self.config.batch_size], True)
+        mine = distributed.shard(self.eval_prompts)
+        for start in range(0, len(mine), self.config.batch_size):
+            rollout = self.generate(mine[start : start + self.config.batch_size], True)
             texts += rollout.texts
             scores += rollout.raw_scores.tolist()
             lengths += rollout.mask.sum(1).tolist()
             ended += rollout.ended.tolist()
+        gathered = distributed.gather_objects((texts, scores, lengths, ended))
+        texts, scores, lengths, ended = (
+            [x for part in gathered for x in part[i]] for i in range(4)
+        )
         rows = [
             [self.update, p, t, round(s, 4), None, int(n), bool(e)]
             for p, t, s, n, e in zip(self.eval_prompts, texts, scores, lengths, ended, strict=True)
@@ -394,7 +428,8 @@ class PPOTrainer:
         final: dict[str, float] = {}
         if c.eval_every and self.eval_prompts:
             self.tracker.log(self.evaluate(), step=0)
-        for _ in tqdm(range(c.total_updates), desc="PPO updates", unit="update"):
+        updates = range(c.total_updates)
+        for _ in tqdm(updates, desc="PPO updates", unit="update", disable=not self._main):
             metrics = self.step()
             if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
                 metrics.update(self.evaluate())

@@ -2,7 +2,8 @@
 
 A stage folder `<run_dir>/<stage>/` holds `run_info.json` (status running → complete or failed),
 `metrics.jsonl`, `model/` (published in one rename when whole) and, last, the `COMPLETE` marker:
-a folder without it is not a finished stage, whatever else it holds.
+a folder without it is not a finished stage, whatever else it holds. In a multi-process run only
+the main process writes these and logs; the others wait for it at the end of the stage.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from rlhf.config import Config, TrainerStageConfig
 from rlhf.data import limit_lengths, load_preference_data, require_answers, sample_rows
 from rlhf.models import load_model_and_tokenizer
 from rlhf.paths import publish_dir
+from rlhf.ppo import distributed
 from rlhf.run_info import new_run_info, write_run_info
 from rlhf.tracking import Tracker, open_tracker
 
@@ -68,18 +70,21 @@ def stage_context(
 ) -> Iterator[StageContext]:
     """Open the stage folder, record and tracker; mark the stage complete only if the body ends."""
     run_dir, stage_dir = paths.run_dir, paths.stage_dir(stage)
+    main = distributed.is_main_process()
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / COMPLETE).unlink(missing_ok=True)
+    if main:
+        (stage_dir / COMPLETE).unlink(missing_ok=True)
     set_seed(config.seed)
     info = new_run_info(stage, config.seed, resolved)
     info_path = stage_dir / "run_info.json"
-    write_run_info(info_path, info)
+    write = write_run_info if main else (lambda path, info: None)
+    write(info_path, info)
     started = time.time()
     name = config.logger.name or f"{config.name}-{stage}"
     tracker_config = {**resolved, "run_info": {k: v for k, v in info.items() if k != "config"}}
     try:
         with open_tracker(
-            config.logger, run_dir, stage_dir, name, stage, tracker_config
+            config.logger, run_dir, stage_dir, name, stage, tracker_config, main_process=main
         ) as tracker:
             info["tracker_run_id"] = tracker.run_id
             context = StageContext(config, run_dir, stage_dir, tracker, info)
@@ -88,12 +93,14 @@ def stage_context(
     except BaseException as exc:
         info.update(status="failed", error=" ".join(str(exc).split())[:500])
         info.update(wall_seconds=round(time.time() - started, 2))
-        write_run_info(info_path, info)
+        write(info_path, info)
         raise
     info.update(status="complete", final_metrics=context.final_metrics)
     info.update(wall_seconds=round(time.time() - started, 2))
-    write_run_info(info_path, info)
-    (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    write(info_path, info)
+    if main:
+        (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    distributed.barrier()  # the next stage reads what the main process saved
 
 
 def merged(model: PreTrainedModel) -> PreTrainedModel:
@@ -157,7 +164,8 @@ def trainer_arguments(ctx: StageContext, stage: TrainerStageConfig) -> dict:
         "weight_decay": stage.weight_decay,
         "max_grad_norm": stage.max_grad_norm,
         "logging_steps": stage.logging_steps,
-        "bf16": stage.bf16,
+        "bf16": model.mixed_precision == "bf16",
+        "fp16": model.mixed_precision == "fp16",
         "seed": stage.seed,
         "data_seed": stage.seed,
         "dataloader_num_workers": 0,

@@ -17,6 +17,7 @@ from trl import RewardConfig, RewardTrainer
 from rlhf.config import Config
 from rlhf.data import preference_rows, prompt_messages
 from rlhf.models import lora_config
+from rlhf.ppo import distributed
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import (
     RunPaths,
@@ -94,7 +95,8 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             config.data.system_prompt,
             config.rm.per_device_eval_batch_size,
         )
-        save_model(trained, tokenizer, ctx.model_dir, extra_files={REWARD_STATS: metrics})
+        if distributed.is_main_process():
+            save_model(trained, tokenizer, ctx.model_dir, extra_files={REWARD_STATS: metrics})
         ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}
         ctx.final_metrics["rm/train_rows"] = len(train)
         ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)

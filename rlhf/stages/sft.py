@@ -15,6 +15,7 @@ from trl import SFTConfig, SFTTrainer
 from rlhf.config import Config
 from rlhf.data import sft_rows
 from rlhf.models import lora_config
+from rlhf.ppo import distributed
 from rlhf.stages.common import (
     RunPaths,
     TrackerCallback,
@@ -63,7 +64,8 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         )
         trainer.train()
         evaluation = trainer.evaluate()
-        save_model(trainer.model, tokenizer, ctx.model_dir)
+        if distributed.is_main_process():
+            save_model(trainer.model, tokenizer, ctx.model_dir)
         ctx.final_metrics = {
             "sft/test/loss": evaluation["eval_loss"],
             "sft/test/mean_token_accuracy": evaluation.get(
