@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -55,6 +55,16 @@ def is_main_process() -> bool:
 def device() -> torch.device:
     """This process's device (cuda:<local rank> on GPUs, cpu otherwise)."""
     return _state().device
+
+
+def launch_engine(env: Mapping[str, str]) -> str | None:
+    """The sharding engine `accelerate launch` set up for this process: "deepspeed-zero<N>",
+    "fsdp", or None for plain processes (single, or data-parallel)."""
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"deepspeed-zero{env.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+    if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "fsdp"
+    return None
 
 
 def barrier() -> None:

@@ -434,9 +434,8 @@ class PPOTrainer:
             if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
                 metrics.update(self.evaluate())
             if c.log_samples_every and self.update % c.log_samples_every == 0:
-                self.tracker.log_table(
-                    "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
-                )
+                rows = distributed.gather_objects(sample_rows(self._last_rollout, self.update))
+                self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, sum(rows, []))
             self.tracker.log(metrics, step=self.update)
             final = metrics
         return final

@@ -113,19 +113,31 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase,
     final: Path,
     extra_files: dict[str, dict] | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     """Save merged weights (LoRA folded in), the tokenizer and any extra JSON files, published
-    in one rename."""
+    in one rename. `state_dict`: full weights gathered from a sharded model (ZeRO-3 / FSDP)."""
     model = merged(model)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".saving-") as tmp:
         staged = Path(tmp) / final.name
-        model.save_pretrained(staged, safe_serialization=True)
+        model.save_pretrained(staged, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(staged)
         for name, content in (extra_files or {}).items():
             (staged / name).write_text(json.dumps(content, indent=2))
         publish_dir(staged, final)
     return final
+
+
+def gathered_state_dict(trainer) -> dict | None:  # noqa: ANN001 (a transformers Trainer)
+    """Full weights of a model that ZeRO-3 or FSDP sharded across processes, or None when every
+    process holds the whole model. A collective: every process must call it."""
+    accelerator = trainer.accelerator
+    if trainer.is_deepspeed_enabled:
+        if accelerator.deepspeed_config["zero_optimization"]["stage"] != 3:
+            return None
+        return accelerator.get_state_dict(trainer.deepspeed)
+    return accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
 
 
 def load_stage_inputs(
