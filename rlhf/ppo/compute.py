@@ -54,12 +54,14 @@ class MixedPrecision:
 
 @contextlib.contextmanager
 def checkpointing_in_eval(model: nn.Module) -> Iterator[None]:
-    """Let gradient checkpointing act in a model kept in eval mode.
+    """Eval mode for the whole model, with gradient checkpointing still acting.
 
     Hugging Face layers recompute activations only when `layer.training` is set, and PPO keeps
     its models in eval mode (dropout off, so the first epoch's ratio is 1): checkpointing was
     silently off. This sets the training flag of the checkpointed layers themselves only; their
-    attention and MLP submodules, which own the dropout, stay in eval mode."""
+    attention and MLP submodules, which own the dropout, stay in eval mode. Restored on exit, so
+    that generation keeps its KV cache (a checkpointed layer in training mode turns it off)."""
+    model.eval()
     layers = [
         module
         for module in model.modules()

@@ -239,7 +239,6 @@ class PPOTrainer:
         group = c.mini_batch_size * c.gradient_accumulation_steps
         stats: dict[str, list[float]] = defaultdict(list)
         critic_only = self.update <= c.critic_warmup_updates
-        self.model.policy.eval()  # dropout off: the first epoch's ratio is exactly 1
         # micro-batch weights are shares of the group over all processes (gradients are summed)
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(total, generator=self.torch_rng)
@@ -375,6 +374,7 @@ class PPOTrainer:
         self.forward_passes(rollout)
         self.shape_rewards(rollout)
         forwarded = time.perf_counter()
+        # eval mode, dropout off: the first epoch's ratio is exactly 1
         with checkpointing_in_eval(self.model):
             update_stats = self.optimise(rollout)
         done = time.perf_counter()
