@@ -75,7 +75,9 @@ def run_under_accelerate(
     value, or None on a node other than the first (its main process is elsewhere)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file = run_dir / RESULT_FILE
-    result_file.unlink(missing_ok=True)
+    first_node = launch.machine_rank == 0  # the node of the run's main process
+    if first_node:
+        result_file.unlink(missing_ok=True)
     env = {**os.environ, RESULT_FILE_ENV: str(result_file)}
     done = subprocess.run(
         accelerate_command(launch, overrides, run_dir), env=env, cwd=PROJECT_ROOT, check=False
@@ -84,6 +86,6 @@ def run_under_accelerate(
         raise RuntimeError(
             f"accelerate launch exited with code {done.returncode}; run folder {run_dir}"
         )
-    if not result_file.is_file():
+    if not first_node or not result_file.is_file():
         return None
     return json.loads(result_file.read_text())["result"]
