@@ -15,14 +15,14 @@ import typing
 from collections.abc import Iterator
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException, MissingConfigException
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
+from rlhf.resume import check_resumable, resume_run_dir
+from rlhf.sweep import SweepJob, current_job, run_recorded, with_sweep_logging
 
 EXIT_INPUT_ERROR = 2
 RESULT_FILE_ENV = "RLHF_RESULT_FILE"  # where the main process writes the job's return value
@@ -52,26 +52,52 @@ def _reject_unknown_keys(node: DictConfig, schema: type, prefix: str = "") -> No
 def run(cfg: DictConfig) -> float | None:
     """Validate, dispatch to the stage runner, return the metric a sweeper optimises.
 
-    In a single run an input error ends the process here with one line; in a multirun it is
-    raised so that Hydra reports the job's overrides.
+    In a single run an input error ends the process here with one line. In a multirun any
+    failure is recorded in the job's `job.json` and the job returns None, so the other jobs
+    still run (rlhf/sweep.py reports the failures when the sweep ends).
     """
+    job = current_job()
+    if job is not None:
+        return run_recorded(job, lambda: _run_validated(cfg, job))
     try:
-        from rlhf.ppo import distributed
-        from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
-
-        config = typed_config(cfg)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
-        # one run folder for all processes of an `accelerate launch`: the main process's
-        config.output_dir = resolved["output_dir"] = distributed.broadcast_object(config.output_dir)
-        result = run_stage(config, Path(config.output_dir), resolved)
-        if os.environ.get(RESULT_FILE_ENV) and distributed.is_main_process():
-            Path(os.environ[RESULT_FILE_ENV]).write_text(json.dumps({"result": result}))
-        return result
+        return _run_validated(cfg, None)[1]
     except RlhfError as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
         print(describe_error(exc), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
+
+
+def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, float | None]:
+    config = typed_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # one run folder for all processes of an `accelerate launch`: the main process's
+    output_dir = resolved["output_dir"] = shared_output_dir(config.output_dir)
+    config = dataclasses.replace(config, output_dir=output_dir)
+    run_dir = Path(output_dir)
+    resumed = resume_run_dir(config.resume, output_dir)
+    if resumed is not None:  # checked before the heavy imports: a bad path fails fast
+        check_resumable(config.stage, config.pipeline.stages, resumed)
+        run_dir = resumed
+    config = dataclasses.replace(config, resume=resumed is not None)
+    if job is not None:
+        config = with_sweep_logging(config, job)
+    from rlhf.ppo import distributed
+    from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
+
+    objective, value = run_stage(config, run_dir, resolved)
+    if os.environ.get(RESULT_FILE_ENV) and distributed.is_main_process():
+        result = {"objective": objective, "result": value}
+        Path(os.environ[RESULT_FILE_ENV]).write_text(json.dumps(result))
+    return objective, value
+
+
+def shared_output_dir(output_dir: str) -> str:
+    """The main process's run folder on every process of a multi-process launch (WORLD_SIZE set
+    by accelerate / torchrun); a single process keeps its own without importing torch."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return output_dir
+    from rlhf.ppo import distributed
+
+    return distributed.broadcast_object(output_dir)
 
 
 def secondary_process_overrides(env: dict[str, str]) -> list[str]:

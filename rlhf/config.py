@@ -41,9 +41,15 @@ class LoraSettings:
     )  # modules to adapt
     bias: str = "none"  # which biases to train: none, all, lora_only
     modules_to_save: list[str] | None = None  # extra modules trained in full (e.g. a score head)
+    top_layers: int | None = None  # adapt the last N decoder layers only (faster backward)
 
     def __post_init__(self) -> None:
         _require(self.r > 0, "model.lora.r", f"must be > 0, got {self.r}")
+        _require(
+            self.top_layers is None or self.top_layers > 0,
+            "model.lora.top_layers",
+            f"must be > 0 when set, got {self.top_layers}",
+        )
         _one_of(self.bias, ("none", "all", "lora_only"), "model.lora.bias")
 
 
@@ -151,6 +157,50 @@ class RewardConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """PPO checkpoints: `<stage>/checkpoints/update-NNNNNN/`, written whole or not at all."""
+
+    every: int = 10  # save every N updates (and after the last); 0 = only after the last
+    keep_last: int = 2  # newest checkpoints kept; older ones are pruned (the best is kept too)
+    best_metric: str | None = "ppo/eval/score"  # logged metric that picks the best; null = off
+    best_mode: str = "max"  # max or min: which direction of best_metric is better
+
+    def __post_init__(self) -> None:
+        _require(self.every >= 0, "ppo.checkpoint.every", f"must be >= 0, got {self.every}")
+        _require(self.keep_last >= 1, "ppo.checkpoint.keep_last", "must be >= 1")
+        _one_of(self.best_mode, ("max", "min"), "ppo.checkpoint.best_mode")
+
+
+@dataclass
+class HealthConfig:
+    """Training-health alarms (rlhf/ppo/health.py): each threshold null = off; an alarm is logged
+    as `health/<name>` and a warning line, and stops the run when its name is in `stop_on`."""
+
+    kl_max: float | None = None  # ppo/objective/kl above this
+    kl_min: float | None = -1.0  # ppo/objective/kl below this: negative beyond noise
+    entropy_min: float | None = 0.01  # ppo/policy/entropy (nats per token) below this: collapse
+    eos_rate_min: float | None = None  # share of answers that stopped at the stop token below this
+    truncation_rate_max: float | None = None  # share of answers cut at max_new_tokens above this
+    ratio_max: float | None = None  # ppo/policy/ratio_max above this
+    distinct_min: float | None = 0.05  # distinct n-grams / all n-grams of a batch below this
+    distinct_n: int = 2  # n of those n-grams (response tokens)
+    length_corr_max: float | None = 0.9  # corr(score, length) above this while the score rises
+    trend_window: int = 5  # updates over which "the score rises" is judged
+    stop_on: list[str] = field(default_factory=list)  # alarms that stop the run (others warn)
+
+    ALARMS: ClassVar[tuple[str, ...]] = (
+        "kl_max", "kl_min", "entropy_min", "eos_rate_min", "truncation_rate_max", "ratio_max",
+        "distinct_min", "length_corr_max",
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        for name in self.stop_on:
+            _one_of(name, self.ALARMS, "ppo.health.stop_on")
+        _require(self.distinct_n >= 1, "ppo.health.distinct_n", "must be >= 1")
+        _require(self.trend_window >= 2, "ppo.health.trend_window", "must be >= 2")
+
+
+@dataclass
 class PPOConfig:
     # --- rollout ---
     batch_size: int = 8  # prompts per update
@@ -205,8 +255,13 @@ class PPOConfig:
     eval_do_sample: bool = False  # sample at evaluation (false: greedy, comparable across runs)
     log_samples_every: int = 5  # sample table every N updates
     seed: int = 0  # seed of sampling and shuffling
+    # --- reliability ---
+    on_nonfinite: str = "stop"  # non-finite score/advantage/loss/grad norm: stop, or skip the batch
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
+    health: HealthConfig = field(default_factory=HealthConfig)  # warn/stop thresholds
 
     def __post_init__(self) -> None:
+        _one_of(self.on_nonfinite, ("stop", "skip"), "ppo.on_nonfinite")
         for key in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
             _require(getattr(self, key) > 0, f"ppo.{key}", "must be > 0")
         _require(self.cliprange > 0, "ppo.cliprange", f"must be > 0, got {self.cliprange}")
@@ -258,7 +313,10 @@ class TrainerStageConfig:
     max_grad_norm: float = 1.0  # gradient clipping
     logging_steps: int = 5  # log every N optimiser steps
     max_train_samples: int | None = None  # use only the first N (shuffled) training rows
+    max_eval_samples: int | None = None  # evaluate on N (shuffled) test rows; null = all
     seed: int = 42  # seed of data order and head initialisation
+    save_steps: int | None = None  # TRL checkpoint every N optimiser steps (for resume); null = off
+    save_total_limit: int = 2  # newest TRL checkpoints kept
 
     section: ClassVar[str] = "stage"
 
@@ -273,6 +331,11 @@ class TrainerStageConfig:
         _require(
             self.max_train_samples is None or self.max_train_samples > 0,
             f"{key}.max_train_samples",
+            "must be > 0 when set",
+        )
+        _require(
+            self.max_eval_samples is None or self.max_eval_samples > 0,
+            f"{key}.max_eval_samples",
             "must be > 0 when set",
         )
 
@@ -293,6 +356,15 @@ class SFTStageConfig(TrainerStageConfig):
 class RMStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "rm"
     center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
+    # extra pairs (share of the training rows) of chosen vs. a hard negative a weak policy writes,
+    # from rlhf/hard_negatives.py:
+    echo_negatives: float = 0.0  # ... the question echoed back as the answer
+    garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("echo_negatives", "garbled_negatives"):
+            _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
 
 
 @dataclass
@@ -327,8 +399,9 @@ class LoggerConfig:
     backend: str = "wandb"  # wandb, tensorboard or none (metrics.jsonl is always written)
     project: str = "rlhf"  # W&B project
     entity: str | None = None  # W&B team or user
-    group: str | None = None  # W&B group (a sweep's runs share one)
-    name: str | None = None  # run name; null = experiment name + stage
+    group: str | None = None  # W&B group; null: none (multirun: <name>-<sweep folder>)
+    name: str | None = None  # run name, '-<stage>' added; null: name (multirun: job overrides)
+    dir: str | None = None  # folder for wandb/; null: the run folder (multirun: the sweep's)
     tags: list[str] = field(default_factory=list)  # W&B tags
     mode: str = "auto"  # auto (offline without WANDB_API_KEY), online, offline, disabled
 
@@ -344,6 +417,8 @@ class Config:
     seed: int = 42  # global seed
     cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
+    objective: str | None = None  # final metric train.py returns to a sweeper; null = the stage's
+    resume: Any = None  # true: continue the run in output_dir; a path: continue that run folder
     model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
     data: DataConfig = field(  # conf/data: preference rows
         default_factory=lambda: DataConfig(train_file="train.jsonl")
@@ -360,6 +435,11 @@ class Config:
 
     def __post_init__(self) -> None:
         _one_of(self.stage, STAGE_NAMES, "stage")
+        _require(
+            self.resume is None or isinstance(self.resume, (bool, str)),
+            "resume",
+            f"true, false or a run folder, got {self.resume!r}",
+        )
         _require(
             self.ppo.critic != "lora" or self.model.lora.enabled,
             "ppo.critic",

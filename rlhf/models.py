@@ -132,11 +132,21 @@ def load_model(
     return model
 
 
-def lora_config(settings: LoraSettings, kind: str = "causal") -> LoraConfig | None:
-    """PEFT LoraConfig from the model settings, or None when LoRA is off."""
+def lora_config(settings: LoraSettings, num_layers: int, kind: str = "causal") -> LoraConfig | None:
+    """PEFT LoraConfig from the model settings, or None when LoRA is off. `num_layers` is the
+    model's decoder depth, for `top_layers`."""
     if not settings.enabled:
         return None
+    layers = None
+    if settings.top_layers is not None:
+        if settings.top_layers > num_layers:
+            raise ConfigError(
+                f"model.lora.top_layers: {settings.top_layers} is more than the model's "
+                f"{num_layers} layers"
+            )
+        layers = list(range(num_layers - settings.top_layers, num_layers))
     return LoraConfig(
+        layers_to_transform=layers,
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,

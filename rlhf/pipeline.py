@@ -7,6 +7,10 @@ a sweep over `ppo.*`, trains SFT and RM once and says so in one log line; changi
 setting retrains SFT and everything after it (ppo and eval are never cached: they are what
 sweeps vary). A file lock keeps parallel sweep jobs from training the same stage twice.
 PPO starts from the SFT model; eval compares the PPO policy with the SFT model.
+
+Resume (`resume=true` or a run folder): complete stages are skipped, the first unfinished one
+continues from its newest checkpoint (or starts over when it has none), then the rest run. A
+cached stage counts only with its COMPLETE marker: an interrupted one is never reused.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 from rlhf.config import Config
 from rlhf.paths import resolve_path
 from rlhf.ppo import distributed
+from rlhf.resume import resume_point
 from rlhf.stages.common import RunPaths, is_complete
 
 log = logging.getLogger(__name__)
@@ -72,11 +77,30 @@ def locked(path: Path) -> Iterator[None]:
 
 def link(run_stage_dir: Path, target: Path) -> None:
     """`<run>/<stage>` → the cached folder (replacing what was there)."""
+    run_stage_dir.parent.mkdir(parents=True, exist_ok=True)
     if run_stage_dir.is_symlink() or run_stage_dir.is_file():
         run_stage_dir.unlink()
     elif run_stage_dir.exists():
         return  # a real folder from an older run layout: leave it alone
     os.symlink(target, run_stage_dir, target_is_directory=True)
+
+
+def run_or_reuse(
+    stage: str,
+    config: Config,
+    paths: RunPaths,
+    resolved: dict,
+    stages: dict[str, Callable[[Config, RunPaths, dict], dict[str, float]]],
+) -> dict[str, float]:
+    """Run a stage; when resuming, skip it if complete and start it over if it has no checkpoint."""
+    stage_dir = paths.stage_dir(stage)
+    if config.resume and is_complete(stage_dir):
+        log.info("%s: complete in %s, skipped on resume", stage, stage_dir)
+        return json.loads((stage_dir / "run_info.json").read_text())["final_metrics"]
+    if config.resume and resume_point(stage, stage_dir) is None:
+        log.info("%s: no checkpoint in %s, starting it over", stage, stage_dir)
+        config = dataclasses.replace(config, resume=False)
+    return stages[stage](config, paths, resolved)
 
 
 def run_pipeline(
@@ -95,19 +119,20 @@ def run_pipeline(
             sft_model = dataclasses.replace(config.model, name_or_path=str(paths.model_dir("sft")))
             stage_config = dataclasses.replace(config, model=sft_model)
         if stage not in CACHE_SECTIONS or cache_root is None:
-            metrics.update(stages[stage](stage_config, paths, resolved))
+            metrics.update(run_or_reuse(stage, stage_config, paths, resolved, stages))
             continue
         key = stage_key(config, stage)
         cached = cache_root / stage / key
         paths.stage_dirs[stage] = cached
         with locked(cache_root / stage / f"{key}.lock"):
+            if distributed.is_main_process():  # first, so an interrupted run can be resumed
+                cached.mkdir(parents=True, exist_ok=True)
+                link(paths.run_dir / stage, cached)
             if is_complete(cached):
                 log.info("%s: reusing %s (config hash %s)", stage, cached, key)
                 metrics.update(json.loads((cached / "run_info.json").read_text())["final_metrics"])
             else:
-                metrics.update(stages[stage](stage_config, paths, resolved))
-        if distributed.is_main_process():
-            link(paths.run_dir / stage, cached)
+                metrics.update(run_or_reuse(stage, stage_config, paths, resolved, stages))
     run = paths.run_dir
     log.info("done. models: %s/{sft,rm,ppo}/model; metrics: %s/*/metrics.jsonl", run, run)
     log.info("plots: %s/ppo/plots/; samples: %s/eval/samples.md", run, run)

@@ -56,3 +56,66 @@ def plot_ppo_run(stage_dir: Path) -> list[Path]:
         for name, keys in PPO_PLOTS.items()
     ]
     return [path for path in written if path is not None]
+
+
+def _save(figure: plt.Figure, out: Path) -> Path:
+    figure.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=100)
+    plt.close(figure)
+    return out
+
+
+def plot_curves(curves: dict[str, dict[str, tuple[list, list]]], out: Path) -> Path:
+    """One panel per metric (score, KL) against the PPO update, a line per run."""
+    names = sorted({name for panels in curves.values() for name in panels}, reverse=True) or [
+        "score"
+    ]
+    figure, axes = plt.subplots(len(names), 1, figsize=(7, 3 * len(names)), squeeze=False)
+    for axis, name in zip(axes[:, 0], names, strict=True):
+        for label, panels in curves.items():
+            steps, values = panels.get(name, ([], []))
+            axis.plot(steps, values, marker="o" if len(steps) < 30 else None, label=label)
+        axis.set_ylabel(name)
+        axis.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("PPO update")
+    if curves:
+        axes[0, 0].legend(fontsize=7)
+    return _save(figure, out)
+
+
+def plot_frontier(
+    points: dict[str, tuple[float, float]], front: list[tuple[float, float]], out: Path
+) -> Path:
+    """Final score against final KL per run (labelled), the reward–KL frontier as a line."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, (kl, score) in points.items():
+        axis.scatter(kl, score, color="tab:blue")
+        axis.annotate(label, (kl, score), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    if front:
+        axis.plot(*zip(*front, strict=True), color="tab:red", marker="x", label="frontier")
+        axis.legend()
+    axis.set_xlabel("final KL (policy ‖ reference)")
+    axis.set_ylabel("final mean score")
+    axis.grid(alpha=0.3)
+    return _save(figure, out)
+
+
+def plot_heatmap(kls: list[float], clips: list[float], grid: list[list[float]], out: Path) -> Path:
+    """Final score per (kl_coef, cliprange) cell, values written in; empty cells say so."""
+    figure, axis = plt.subplots(
+        figsize=(1.6 * max(len(clips), 2) + 2, 1.0 * max(len(kls), 2) + 1.5)
+    )
+    if grid:
+        image = axis.imshow(grid, cmap="viridis", aspect="auto")
+        figure.colorbar(image, ax=axis, label="final mean score")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                text = "no score" if value != value else f"{value:.3g}"  # NaN: failed or missing
+                axis.text(j, i, text, ha="center", va="center", color="white", fontsize=9)
+    axis.set_xticks(range(len(clips)), [f"{c:g}" for c in clips])
+    axis.set_yticks(range(len(kls)), [f"{k:g}" for k in kls])
+    axis.set_xlabel("ppo.cliprange")
+    axis.set_ylabel("ppo.kl_coef")
+    axis.set_title("final mean score")
+    return _save(figure, out)

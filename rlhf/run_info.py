@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.paths import PROJECT_ROOT
+from rlhf.sweep import current_job, sweep_record
 
 PACKAGES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "wandb", "hydra-core",
@@ -66,6 +67,7 @@ def new_run_info(stage: str, seed: int, resolved_config: dict) -> dict[str, Any]
         "git": git_state(),
         "packages": package_versions(),
         "data_fingerprint": None,
+        "sweep": sweep_record(current_job(), resolved_config),
         "config": resolved_config,
     }
 

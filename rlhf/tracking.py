@@ -4,6 +4,11 @@ A stage opens a tracker with `open_tracker(...)` and logs slash-namespaced metri
 (`sft/train/loss`, `rm/test/accuracy`); the backend run is always finished, also on error, so
 jobs of a multirun never share a W&B run. W&B runs offline (files under the run folder, upload
 later with `wandb sync`) when no API key is set.
+
+Resuming (`resume_step` set): the W&B run with the saved id continues (`resume="allow"`), and
+`metrics.jsonl` and the sample tables keep only records up to the checkpoint's step before new
+ones are appended, so a step logged before a crash but after the checkpoint is not duplicated.
+A fresh start (`resume_step` None) empties them.
 """
 
 from __future__ import annotations
@@ -39,13 +44,22 @@ class NullBackend:
 
 
 class WandbBackend(NullBackend):
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, name: str, job_type: str, config: dict):
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        run_dir: Path,
+        name: str,
+        job_type: str,
+        config: dict,
+        run_id: str | None = None,
+    ):
         import wandb
 
         mode = cfg.mode
         if mode == "auto":
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-        run_dir.mkdir(parents=True, exist_ok=True)
+        wandb_parent = Path(cfg.dir) if cfg.dir else run_dir  # a sweep's jobs share one folder
+        wandb_parent.mkdir(parents=True, exist_ok=True)
         self._wandb = wandb
         self._run = wandb.init(
             project=cfg.project,
@@ -55,9 +69,10 @@ class WandbBackend(NullBackend):
             job_type=job_type,
             tags=list(cfg.tags),
             config=config,
-            dir=str(run_dir),
+            dir=str(wandb_parent),
             mode=mode,
             reinit="finish_previous",
+            **({"id": run_id, "resume": "allow"} if run_id else {}),
         )
         self.run_id = self._run.id
 
@@ -96,12 +111,22 @@ class TensorBoardBackend(NullBackend):
 class Tracker:
     """Writes every metric to `<stage_dir>/metrics.jsonl` and forwards it to the backend."""
 
-    def __init__(self, stage_dir: Path, backend: NullBackend):
+    def __init__(self, stage_dir: Path, backend: NullBackend, resume_step: int | None = None):
         self.stage_dir = stage_dir
         self.backend = backend
         self._tables: dict[str, list[list[Any]]] = {}
         stage_dir.mkdir(parents=True, exist_ok=True)
+        self._keep_records(resume_step)
         self._metrics_file = (stage_dir / "metrics.jsonl").open("a", encoding="utf-8")
+
+    def _keep_records(self, resume_step: int | None) -> None:
+        """Drop what was logged after the resumed checkpoint (everything on a fresh start); the
+        kept sample rows go back into the backend's tables."""
+        step = -math.inf if resume_step is None else resume_step
+        keep_until(self.stage_dir / "metrics.jsonl", "step", step)
+        for table_file in sorted((self.stage_dir / "tables").glob("*.jsonl")):
+            rows = keep_until(table_file, "update", step)
+            self._tables[_table_key(table_file)] = [list(r.values()) for r in rows]
 
     @property
     def run_id(self) -> str | None:
@@ -152,15 +177,44 @@ class SilentTracker(Tracker):
         pass
 
 
+def keep_until(path: Path, key: str, step: float) -> list[dict]:
+    """Rewrite a JSON-lines file keeping the records whose `key` is at most `step` (records
+    without the key are kept); returns them. A missing file stays missing."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut short by a kill
+    kept = [r for r in records if not isinstance(r.get(key), (int, float)) or r[key] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), "utf-8")
+    tmp.replace(path)
+    return kept
+
+
+def _table_key(table_file: Path) -> str:
+    """`ppo_samples.jsonl` → `ppo/samples` (the first underscore was the key's slash)."""
+    return table_file.stem.replace("_", "/", 1)
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def make_backend(
-    cfg: LoggerConfig, run_dir: Path, stage_dir: Path, name: str, job_type: str, config: dict
+    cfg: LoggerConfig,
+    run_dir: Path,
+    stage_dir: Path,
+    name: str,
+    job_type: str,
+    config: dict,
+    run_id: str | None = None,
 ) -> NullBackend:
     if cfg.backend == "wandb" and cfg.mode != "disabled":
-        return WandbBackend(cfg, run_dir, name, job_type, config)
+        return WandbBackend(cfg, run_dir, name, job_type, config, run_id)
     if cfg.backend == "tensorboard":
         return TensorBoardBackend(stage_dir / "tensorboard")
     return NullBackend()
@@ -174,15 +228,19 @@ def open_tracker(
     name: str,
     job_type: str,
     config: dict,
+    run_id: str | None = None,
+    resume_step: int | None = None,
     main_process: bool = True,
 ) -> Iterator[Tracker]:
-    """A tracker whose backend run is finished on exit, marked failed if the body raised; a
-    silent one on the non-main processes of a multi-process run."""
+    """A tracker whose backend run is finished on exit, marked failed if the body raised;
+    `run_id` and `resume_step` continue an earlier run (see the module docstring); a silent
+    one on the non-main processes of a multi-process run."""
     stage_dir.mkdir(parents=True, exist_ok=True)
     if not main_process:
         yield SilentTracker(stage_dir)
         return
-    tracker = Tracker(stage_dir, make_backend(cfg, run_dir, stage_dir, name, job_type, config))
+    backend = make_backend(cfg, run_dir, stage_dir, name, job_type, config, run_id)
+    tracker = Tracker(stage_dir, backend, resume_step)
     failed = True
     try:
         yield tracker

@@ -1,6 +1,6 @@
 """Read W&B runs back from their local files (offline runs, or online runs' local copies).
 
-Uses the wandb package's own reader (`wandb leet inspect --summary --json`), so what is checked
+Uses the wandb package's own reader (`wandb leet inspect [--summary] --json`), so what is checked
 is what W&B will upload with `wandb sync`.
 """
 
@@ -25,7 +25,7 @@ def run_files(wandb_dir: Path) -> list[Path]:
 
 
 def read_run(path: Path) -> dict[str, Any]:
-    """A run's state, config, summary (final metric values), name and tags."""
+    """A run's state, config, summary (final metric values), name, tags, group and job type."""
     done = subprocess.run(
         [_wandb_executable(), "leet", "inspect", "--summary", "--json", str(path)],
         capture_output=True,
@@ -33,4 +33,23 @@ def read_run(path: Path) -> dict[str, Any]:
         timeout=120,
         check=True,
     )
-    return json.loads(done.stdout)
+    run = json.loads(done.stdout)
+    record = run_record(path)
+    run.update(group=record.get("run_group"), job_type=record.get("job_type"))
+    return run
+
+
+def run_record(path: Path) -> dict[str, Any]:
+    """The run record a `.wandb` log opens with (group, job type, ...; the summary omits them):
+    the first record of type `run`, read without reading the whole log."""
+    command = [_wandb_executable(), "leet", "inspect", "--json", str(path)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as reader:
+        assert reader.stdout is not None
+        try:
+            for line in reader.stdout:
+                record = json.loads(line)
+                if record.get("type") == "run":
+                    return record["run"]
+        finally:
+            reader.kill()
+    raise ValueError(f"{path}: no run record")

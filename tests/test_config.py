@@ -7,12 +7,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from hydra.errors import HydraException
 
 from rlhf import config as config_module
-from rlhf.app import describe_error, typed_config
+from rlhf.app import typed_config
 from rlhf.config import Config
-from rlhf.errors import ConfigError
 from tests.conftest import CONF_DIR, run_train
 
 GROUPS = ["model", "data", "reward", "ppo", "sft", "rm", "eval", "pipeline", "logger"]
@@ -45,45 +43,6 @@ def test_insult_ppo_uses_smollm2_with_lora(compose_config):
     assert config.data.columns.prompt == "question"
 
 
-def test_unknown_key_fails_during_composition_and_names_it(compose_config):
-    with pytest.raises(HydraException) as caught:
-        compose_config(["ppo.klcoef=0.1"])
-    message = describe_error(caught.value)
-    assert "ppo.klcoef" in message and "ppo.kl_coef" in message  # names it, suggests the fix
-
-
-def test_wrong_type_fails_during_composition_and_names_it(compose_config):
-    with pytest.raises(HydraException) as caught:
-        compose_config(["sft.learning_rate=abc"])
-    assert "sft.learning_rate" in describe_error(caught.value)
-
-
-def test_added_key_is_rejected(compose_config):
-    with pytest.raises(ConfigError, match="model.lora.rr"):
-        typed_config(compose_config(["+model.lora.rr=3"]))
-
-
-@pytest.mark.parametrize(
-    "override,key",
-    [
-        ("ppo.cliprange=0", "ppo.cliprange"),
-        ("ppo.cliprange=-0.1", "ppo.cliprange"),
-        ("ppo.batch_size=7", "ppo.batch_size"),
-        ("ppo.kl_estimator=k9", "ppo.kl_estimator"),
-        ("stage=sfft", "stage"),
-        ("model.dtype=float8", "model.dtype"),
-        ("logger.backend=wand", "logger.backend"),
-        ("data.overlong=cut", "data.overlong"),
-        ("sft.learning_rate=0", "sft.learning_rate"),
-        ("rm.max_train_samples=0", "rm.max_train_samples"),
-    ],
-)
-def test_impossible_values_are_rejected_with_their_key(compose_config, override, key):
-    with pytest.raises(ConfigError) as caught:
-        typed_config(compose_config([override]))
-    assert str(caught.value).startswith(key)
-
-
 def test_every_config_field_has_a_one_line_comment():
     source = Path(config_module.__file__).read_text(encoding="utf-8")
     lines = source.splitlines()
@@ -107,26 +66,6 @@ def test_cfg_job_prints_the_composed_experiment(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "name: insult_ppo" in result.stdout
     assert "kl_coef: 0.05" in result.stdout
-
-
-@pytest.mark.parametrize(
-    "override,needle",
-    [
-        ("ppo.klcoef=0.1", "ppo.klcoef"),
-        ("sft.learning_rate=abc", "sft.learning_rate"),
-        ("model=nosuchmodel", "model/nosuchmodel"),
-        ("ppo.cliprange=-1", "ppo.cliprange"),
-        ("+foo=1", "foo"),
-    ],
-)
-def test_train_py_reports_config_errors_in_one_line(tmp_path, override, needle):
-    run_dir = tmp_path / "run"
-    result = run_train(["stage=sft", override], run_dir)
-    assert result.returncode == 2
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0]
-    assert not (run_dir / "sft").exists()  # nothing started, nothing that looks finished
 
 
 def test_ppo_default_yaml_documents_every_ppo_knob():

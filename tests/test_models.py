@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+from peft import get_peft_model
 
 from rlhf.config import LoraSettings, ModelConfig, TinyModelSpec
-from rlhf.errors import ModelLoadError
+from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.models import load_model_and_tokenizer, lora_config, resolve_model_dir
 from rlhf.tiny import tiny_model_dir
 
@@ -57,21 +60,6 @@ def test_dtype_and_gradient_checkpointing_act(tmp_path):
     assert model.is_gradient_checkpointing
 
 
-def test_missing_local_folder_names_the_path(tmp_path):
-    missing = tmp_path / "no" / "such" / "model"
-    with pytest.raises(ModelLoadError, match="does not exist"):
-        resolve_model_dir(ModelConfig(name_or_path=str(missing)), tmp_path)
-
-
-def test_folder_without_safetensors_is_refused(tmp_path):
-    folder = tmp_path / "pickled"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
-    (folder / "pytorch_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(ModelLoadError, match="safetensors"):
-        resolve_model_dir(ModelConfig(name_or_path=str(folder)), tmp_path)
-
-
 def test_unreachable_hub_id_without_fallback_says_what_to_do(tmp_path):
     with pytest.raises(ModelLoadError, match="gguf_fallback"):
         resolve_model_dir(ModelConfig(name_or_path="nobody/no-such-model-xyz"), tmp_path)
@@ -84,11 +72,23 @@ def test_missing_gguf_package_is_named(tmp_path):
 
 
 def test_lora_settings_become_a_peft_config():
-    assert lora_config(LoraSettings(enabled=False)) is None
-    causal = lora_config(LoraSettings(enabled=True, r=4, alpha=8, target_modules=["q_proj"]))
+    assert lora_config(LoraSettings(enabled=False), 2) is None
+    causal = lora_config(LoraSettings(enabled=True, r=4, alpha=8, target_modules=["q_proj"]), 2)
     assert (causal.r, causal.lora_alpha, causal.task_type) == (4, 8, "CAUSAL_LM")
     assert set(causal.target_modules) == {"q_proj"}
-    assert lora_config(LoraSettings(enabled=True), kind="reward").task_type == "SEQ_CLS"
+    assert causal.layers_to_transform is None
+    assert lora_config(LoraSettings(enabled=True), 2, kind="reward").task_type == "SEQ_CLS"
+
+
+def test_lora_top_layers_adapts_only_the_last_layers(tmp_path):
+    model, _ = load_model_and_tokenizer(ModelConfig(), tmp_path)
+    settings = LoraSettings(enabled=True, target_modules=["q_proj", "v_proj"], top_layers=1)
+    peft_model = get_peft_model(model, lora_config(settings, model.config.num_hidden_layers))
+    names = [name for name, _ in peft_model.named_parameters() if "lora_" in name]
+    adapted = {name.split(".layers.")[1].split(".")[0] for name in names}
+    assert adapted == {"1"}  # the tiny model has layers 0 and 1
+    with pytest.raises(ConfigError, match="model.lora.top_layers: 3 is more than the model's 2"):
+        lora_config(dataclasses.replace(settings, top_layers=3), 2)
 
 
 @pytest.mark.slow

@@ -113,10 +113,11 @@ def any_process(flag: bool) -> bool:
     return bool(all_reduce_sum(torch.tensor(float(flag), device=device())).item() > 0)
 
 
-def mean_over_processes(value: float) -> float:
-    return all_reduce_sum(torch.tensor(value, dtype=torch.float64, device=device())).item() / (
-        world_size()
-    )
+def mean_of_all(values: Sequence[float]) -> float | None:
+    """Mean of the values of every process taken together; None when no process has any."""
+    sums = torch.tensor([sum(values), len(values)], dtype=torch.float64, device=device())
+    total, count = all_reduce_sum(sums).tolist()
+    return total / count if count else None
 
 
 # --- global masked statistics (pure maths on all-reduced sums) --------------------------------

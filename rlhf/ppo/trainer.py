@@ -11,7 +11,12 @@
    mean ratio passes ratio_threshold is skipped, the epochs stop early once an epoch's mean
    approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
-   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates.
+   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates;
+8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
+Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
+the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several
+processes (rlhf/ppo/distributed.py) the guards and health alarms see every process's values, so
+all processes stop or skip alike.
 
 Implementation details, with where they come from (Huang et al. 2024, "The N+ implementation
 details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
@@ -30,10 +35,12 @@ details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -44,6 +51,7 @@ from rlhf.errors import NumericError
 from rlhf.ppo import core, distributed
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.compute import MixedPrecision, checkpointing_in_eval
+from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
 from rlhf.ppo.rollout import (
@@ -56,6 +64,11 @@ from rlhf.ppo.rollout import (
 from rlhf.rewards import RewardFunction
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.tracking import Tracker
+
+if TYPE_CHECKING:
+    from rlhf.ppo.checkpoint import Checkpointer
+
+log = logging.getLogger(__name__)
 
 
 def make_optimizer(groups: list[list[torch.nn.Parameter]], lr: float) -> torch.optim.AdamW:
@@ -117,6 +130,7 @@ class PPOTrainer:
         self._timings: dict[str, float] = defaultdict(float)
         self._last_rollout: Rollout | None = None
         self._main = distributed.is_main_process()
+        self.health = HealthMonitor(config.health)
 
     # --- data ---------------------------------------------------------------------------
 
@@ -167,6 +181,8 @@ class PPOTrainer:
         encoded, responses, mask, ended, texts = self._sample(prompts, evaluation)
         raw = self._score(prompts, texts)
         scores = raw if evaluation else self.processor(raw, ended.cpu())
+        if not evaluation:
+            self._check_finite("score", "scores", scores, everywhere=True)
         if not evaluation and self.config.overlong_buffer is not None:
             scores = scores + core.overlong_penalty(
                 mask.sum(1).cpu(),
@@ -230,7 +246,7 @@ class PPOTrainer:
         if c.whiten_advantages:
             advantages = distributed.masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
-        self._check_finite("advantages", advantages[rollout.mask])
+        self._check_finite("advantages", "advantages", advantages[rollout.mask], everywhere=True)
 
     def optimise(self, rollout: Rollout) -> dict[str, float]:
         """Phase 6: epochs × mini-batches of PPO updates; returns averaged stats."""
@@ -239,38 +255,57 @@ class PPOTrainer:
         group = c.mini_batch_size * c.gradient_accumulation_steps
         stats: dict[str, list[float]] = defaultdict(list)
         critic_only = self.update <= c.critic_warmup_updates
-        # micro-batch weights are shares of the group over all processes (gradients are summed)
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(total, generator=self.torch_rng)
-            epoch_kl = []
+            first = len(stats["policy/approxkl_k3"])
             for start in range(0, total, group):
-                group_index = order[start : start + group]
-                group_tokens = distributed.all_reduce_sum(rollout.mask[group_index].sum())
-                group_size = len(group_index) * distributed.world_size()
-                contributed = False
-                for micro in group_index.split(c.mini_batch_size):
-                    if c.loss_aggregation == "token_mean":
-                        weight = (rollout.mask[micro].sum() / group_tokens).item()
-                    else:
-                        weight = len(micro) / group_size
-                    with self.precision.autocast():
-                        micro_stats = self._micro_step(rollout, micro, weight, critic_only)
-                    for key, value in micro_stats.items():
-                        stats[key].append(value)
-                    epoch_kl.append(micro_stats["policy/approxkl_k3"])  # ≥ 0, low variance
-                    contributed |= not micro_stats["skipped"]
-                # a step on zero gradients would still move AdamW's moments
-                if distributed.any_process(contributed):
-                    stats["policy/grad_norm"].append(self._optimizer_step())
+                try:
+                    self._group_step(rollout, order[start : start + group], critic_only, stats)
+                except NumericError as exc:  # raised on every process alike (global guards)
+                    if c.on_nonfinite == "stop":
+                        raise
+                    log.warning("%s; mini-batch skipped (ppo.on_nonfinite=skip)", exc)
+                    self.optimizer.zero_grad(set_to_none=False)  # drop its partial gradients
+                    stats["nonfinite"].append(1.0)
             if c.target_kl is not None:
-                epoch_mean_kl = distributed.mean_over_processes(sum(epoch_kl) / len(epoch_kl))
-                if epoch_mean_kl > c.target_kl:
+                # k3: ≥ 0, low variance; over the mini-batches of every process
+                epoch_kl = distributed.mean_of_all(stats["policy/approxkl_k3"][first:])
+                if epoch_kl is not None and epoch_kl > c.target_kl:
                     stats["policy/early_stop_epoch"].append(epoch + 1)
                     break
-        averaged = {key: sum(v) / len(v) for key, v in stats.items() if key != "skipped"}
+        counts = ("skipped", "nonfinite")
+        averaged = {k: sum(v) / len(v) for k, v in stats.items() if k not in counts and v}
         averaged["policy/skipped_minibatches"] = sum(stats.get("skipped", []))
+        averaged["policy/nonfinite_skipped"] = sum(stats.get("nonfinite", []))
         averaged["policy/epochs"] = epoch + 1
         return averaged
+
+    def _group_step(
+        self, rollout: Rollout, group_index: torch.Tensor, critic_only: bool, stats: dict
+    ) -> None:
+        """One optimiser step over a group of micro-batches (gradient accumulation). Micro-batch
+        weights are shares of the group over all processes (their gradients are summed)."""
+        group_tokens = distributed.all_reduce_sum(rollout.mask[group_index].sum())
+        group_size = len(group_index) * distributed.world_size()
+        contributed, error = False, None
+        for micro in group_index.split(self.config.mini_batch_size):
+            if self.config.loss_aggregation == "token_mean":
+                weight = (rollout.mask[micro].sum() / group_tokens).item()
+            else:
+                weight = len(micro) / group_size
+            try:
+                with self.precision.autocast():
+                    micro_stats = self._micro_step(rollout, micro, weight, critic_only)
+            except NumericError as exc:
+                error = exc
+                break
+            for key, value in micro_stats.items():
+                stats[key].append(value)
+            contributed |= not micro_stats["skipped"]
+        self._agree_on(error)
+        # a step on zero gradients would still move AdamW's moments
+        if distributed.any_process(contributed):
+            stats["policy/grad_norm"].append(self._optimizer_step())
 
     def _micro_step(
         self, rollout: Rollout, index: torch.Tensor, weight: float, critic_only: bool
@@ -337,7 +372,7 @@ class PPOTrainer:
     def _backward(self, loss: torch.Tensor | float, weight: float, what: str) -> None:
         if not torch.is_tensor(loss):
             return
-        self._check_finite(what, loss)
+        self._check_finite("update", what, loss)
         self.precision.scale(loss * weight).backward()
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
@@ -350,16 +385,41 @@ class PPOTrainer:
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         if not self.precision.scales_loss:  # fp16: an overflow skips the step, the scale drops
-            self._check_finite("gradient norm", norm)
+            self._check_finite("update", "gradient norm", norm)
         self.precision.step(self.optimizer)
         self.scheduler.step()
         # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
         self.optimizer.zero_grad(set_to_none=False)
         return norm.item()
 
-    def _check_finite(self, what: str, value: torch.Tensor) -> None:
-        if not torch.isfinite(value).all():
-            raise NumericError(f"update {self.update}: non-finite {what}; stopped before it spread")
+    def _check_finite(
+        self, phase: str, what: str, value: torch.Tensor, everywhere: bool = False
+    ) -> None:
+        """Numeric guard: a NaN or inf stops the update here, naming phase and update. With
+        `everywhere` (a point every process reaches) the count covers all processes, so every
+        process stops, or skips, alike and they meet at the same collectives afterwards."""
+        finite = torch.isfinite(value)
+        bad, total = int((~finite).sum()), finite.numel()
+        if everywhere and distributed.world_size() > 1:
+            counts = torch.tensor([bad, total], dtype=torch.float64, device=distributed.device())
+            bad, total = (int(x) for x in distributed.all_reduce_sum(counts).tolist())
+        if bad:
+            count = f" ({bad} of {total})" if total > 1 else ""
+            raise NumericError(
+                f"update {self.update}, phase {phase}: non-finite {what}{count}; "
+                "stopped before it reached the weights"
+            )
+
+    def _agree_on(self, error: NumericError | None) -> None:
+        """Raise a numeric error met by this process or by any other on every process (a loss
+        check is local: a mini-batch skipped for its ratio does not reach it)."""
+        if distributed.world_size() > 1 and distributed.any_process(error is not None):
+            raise error or NumericError(
+                f"update {self.update}, phase update: non-finite loss on another process; "
+                "stopped before it reached the weights"
+            )
+        if error is not None:
+            raise error
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -367,12 +427,19 @@ class PPOTrainer:
         """One PPO update: all phases, returns the metrics logged for it."""
         self.update += 1
         self._timings = defaultdict(float)
+        self._last_rollout = None
         started = time.perf_counter()
-        rollout = self.generate(self.next_prompts())
-        generated = time.perf_counter()
+        try:
+            rollout = self.generate(self.next_prompts())
+            generated = time.perf_counter()
+            self.forward_passes(rollout)
+            self.shape_rewards(rollout)
+        except NumericError as exc:
+            if self.config.on_nonfinite == "stop":
+                raise
+            log.warning("%s; batch skipped (ppo.on_nonfinite=skip)", exc)
+            return {"ppo/nonfinite_skipped_batches": 1.0}
         self._timings["generate"] = generated - started - self._timings["score"]
-        self.forward_passes(rollout)
-        self.shape_rewards(rollout)
         forwarded = time.perf_counter()
         # eval mode, dropout off: the first epoch's ratio is exactly 1
         with checkpointing_in_eval(self.model):
@@ -423,19 +490,52 @@ class PPOTrainer:
             "ppo/eval/distinct": len(set(texts)) / n,
         }
 
-    def train(self) -> dict[str, float]:
+    def _observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
+        """Alarms from the reduced metrics and the responses of every process, so that every
+        process raises the same ones (and a configured stop stops them all)."""
+        rollout = self._last_rollout
+        if rollout is None:  # a skipped batch (skipped on every process)
+            return []
+        lengths = rollout.mask.sum(1).tolist()
+        responses = [row[:n].tolist() for row, n in zip(rollout.responses, lengths, strict=True)]
+        gathered = distributed.gather_objects((responses, rollout.raw_scores.tolist()))
+        responses = [r for part in gathered for r in part[0]]
+        scores = [x for part in gathered for x in part[1]]
+        return self.health.observe(metrics, responses, scores)
+
+    def train(self, checkpointer: Checkpointer | None = None) -> dict[str, float]:
+        """Updates from the current one (0, or a resumed checkpoint's) to total_updates; after
+        each: evaluation and samples when due, health alarms, log, checkpoint when due."""
         c = self.config
         final: dict[str, float] = {}
-        if c.eval_every and self.eval_prompts:
+        if c.eval_every and self.eval_prompts and self.update == 0:
             self.tracker.log(self.evaluate(), step=0)
-        updates = range(c.total_updates)
-        for _ in tqdm(updates, desc="PPO updates", unit="update", disable=not self._main):
-            metrics = self.step()
-            if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
-                metrics.update(self.evaluate())
-            if c.log_samples_every and self.update % c.log_samples_every == 0:
-                rows = distributed.gather_objects(sample_rows(self._last_rollout, self.update))
-                self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, sum(rows, []))
-            self.tracker.log(metrics, step=self.update)
-            final = metrics
+        # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
+        with tqdm(
+            total=c.total_updates,
+            initial=self.update,
+            desc="PPO updates",
+            unit="update",
+            disable=not self._main,
+        ) as bar:
+            while self.update < c.total_updates:
+                final = self._train_one(checkpointer)
+                bar.update()
         return final
+
+    def _train_one(self, checkpointer: Checkpointer | None) -> dict[str, float]:
+        """One update with its evaluation, samples, health check, log line and checkpoint."""
+        c = self.config
+        metrics = self.step()
+        if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
+            metrics.update(self.evaluate())
+        alarms = self._observe_health(metrics)
+        if c.log_samples_every and self.update % c.log_samples_every == 0 and self._last_rollout:
+            rows = distributed.gather_objects(sample_rows(self._last_rollout, self.update))
+            self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, sum(rows, []))
+        self.tracker.log(metrics, step=self.update)
+        last_good = checkpointer.latest() if checkpointer else None
+        self.health.stop_if_configured(alarms, self.update, str(last_good or "none"))
+        if checkpointer is not None:
+            checkpointer.after_update(self, metrics)
+        return metrics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,9 @@ from rlhf.errors import ConfigError
 from rlhf.ppo import distributed
 from rlhf.stages import eval as eval_stage
 from rlhf.stages import ppo, rm, sft
-from rlhf.stages.common import RunPaths
+from rlhf.stages.common import RunPaths, is_complete
+
+log = logging.getLogger(__name__)
 
 StageRunner = Callable[[Config, RunPaths, dict], dict[str, float]]
 
@@ -30,7 +34,7 @@ STAGES: dict[str, StageRunner] = {
     "pipeline": pipeline,
 }
 
-# The metric a Hydra sweeper optimises, per stage (returned by train.py's main).
+# The metric a Hydra sweeper optimises, per stage, unless `objective` names another.
 OBJECTIVES = {
     "sft": "sft/test/loss",
     "rm": "rm/test/accuracy",
@@ -57,10 +61,23 @@ def check_launch_engine(config: Config, engine: str | None) -> None:
         )
 
 
-def run_stage(config: Config, run_dir: Path, resolved: dict) -> float | None:
+def run_stage(config: Config, run_dir: Path, resolved: dict) -> tuple[str | None, float | None]:
+    """Run `config.stage`; return the objective's name and final value (train.py returns the
+    value to the sweeper)."""
     if config.stage not in STAGES:
         raise ConfigError(f"stage: {config.stage!r} is not one of {', '.join(STAGES)}")
     check_launch_engine(config, distributed.launch_engine(os.environ))
-    metrics = STAGES[config.stage](config, RunPaths(run_dir), resolved)
-    objective = OBJECTIVES.get(config.stage)
-    return metrics.get(objective) if objective else None
+    paths = RunPaths(run_dir)
+    if config.resume and config.stage != "pipeline" and is_complete(paths.stage_dir(config.stage)):
+        log.info("%s: already complete in %s, nothing to resume", config.stage, run_dir)
+        metrics = json.loads((paths.stage_dir(config.stage) / "run_info.json").read_text())
+        metrics = metrics["final_metrics"]
+    else:
+        metrics = STAGES[config.stage](config, paths, resolved)
+    if config.objective is not None and config.objective not in metrics:
+        raise ConfigError(
+            f"objective: {config.objective!r} is not a final metric of stage {config.stage} "
+            f"(final metrics: {', '.join(sorted(metrics))})"
+        )
+    objective = config.objective or OBJECTIVES.get(config.stage)
+    return objective, metrics.get(objective) if objective else None

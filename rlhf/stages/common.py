@@ -4,12 +4,17 @@ A stage folder `<run_dir>/<stage>/` holds `run_info.json` (status running → co
 `metrics.jsonl`, `model/` (published in one rename when whole) and, last, the `COMPLETE` marker:
 a folder without it is not a finished stage, whatever else it holds. In a multi-process run only
 the main process writes these and logs; the others wait for it at the end of the stage.
+
+With `resume` set, a stage continues from its newest whole checkpoint (rlhf/resume.py): the
+tracker continues the saved run and drops records logged after that checkpoint. Without it, a
+stage starts over and clears what an earlier, unfinished attempt left in its folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,9 +27,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from rlhf.config import Config, TrainerStageConfig
 from rlhf.data import limit_lengths, load_preference_data, require_answers, sample_rows
+from rlhf.errors import ConfigError
+from rlhf.faults import maybe_kill
 from rlhf.models import load_model_and_tokenizer
 from rlhf.paths import publish_dir
 from rlhf.ppo import distributed
+from rlhf.resume import ResumePoint, resume_point
 from rlhf.run_info import new_run_info, write_run_info
 from rlhf.tracking import Tracker, open_tracker
 
@@ -53,6 +61,7 @@ class StageContext:
     stage_dir: Path
     tracker: Tracker
     info: dict[str, Any]
+    resume: ResumePoint | None = None  # where this stage continues; None: from the start
     final_metrics: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -72,22 +81,39 @@ def stage_context(
     run_dir, stage_dir = paths.run_dir, paths.stage_dir(stage)
     main = distributed.is_main_process()
     stage_dir.mkdir(parents=True, exist_ok=True)
+    resume = resume_point(stage, stage_dir) if config.resume else None
+    if config.resume and resume is None:
+        raise ConfigError(f"resume: no checkpoint of stage {stage} in {stage_dir}")
     if main:
         (stage_dir / COMPLETE).unlink(missing_ok=True)
+        if resume is None:
+            for stale in ("checkpoints", "trainer"):  # an earlier attempt's, never to be mixed in
+                shutil.rmtree(stage_dir / stale, ignore_errors=True)
     set_seed(config.seed)
     info = new_run_info(stage, config.seed, resolved)
+    if resume is not None:
+        info["resumed_from"] = str(resume.checkpoint)
     info_path = stage_dir / "run_info.json"
     write = write_run_info if main else (lambda path, info: None)
     write(info_path, info)
     started = time.time()
-    name = config.logger.name or f"{config.name}-{stage}"
-    tracker_config = {**resolved, "run_info": {k: v for k, v in info.items() if k != "config"}}
+    name = f"{config.logger.name or config.name}-{stage}"
+    record = {k: v for k, v in info.items() if k not in ("config", "sweep")}
+    tracker_config = {**resolved, "sweep": info["sweep"], "run_info": record}
     try:
         with open_tracker(
-            config.logger, run_dir, stage_dir, name, stage, tracker_config, main_process=main
+            config.logger,
+            run_dir,
+            stage_dir,
+            name,
+            stage,
+            tracker_config,
+            run_id=resume.run_id if resume else None,
+            resume_step=resume.step if resume else None,
+            main_process=main,
         ) as tracker:
             info["tracker_run_id"] = tracker.run_id
-            context = StageContext(config, run_dir, stage_dir, tracker, info)
+            context = StageContext(config, run_dir, stage_dir, tracker, info, resume)
             yield context
             tracker.summary(context.final_metrics)
     except BaseException as exc:
@@ -151,20 +177,25 @@ def load_stage_inputs(
     model, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir, kind=kind)
     train = sample_rows(data.train, stage.max_train_samples, stage.seed)
     train = limit_lengths(train, tokenizer, config.data, "train", answers)
-    test = limit_lengths(data.test, tokenizer, config.data, "test", answers)
+    test = sample_rows(data.test, stage.max_eval_samples, stage.seed)
+    test = limit_lengths(test, tokenizer, config.data, "test", answers)
     return model, tokenizer, train, test
 
 
 def trainer_arguments(ctx: StageContext, stage: TrainerStageConfig) -> dict:
     """Keyword arguments shared by TRL's SFTConfig and RewardConfig. Reporting goes through our
-    tracker (report_to none); only the final model is saved, by `save_model`."""
+    tracker (report_to none); the final model is saved by `save_model`, checkpoints only with
+    `save_steps`."""
     data, model = ctx.config.data, ctx.config.model
     return {
         "output_dir": str(ctx.stage_dir / "trainer"),
         # rows were already limited by limit_lengths; the margin covers the template's tokens
         "max_length": data.max_prompt_length + data.max_completion_length + 16,
         "report_to": "none",
-        "save_strategy": "no",
+        # checkpoints in <stage>/trainer/checkpoint-N only when asked for (they serve resume)
+        "save_strategy": "steps" if stage.save_steps else "no",
+        **({"save_steps": stage.save_steps} if stage.save_steps else {}),
+        "save_total_limit": stage.save_total_limit,
         "learning_rate": stage.learning_rate,
         "num_train_epochs": stage.num_train_epochs,
         "max_steps": stage.max_steps,
@@ -194,6 +225,9 @@ class TrackerCallback(TrainerCallback):
     def __init__(self, tracker: Tracker, stage: str):
         self.tracker = tracker
         self.stage = stage
+
+    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 (HF signature)
+        maybe_kill(self.stage, "after_checkpoint", state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 (HF signature)
         metrics = {}

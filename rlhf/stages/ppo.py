@@ -3,7 +3,9 @@
 Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
 model defaults to `<run>/rm/model`, prompts are the data set's train prompts and the held-out
 evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
-tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`.
+tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`,
+`checkpoints/` (rlhf/ppo/checkpoint.py) and `best_checkpoint.json`. With `resume`, the newest
+checkpoint is loaded after the models are built and training continues from its update.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from rlhf.models import (
 from rlhf.plots import plot_ppo_run
 from rlhf.ppo import distributed
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
+from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.rewards import build_reward
 from rlhf.rewards.processing import ScoreProcessor
@@ -57,9 +60,10 @@ def build_actor_critic(
         critic_dir = resolve_model_dir(critic_settings, config.cache_dir)
         critic = load_model(critic_dir, critic_settings, tokenizer, kind="reward").eval()
     if settings.lora.enabled:
-        policy = get_peft_model(policy, lora_config(settings.lora))
+        num_layers = policy.config.num_hidden_layers
+        policy = get_peft_model(policy, lora_config(settings.lora, num_layers))
         if ppo.critic == "lora":
-            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora))
+            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora, num_layers))
             policy.set_adapter("default")
     return ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
 
@@ -86,6 +90,13 @@ def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTok
         if model.critic_kind == "lora":
             policy.delete_adapter(CRITIC_ADAPTER)
     save_model(policy, tokenizer, ctx.model_dir)
+
+
+def last_logged_update(stage_dir: Path) -> dict[str, float]:
+    """Metrics of the last logged update (a resume whose checkpoint was already the last)."""
+    records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in records if "ppo/objective/scores" in r]
+    return updates[-1] if updates else {}
 
 
 def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
@@ -123,7 +134,12 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             processor,
             mixed_precision=config.model.mixed_precision,
         )
-        if config.reward.calibrate:
+        checkpointer = Checkpointer(
+            config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id
+        )
+        if ctx.resume is not None:  # calibration and all state come from the checkpoint
+            checkpointer.resume(trainer, ctx.resume.checkpoint)
+        elif config.reward.calibrate:
             gain, bias = trainer.calibrate_reward(list(prompts[: config.reward.calibrate_samples]))
             ctx.info["reward_calibration"] = {"gain": gain, "bias": bias}
             if distributed.is_main_process():
@@ -132,7 +148,8 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
                 )
             ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias}, step=0)
             log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
-        last = trainer.train()
+        last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
+        ctx.info["best_checkpoint"] = checkpointer.best
         if distributed.is_main_process():  # the weights are the same on every process
             save_outputs(ctx, model, tokenizer)
             plot_ppo_run(ctx.stage_dir)

@@ -16,6 +16,7 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
 from rlhf.data import preference_rows, prompt_messages
+from rlhf.hard_negatives import with_hard_negatives
 from rlhf.models import lora_config
 from rlhf.ppo import distributed
 from rlhf.scoring import score_conversations
@@ -75,6 +76,9 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         model, tokenizer, train, test = load_stage_inputs(
             ctx, config.rm, kind="reward", answers=("chosen", "rejected")
         )
+        train = with_hard_negatives(
+            train, config.rm.echo_negatives, config.rm.garbled_negatives, config.rm.seed
+        )
         args = RewardConfig(
             **trainer_arguments(ctx, config.rm),
             center_rewards_coefficient=config.rm.center_rewards_coefficient,
@@ -84,10 +88,12 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             args=args,
             train_dataset=preference_rows(train, config.data.system_prompt),
             processing_class=tokenizer,
-            peft_config=lora_config(config.model.lora, kind="reward"),
+            peft_config=lora_config(
+                config.model.lora, model.config.num_hidden_layers, kind="reward"
+            ),
             callbacks=[TrackerCallback(ctx.tracker, "rm")],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         trained = merged(trainer.model)
         metrics = pairwise_metrics(
             trained,

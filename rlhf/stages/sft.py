@@ -60,10 +60,10 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             train_dataset=sft_rows(train, config.data.system_prompt),
             eval_dataset=sft_rows(test, config.data.system_prompt),
             processing_class=tokenizer,
-            peft_config=lora_config(config.model.lora, kind="causal"),
+            peft_config=lora_config(config.model.lora, model.config.num_hidden_layers),
             callbacks=[TrackerCallback(ctx.tracker, "sft")],
         )
-        trainer.train()
+        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         evaluation = trainer.evaluate()
         state_dict = gathered_state_dict(trainer)  # on every process
         if distributed.is_main_process():
@@ -74,6 +74,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
                 "eval_mean_token_accuracy", float("nan")
             ),
             "sft/train_rows": len(train),
+            "sft/test_rows": len(test),
         }
         ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
     return ctx.final_metrics

@@ -1,0 +1,257 @@
+"""PPO checkpoints: what it takes to continue a run exactly, written whole or not at all.
+
+`<stage>/checkpoints/update-NNNNNN/` holds
+- `trainable.safetensors`: every trained tensor (the LoRA adapter or the full policy, the critic or
+  value head); frozen weights (base, reference) come from the run's starting point;
+- `state.pt`: optimiser, scheduler and RNG states (python, numpy, torch, the trainer's own
+  generators; one set per process), read back with `torch.load(weights_only=True)`: no pickled
+  code runs on load;
+- `trainer_state.json`: update count, data position, KL controller, score normaliser, health
+  history, best metric so far and the tracker's run id.
+A checkpoint is written into `.tmp-update-NNNNNN/` and renamed into place, so a process killed
+during the write leaves the previous checkpoint whole and the half-written folder is ignored
+(and removed by the next run). Before writing, every trained tensor and optimiser moment must be
+finite: a poisoned state is never saved. Older checkpoints are pruned to `keep_last`; the best by
+`best_metric` is kept besides and named in `<stage>/best_checkpoint.json`.
+
+Several processes (rlhf/ppo/distributed.py): weights, optimiser, scheduler, data order, KL
+controller, score normaliser and health history are the same on every process, so the main
+process writes them once; the RNG states differ (each process samples its own answers) and are
+gathered, one set per process. A resume restores each process's own set, and so needs the
+number of processes the checkpoint was written with (anything else stops with one line).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlhf.config import CheckpointConfig
+from rlhf.errors import ConfigError, NumericError
+from rlhf.faults import maybe_kill
+from rlhf.paths import publish_dir
+from rlhf.ppo import distributed
+from rlhf.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
+
+if TYPE_CHECKING:
+    from rlhf.ppo.trainer import PPOTrainer
+
+log = logging.getLogger(__name__)
+
+TENSORS_FILE = "trainable.safetensors"
+TORCH_STATE_FILE = "state.pt"
+BEST_FILE = "best_checkpoint.json"
+
+
+def trainable_tensors(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
+    """Name → tensor of every trained parameter (tied weights once, by their first name)."""
+    model = trainer.model
+    trained = {id(p) for p in model.policy_parameters() + model.critic_parameters()}
+    return {name: p for name, p in model.named_parameters() if id(p) in trained}
+
+
+def rng_states(trainer: PPOTrainer) -> dict:
+    numpy_state = np.random.get_state()
+    states = {
+        "python": random.getstate(),
+        "numpy": [
+            numpy_state[0],
+            torch.from_numpy(numpy_state[1].astype(np.int64)),
+            *numpy_state[2:],
+        ],  # fmt: skip
+        "torch": torch.get_rng_state(),
+        "trainer_python": trainer.rng.getstate(),
+        "trainer_torch": trainer.torch_rng.get_state(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(trainer: PPOTrainer, states: dict) -> None:
+    random.setstate(states["python"])
+    name, key, *rest = states["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(states["torch"])
+    trainer.rng.setstate(states["trainer_python"])
+    trainer.torch_rng.set_state(states["trainer_torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def check_not_poisoned(trainer: PPOTrainer, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse to save non-finite weights or optimiser moments."""
+    moments = [
+        value
+        for state in trainer.optimizer.state.values()
+        for value in state.values()
+        if torch.is_tensor(value) and value.is_floating_point()
+    ]
+    for name, tensor in [*tensors.items(), *(("optimiser state", m) for m in moments)]:
+        if not torch.isfinite(tensor).all():
+            raise NumericError(
+                f"update {trainer.update}, phase checkpoint: non-finite {name}; "
+                "no checkpoint written from a poisoned state"
+            )
+
+
+def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path:
+    """Write a checkpoint of `trainer` to `folder` via a temporary folder and one rename. Every
+    process calls it (the RNG states are gathered); the main process writes."""
+    tensors = trainable_tensors(trainer)
+    check_not_poisoned(trainer, tensors)  # the same state, so the same verdict, everywhere
+    rngs = distributed.gather_objects(rng_states(trainer))
+    if distributed.is_main_process():
+        _write_checkpoint(trainer, folder, tensors, rngs, json_state)
+    distributed.barrier()  # no process runs ahead of a checkpoint still being written
+    return folder
+
+
+def _write_checkpoint(
+    trainer: PPOTrainer,
+    folder: Path,
+    tensors: dict[str, torch.Tensor],
+    rngs: list[dict],
+    json_state: dict,
+) -> Path:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".tmp-{folder.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / TENSORS_FILE)
+    maybe_kill("ppo", "during_checkpoint", trainer.update)
+    torch.save(
+        {
+            "optimizer": trainer.optimizer.state_dict(),
+            "scheduler": trainer.scheduler.state_dict(),
+            "rng": rngs[0],
+            **({"rng_by_process": rngs} if len(rngs) > 1 else {}),
+        },
+        tmp / TORCH_STATE_FILE,
+    )
+    state = {
+        "update": trainer.update,
+        "processes": len(rngs),
+        "data_order": list(trainer._order),
+        "kl_controller": trainer.kl_controller.state_dict(),
+        "score_processor": {
+            "moments": trainer.processor.moments.state_dict(),
+            "gain": trainer.processor.gain,
+            "bias": trainer.processor.bias,
+        },
+        "health": trainer.health.state_dict(),
+        **json_state,
+    }
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    return publish_dir(tmp, folder)
+
+
+def load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
+    """Put `trainer` back in the state saved in `folder`; returns the JSON state. Each process
+    loads the shared state and its own RNG states."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    processes = state.get("processes", 1)
+    if processes != distributed.world_size():
+        raise ConfigError(
+            f"resume: checkpoint {folder} was written by {processes} process(es), this run has "
+            f"{distributed.world_size()}; resume with --num_processes {processes} (each process "
+            "continues its own random streams)"
+        )
+    tensors = load_file(folder / TENSORS_FILE)
+    expected = trainable_tensors(trainer)
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))[:3]
+        raise ConfigError(
+            f"resume: checkpoint {folder} does not match this model (tensors missing: {missing}); "
+            "resume with the config the run started with"
+        )
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            expected[name].copy_(tensor)
+    saved = torch.load(folder / TORCH_STATE_FILE, map_location="cpu", weights_only=True)
+    trainer.optimizer.load_state_dict(saved["optimizer"])
+    trainer.scheduler.load_state_dict(saved["scheduler"])
+    restore_rng_states(
+        trainer, saved["rng_by_process"][distributed.rank()] if processes > 1 else saved["rng"]
+    )
+    trainer.update = state["update"]
+    trainer._order = list(state["data_order"])
+    trainer.kl_controller.load_state_dict(state["kl_controller"])
+    processor = state["score_processor"]
+    trainer.processor.moments.load_state_dict(processor["moments"])
+    trainer.processor.gain, trainer.processor.bias = processor["gain"], processor["bias"]
+    trainer.health.load_state_dict(state["health"])
+    return state
+
+
+class Checkpointer:
+    """Saves after updates (every N, the last, and each new best), prunes, and resumes."""
+
+    def __init__(
+        self, config: CheckpointConfig, stage_dir: Path, total_updates: int, run_id: str | None
+    ):
+        self.config, self.total_updates, self.run_id = config, total_updates, run_id
+        self.stage_dir = stage_dir
+        self.folder = stage_dir / "checkpoints"
+        self.best: dict | None = None
+        self.main = distributed.is_main_process()  # the one that writes; all keep `best`
+        if self.main:
+            for leftover in self.folder.glob(".tmp-*"):  # a write that a kill interrupted
+                shutil.rmtree(leftover, ignore_errors=True)
+
+    def latest(self) -> Path | None:
+        found = ppo_checkpoints(self.stage_dir)
+        return found[-1] if found else None
+
+    def resume(self, trainer: PPOTrainer, folder: Path) -> None:
+        state = load_checkpoint(trainer, folder)
+        self.best = state.get("best")
+        log.info("resumed from %s (update %d)", folder, trainer.update)
+
+    def _is_better(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.config.best_mode == "max":
+            return value > self.best["value"]
+        return value < self.best["value"]
+
+    def after_update(self, trainer: PPOTrainer, metrics: dict[str, float]) -> Path | None:
+        update, every = trainer.update, self.config.every
+        metric = self.config.best_metric
+        is_best = metric is not None and metric in metrics and self._is_better(metrics[metric])
+        due = update >= self.total_updates or (every > 0 and update % every == 0)
+        if not (due or is_best):
+            return None
+        folder = self.folder / f"{PPO_PREFIX}{update:06d}"
+        best = self.best
+        if is_best:
+            best = {"checkpoint": str(folder.relative_to(self.stage_dir)), "update": update,
+                    "metric": metric, "value": metrics[metric]}  # fmt: skip
+        save_checkpoint(trainer, folder, {"run_id": self.run_id, "best": best})
+        if is_best:
+            self.best = best
+        if self.main:
+            if is_best:
+                tmp = self.stage_dir / f".{BEST_FILE}.tmp"
+                tmp.write_text(json.dumps(best, indent=2))
+                tmp.replace(self.stage_dir / BEST_FILE)
+            self.prune()
+        maybe_kill("ppo", "after_checkpoint", update)
+        return folder
+
+    def prune(self) -> None:
+        checkpoints = ppo_checkpoints(self.stage_dir)
+        keep = {p.name for p in checkpoints[-self.config.keep_last :]}
+        if self.best is not None:
+            keep.add(Path(self.best["checkpoint"]).name)
+        for path in checkpoints:
+            if path.name not in keep:
+                shutil.rmtree(path)

@@ -1,0 +1,137 @@
+"""Training-health monitors: alarms when PPO drifts into a known failure, as warnings or stops.
+
+Watched per update (thresholds in `ppo.health`, each null = off):
+- KL to the reference above `kl_max`, or below `kl_min` (an estimate negative beyond noise means
+  the log-probs of policy and reference are computed inconsistently);
+- policy entropy below `entropy_min` (collapse onto a few tokens);
+- EOS rate below `eos_rate_min`, truncation rate above `truncation_rate_max`;
+- the probability ratio's maximum above `ratio_max` (a policy far from the one that sampled);
+- distinct n-grams / all n-grams of the batch's responses below `distinct_min` (mode collapse);
+- the score rising while the correlation of score and response length passes `length_corr_max`
+  (the reward is being won by length alone).
+Every alarm is logged as `health/<name>` = 1 and a warning line; names listed in
+`ppo.health.stop_on` stop the run (HealthStop) after the update is logged and before it is
+checkpointed, so the newest checkpoint is the last good state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from rlhf.config import HealthConfig
+from rlhf.errors import RlhfError
+
+log = logging.getLogger(__name__)
+
+
+class HealthStop(RlhfError):
+    """A health alarm configured to stop the run went off."""
+
+
+@dataclass
+class Alarm:
+    name: str  # the threshold's config key, e.g. kl_max
+    message: str
+
+
+def distinct_ngrams(sequences: list[list[int]], n: int) -> float:
+    """Distinct n-grams / all n-grams over a batch of token sequences (1.0 when there are none)."""
+    grams = [tuple(seq[i : i + n]) for seq in sequences for i in range(len(seq) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson correlation; 0 when either side is constant."""
+    a, b = torch.tensor(x, dtype=torch.float64), torch.tensor(y, dtype=torch.float64)
+    a, b = a - a.mean(), b - b.mean()
+    denominator = (a.square().sum() * b.square().sum()).sqrt()
+    return 0.0 if denominator == 0 else (a * b).sum().item() / denominator.item()
+
+
+def slope(values: list[float]) -> float:
+    """Least-squares slope of values against their index."""
+    t = torch.arange(len(values), dtype=torch.float64)
+    v = torch.tensor(values, dtype=torch.float64)
+    t = t - t.mean()
+    return ((t * (v - v.mean())).sum() / t.square().sum()).item()
+
+
+# name → (metric it reads, True when an alarm is "above the threshold")
+BOUNDS = {
+    "kl_max": ("ppo/objective/kl", True),
+    "kl_min": ("ppo/objective/kl", False),
+    "entropy_min": ("ppo/policy/entropy", False),
+    "eos_rate_min": ("ppo/eos_rate", False),
+    "truncation_rate_max": ("ppo/truncation_rate", True),
+    "ratio_max": ("ppo/policy/ratio_max", True),
+    "distinct_min": ("ppo/health/distinct", False),
+}
+
+
+def threshold_alarms(metrics: dict[str, float], cfg: HealthConfig) -> list[Alarm]:
+    """Alarms of the plain thresholds, from one update's metrics (missing metrics are skipped)."""
+    alarms = []
+    for name, (key, above) in BOUNDS.items():
+        bound = getattr(cfg, name)
+        if bound is None or key not in metrics:
+            continue
+        value = metrics[key]
+        if (value > bound) if above else (value < bound):
+            relation = ">" if above else "<"
+            alarms.append(Alarm(name, f"{key} = {value:.4g} {relation} {name} {bound:g}"))
+    return alarms
+
+
+def length_alarm(correlation: float, score_history: list[float], cfg: HealthConfig) -> Alarm | None:
+    """The score rises over the last trend_window updates and length explains it."""
+    window = score_history[-cfg.trend_window :]
+    if cfg.length_corr_max is None or len(window) < cfg.trend_window:
+        return None
+    trend = slope(window)
+    if trend > 0 and correlation > cfg.length_corr_max:
+        return Alarm(
+            "length_corr_max",
+            f"score rising ({trend:+.4g}/update) with corr(score, length) = {correlation:.3f} "
+            f"> length_corr_max {cfg.length_corr_max:g}",
+        )
+    return None
+
+
+class HealthMonitor:
+    """Adds health statistics to each update's metrics and raises the configured alarms."""
+
+    def __init__(self, cfg: HealthConfig):
+        self.cfg = cfg
+        self.score_history: list[float] = []
+
+    def observe(self, metrics: dict[str, float], responses: list[list[int]],
+                scores: list[float]) -> list[Alarm]:  # fmt: skip
+        """Update `metrics` in place with health/* entries; returns the alarms."""
+        lengths = [float(len(r)) for r in responses]
+        metrics["ppo/health/distinct"] = distinct_ngrams(responses, self.cfg.distinct_n)
+        metrics["ppo/health/length_score_corr"] = pearson(scores, lengths)
+        self.score_history = [*self.score_history, sum(scores) / len(scores)][-100:]
+        alarms = threshold_alarms(metrics, self.cfg)
+        length = length_alarm(metrics["ppo/health/length_score_corr"], self.score_history, self.cfg)
+        alarms += [length] if length else []
+        for alarm in alarms:
+            metrics[f"health/{alarm.name}"] = 1.0
+            log.warning("health alarm: %s", alarm.message)
+        return alarms
+
+    def stop_if_configured(self, alarms: list[Alarm], update: int, last_good: str) -> None:
+        stopping = [a for a in alarms if a.name in self.cfg.stop_on]
+        if stopping:
+            raise HealthStop(
+                f"health: {stopping[0].message} at update {update} (ppo.health.stop_on); "
+                f"last good checkpoint: {last_good}"
+            )
+
+    def state_dict(self) -> dict:
+        return {"score_history": list(self.score_history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.score_history = list(state["score_history"])

@@ -1,0 +1,213 @@
+"""Every kind of bad input, end to end through train.py: a non-zero exit (2), one line naming the
+key, file, column or value, and nothing left behind that looks finished (no COMPLETE marker, no
+model folder, run_info.json marked failed where the stage had started)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from rlhf.app import typed_config
+from rlhf.errors import ConfigError, RewardError
+from rlhf.rewards import checked
+from tests import bad_rewards
+from tests.conftest import error_lines, run_train
+from tests.ppo_helpers import make_config, make_trainer
+
+PPO_TINY = [
+    "stage=ppo", "model=tiny", "logger=none", "ppo.total_updates=1", "ppo.eval_every=0",
+    "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.max_new_tokens=4", "reward=keywords",
+]  # fmt: skip
+
+
+def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: str) -> str:
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = error_lines(result)
+    assert line.startswith("error: ") and needle in line, line
+    assert not (run_dir / stage / "COMPLETE").exists()
+    assert not (run_dir / stage / "model").exists()
+    info_file = run_dir / stage / "run_info.json"
+    if info_file.exists():  # the stage had started: its record says it failed, and why
+        info = json.loads(info_file.read_text())
+        assert info["status"] == "failed" and needle in info["error"]
+    return line
+
+
+# --- config: rejected before anything loads ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("ppo.klcoef=0.1", "unknown config key 'ppo.klcoef' (did you mean 'ppo.kl_coef'?)"),
+        ("sft.learning_rate=abc", "sft.learning_rate"),
+        ("model=nosuchmodel", "model/nosuchmodel"),
+        ("+foo=1", "unknown config key 'foo'"),
+        ("+model.lora.rr=3", "unknown config key 'model.lora.rr'"),
+        ("ppo.cliprange=0", "ppo.cliprange: must be > 0, got 0"),
+        (
+            "ppo.batch_size=7",
+            "ppo.batch_size: batch_size × samples_per_prompt (7) is not divisible",
+        ),
+        ("ppo.health.stop_on=[kl_maxx]", "ppo.health.stop_on: 'kl_maxx' is not one of"),
+    ],
+    ids=[
+        "unknown-key",
+        "mistyped-value",
+        "unknown-option",
+        "added-key",
+        "added-nested-key",
+        "cliprange-zero",
+        "batch-not-divisible",
+        "unknown-alarm",
+    ],  # fmt: skip
+)
+def test_config_errors(tmp_path, override, needle):
+    run_dir = tmp_path / "run"
+    result = run_train(["stage=sft", override], run_dir)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (run_dir / "sft").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("ppo.cliprange=-0.1", "ppo.cliprange"),
+        ("ppo.mini_batch_size=0", "ppo.mini_batch_size"),
+        ("ppo.kl_estimator=k9", "ppo.kl_estimator"),
+        ("ppo.on_nonfinite=ignore", "ppo.on_nonfinite"),
+        ("ppo.checkpoint.keep_last=0", "ppo.checkpoint.keep_last"),
+        ("stage=sfft", "stage"),
+        ("model.dtype=float8", "model.dtype"),
+        ("logger.backend=wand", "logger.backend"),
+        ("data.overlong=cut", "data.overlong"),
+        ("sft.learning_rate=0", "sft.learning_rate"),
+        ("rm.max_train_samples=0", "rm.max_train_samples"),
+    ],
+)
+def test_impossible_values_are_rejected_with_their_key(compose_config, override, key):
+    """The same schema checks as above, without a process each (train.py runs typed_config)."""
+    with pytest.raises(ConfigError) as caught:
+        typed_config(compose_config([override]))
+    assert str(caught.value).startswith(key)
+
+
+# --- resume ----------------------------------------------------------------------------------
+
+
+def test_resume_path_that_does_not_exist(tmp_path):
+    result = run_train(["stage=ppo", f"resume={tmp_path / 'gone'}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert f"resume: run folder {tmp_path / 'gone'} does not exist" in line
+
+
+def test_resume_path_with_no_checkpoint(tmp_path):
+    stopped = tmp_path / "stopped"
+    (stopped / "ppo").mkdir(parents=True)
+    (stopped / "ppo" / "run_info.json").write_text('{"status": "failed"}')
+    result = run_train(["stage=ppo", f"resume={stopped}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert f"resume: no checkpoint in {stopped}/ppo/checkpoints" in line
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def write_file(tmp_path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def rows_file(tmp_path, rows: list[dict]) -> str:
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    return write_file(tmp_path, "rows.jsonl", lines)
+
+
+GOOD_ROWS = [{"question": f"问题{i}？", "chosen": "滚。", "rejected": "好的。"} for i in range(4)]
+
+
+@pytest.mark.parametrize(
+    "make_overrides,needle",
+    [
+        (lambda tmp: ["data.train_file=experiments/nope/train.jsonl"],
+         "data.train_file: file "),
+        (lambda tmp: [f"data.train_file={write_file(tmp, 'empty.jsonl', '')}"],
+         "empty.jsonl has no rows"),
+        (lambda tmp: ["data.columns.chosen=answer"], "data.columns.chosen: column 'answer' not in"),
+        (lambda tmp: [f"data.train_file={rows_file(tmp, [*GOOD_ROWS, {**GOOD_ROWS[0], 'chosen': ' '}])}",
+                      "data.test_file=null"],
+         "row 4 has an empty 'chosen'"),
+        (lambda tmp: ["data.max_prompt_length=3"], "no train row fits max_prompt_length=3"),
+    ],
+    ids=["missing-file", "empty-file", "missing-column", "empty-string-row", "all-prompts-too-long"],
+)  # fmt: skip
+def test_data_errors(tmp_path, make_overrides, needle):
+    run_dir = tmp_path / "run"
+    result = run_train(["stage=sft", "logger=none", *make_overrides(tmp_path)], run_dir)
+    assert_one_line_and_nothing_finished(result, run_dir, "sft", needle)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def folder_without_weights(tmp_path) -> str:
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"never unpickled")
+    return str(folder)
+
+
+@pytest.mark.parametrize(
+    "make_args,stage,needle",
+    [
+        (lambda tmp: ["stage=sft", f"model.name_or_path={tmp}/no/such/model"], "sft",
+         "no/such/model does not exist"),
+        (lambda tmp: ["stage=sft", f"model.name_or_path={folder_without_weights(tmp)}"], "sft",
+         "holds no *.safetensors weights"),
+        (lambda tmp: ["stage=ppo"], "ppo", "run/rm/model does not exist"),  # no RM trained yet
+        (lambda tmp: ["stage=eval"], "eval", "run/sft/model does not exist"),  # no policy yet
+    ],
+    ids=["missing-folder", "no-weights", "missing-reward-model", "missing-policy"],
+)  # fmt: skip
+def test_model_errors(tmp_path, make_args, stage, needle):
+    run_dir = tmp_path / "run"
+    result = run_train([*make_args(tmp_path), "logger=none"], run_dir)
+    assert_one_line_and_nothing_finished(result, run_dir, stage, needle)
+
+
+# --- reward functions ------------------------------------------------------------------------
+
+
+def test_reward_returning_nan_stops_the_ppo_stage(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_train(
+        [*PPO_TINY, "reward.function._target_=tests.bad_rewards.nan_scores"], run_dir
+    )
+    needle = "reward tests.bad_rewards.nan_scores returned 4 non-finite score(s) (NaN or inf)"
+    assert_one_line_and_nothing_finished(result, run_dir, "ppo", needle)
+    assert not (run_dir / "ppo" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "function,needle",
+    [
+        (bad_rewards.raises, "raised ConnectionError: reward service unreachable"),
+        (bad_rewards.one_score, "returned 1 scores for 8 completions"),
+        (bad_rewards.nan_scores, "returned 8 non-finite score(s)"),
+    ],
+)
+def test_every_bad_reward_is_a_reward_error_naming_the_source(
+    tiny_sft_model, tmp_path, function, needle
+):
+    """The same check as above for each failure, in process (one subprocess covers the exit)."""
+    trainer = make_trainer(make_config(tiny_sft_model), tmp_path, reward=checked(function, "fn"))
+    with pytest.raises(RewardError, match=f"^reward fn {re.escape(needle)}"):
+        trainer.step()
