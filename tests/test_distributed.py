@@ -99,6 +99,11 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     for key in ("ppo/objective/scores", "ppo/objective/raw_scores", "ppo/response_length"):
         assert records[0][key] == pytest.approx(single_record[key], abs=1e-6)
     assert result == pytest.approx(records[0]["ppo/objective/scores"])  # the sweep's objective
+    # one checkpoint, written once, holding each process's own random streams for a resume
+    (checkpoint,) = (double_dir / "ppo" / "checkpoints").iterdir()
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["processes"] == 2
+    rngs = torch.load(checkpoint / "state.pt", weights_only=True)["rng_by_process"]
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
     info = json.loads((double_dir / "ppo" / "run_info.json").read_text())
     assert info["status"] == "complete" and info["config"]["output_dir"] == str(double_dir)
     assert sorted(p.name for p in double_dir.iterdir()) == [
