@@ -70,9 +70,10 @@ def job_port(base: int, job_id: str) -> int:
 
 def run_under_accelerate(
     launch: AccelerateLaunch, overrides: list[str], run_dir: Path
-) -> float | None:
-    """Run train.py under accelerate (output streamed to this job's log); the run's return
-    value, or None on a node other than the first (its main process is elsewhere)."""
+) -> tuple[str | None, float | None]:
+    """Run train.py under accelerate (output streamed to this job's log); the run's objective
+    name and value, or (None, None) on a node other than the first (its main process is
+    elsewhere)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     result_file = run_dir / RESULT_FILE
     first_node = launch.machine_rank == 0  # the node of the run's main process
@@ -87,5 +88,6 @@ def run_under_accelerate(
             f"accelerate launch exited with code {done.returncode}; run folder {run_dir}"
         )
     if not first_node or not result_file.is_file():
-        return None
-    return json.loads(result_file.read_text())["result"]
+        return None, None
+    result = json.loads(result_file.read_text())
+    return result.get("objective"), result["result"]

@@ -63,7 +63,7 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     single = compose_config([*common, "ppo.batch_size=8", "ppo.mini_batch_size=8", "logger=none"])
     run_stage(typed_config(single), single_dir, OmegaConf.to_container(single, resolve=True))
     launch = AccelerateLaunch("conf/accelerate/ddp.yaml", 2, main_process_port=free_port())
-    result = run_under_accelerate(
+    objective, result = run_under_accelerate(
         launch, [*common, "ppo.batch_size=4", "ppo.mini_batch_size=4"], double_dir
     )
 
@@ -98,7 +98,8 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     single_record = json.loads((single_dir / "ppo" / "metrics.jsonl").read_text())
     for key in ("ppo/objective/scores", "ppo/objective/raw_scores", "ppo/response_length"):
         assert records[0][key] == pytest.approx(single_record[key], abs=1e-6)
-    assert result == pytest.approx(records[0]["ppo/objective/scores"])  # the sweep's objective
+    assert objective == "ppo/objective/scores"  # the sweep's objective
+    assert result == pytest.approx(records[0]["ppo/objective/scores"])
     # one checkpoint, written once, holding each process's own random streams for a resume
     (checkpoint,) = (double_dir / "ppo" / "checkpoints").iterdir()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["processes"] == 2

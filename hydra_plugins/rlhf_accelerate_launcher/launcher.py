@@ -34,6 +34,7 @@ class AccelerateSlurmLauncher(SlurmLauncher):
         import submitit
 
         from rlhf.cluster import AccelerateLaunch, job_port, run_under_accelerate
+        from rlhf.sweep import current_job, run_recorded
 
         job = submitit.JobEnvironment()
         hydra = HydraConfig.get()
@@ -45,6 +46,14 @@ class AccelerateSlurmLauncher(SlurmLauncher):
             main_process_ip=job.hostnames[0],
             main_process_port=job_port(self.main_process_port, job.job_id),
         )
-        return run_under_accelerate(
-            launch, list(hydra.overrides.task), Path(hydra.runtime.output_dir)
-        )
+
+        def run() -> tuple[str | None, float | None]:
+            return run_under_accelerate(
+                launch, list(hydra.overrides.task), Path(hydra.runtime.output_dir)
+            )
+
+        sweep_job = current_job()
+        if sweep_job is None or job.node != 0:  # one job.json per job: the first node's
+            return run()[1]
+        # the job's status, objective and error in job.json, as for every multirun job
+        return run_recorded(sweep_job, run)
