@@ -3,9 +3,11 @@
 python train.py experiment=insult_ppo              # the whole pipeline
 python train.py stage=sft model=tiny data=insult_zh
 python train.py --cfg job experiment=insult_ppo    # print the composed config
+accelerate launch --config_file conf/accelerate/ddp.yaml --num_processes 4 train.py ...
 """
 
 import os
+import sys
 
 # Hydra prints its own multi-line reports unless HYDRA_FULL_ERROR is set; setting it lets input
 # errors reach `one_line_errors`, which prints one line. A user who set it keeps full tracebacks.
@@ -19,6 +21,8 @@ from rlhf import app  # noqa: E402
 from rlhf.config import register_schemas  # noqa: E402
 
 register_schemas()
+# under `accelerate launch`, only the main process keeps a Hydra run folder (see app.py)
+sys.argv += app.secondary_process_overrides(os.environ)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import difflib
+import json
+import os
+import shutil
 import sys
+import tempfile
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +25,7 @@ from rlhf.resume import check_resumable, resume_run_dir
 from rlhf.sweep import SweepJob, current_job, run_recorded, with_sweep_logging
 
 EXIT_INPUT_ERROR = 2
+RESULT_FILE_ENV = "RLHF_RESULT_FILE"  # where the main process writes the job's return value
 
 
 def typed_config(cfg: DictConfig) -> Config:
@@ -62,18 +68,49 @@ def run(cfg: DictConfig) -> float | None:
 
 def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, float | None]:
     config = typed_config(cfg)
-    run_dir = Path(config.output_dir)
-    resumed = resume_run_dir(config.resume, config.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    # one run folder for all processes of an `accelerate launch`: the main process's
+    output_dir = resolved["output_dir"] = shared_output_dir(config.output_dir)
+    config = dataclasses.replace(config, output_dir=output_dir)
+    run_dir = Path(output_dir)
+    resumed = resume_run_dir(config.resume, output_dir)
     if resumed is not None:  # checked before the heavy imports: a bad path fails fast
         check_resumable(config.stage, config.pipeline.stages, resumed)
         run_dir = resumed
     config = dataclasses.replace(config, resume=resumed is not None)
     if job is not None:
         config = with_sweep_logging(config, job)
+    from rlhf.ppo import distributed
     from rlhf.stages import run_stage  # heavy imports (torch, transformers) after validation
 
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    return run_stage(config, run_dir, resolved)
+    objective, value = run_stage(config, run_dir, resolved)
+    if os.environ.get(RESULT_FILE_ENV) and distributed.is_main_process():
+        result = {"objective": objective, "result": value}
+        Path(os.environ[RESULT_FILE_ENV]).write_text(json.dumps(result))
+    return objective, value
+
+
+def shared_output_dir(output_dir: str) -> str:
+    """The main process's run folder on every process of a multi-process launch (WORLD_SIZE set
+    by accelerate / torchrun); a single process keeps its own without importing torch."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return output_dir
+    from rlhf.ppo import distributed
+
+    return distributed.broadcast_object(output_dir)
+
+
+def secondary_process_overrides(env: dict[str, str]) -> list[str]:
+    """Hydra overrides for a non-main process of `accelerate launch` / torchrun (RANK > 0).
+
+    Hydra names run folders by the time each process composed its config, so the processes of
+    one job could disagree by a second. The main process's folder is the run's (`run` hands its
+    path to the others); the others get a temporary one, removed at exit."""
+    if env.get("RANK", "0") == "0":
+        return []
+    folder = tempfile.mkdtemp(prefix=f"rlhf-rank{env['RANK']}-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return [f"hydra.run.dir={folder}", f"hydra.sweep.dir={folder}", "hydra.output_subdir=null"]
 
 
 def _suggest(full_key: str, known_keys: list[str]) -> str:

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from rlhf.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIXED_PRECISION = ("no", "bf16", "fp16")
 STAGE_NAMES = ("sft", "rm", "ppo", "eval", "pipeline")
 
 
@@ -77,12 +78,14 @@ class ModelConfig:
     gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
     dtype: str = "float32"  # weights dtype: auto, float32, bfloat16, float16
     trust_remote_code: bool = False  # run modelling code shipped with a hub model
+    mixed_precision: str = "no"  # autocast compute in every training stage: no, bf16, fp16
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     lora: LoraSettings = field(default_factory=LoraSettings)  # parameter-efficient training
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)  # used only for "tiny"
 
     def __post_init__(self) -> None:
         _one_of(self.dtype, DTYPES, "model.dtype")
+        _one_of(self.mixed_precision, MIXED_PRECISION, "model.mixed_precision")
         _require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
 
 
@@ -311,7 +314,6 @@ class TrainerStageConfig:
     logging_steps: int = 5  # log every N optimiser steps
     max_train_samples: int | None = None  # use only the first N (shuffled) training rows
     max_eval_samples: int | None = None  # evaluate on N (shuffled) test rows; null = all
-    bf16: bool = False  # bf16 mixed precision (needs hardware support)
     seed: int = 42  # seed of data order and head initialisation
     save_steps: int | None = None  # TRL checkpoint every N optimiser steps (for resume); null = off
     save_total_limit: int = 2  # newest TRL checkpoints kept

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from rlhf.config import Config
 from rlhf.paths import resolve_path
+from rlhf.ppo import distributed
 from rlhf.resume import resume_point
 from rlhf.stages.common import RunPaths, is_complete
 
@@ -58,9 +59,16 @@ def stage_key(config: Config, stage: str) -> str:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
+    """An exclusive file lock. In a multi-process job only the main process takes it and the
+    others wait for it, so every process sees the cache in the same state."""
+    if not distributed.is_main_process():
+        distributed.barrier()
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
+        distributed.barrier()
         try:
             yield
         finally:
@@ -117,8 +125,9 @@ def run_pipeline(
         cached = cache_root / stage / key
         paths.stage_dirs[stage] = cached
         with locked(cache_root / stage / f"{key}.lock"):
-            cached.mkdir(parents=True, exist_ok=True)
-            link(paths.run_dir / stage, cached)  # first, so an interrupted run can be resumed
+            if distributed.is_main_process():  # first, so an interrupted run can be resumed
+                cached.mkdir(parents=True, exist_ok=True)
+                link(paths.run_dir / stage, cached)
             if is_complete(cached):
                 log.info("%s: reusing %s (config hash %s)", stage, cached, key)
                 metrics.update(json.loads((cached / "run_info.json").read_text())["final_metrics"])

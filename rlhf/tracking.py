@@ -159,6 +159,24 @@ class Tracker:
         self.backend.finish(failed)
 
 
+class SilentTracker(Tracker):
+    """The tracker of a non-main process in a multi-process run: same interface, writes nothing
+    (the main process logs the reduced metrics: one run, one metrics.jsonl)."""
+
+    def __init__(self, stage_dir: Path):
+        self.stage_dir = stage_dir
+        self.backend = NullBackend()
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+        pass
+
+    def close(self, failed: bool) -> None:
+        pass
+
+
 def keep_until(path: Path, key: str, step: float) -> list[dict]:
     """Rewrite a JSON-lines file keeping the records whose `key` is at most `step` (records
     without the key are kept); returns them. A missing file stays missing."""
@@ -212,10 +230,15 @@ def open_tracker(
     config: dict,
     run_id: str | None = None,
     resume_step: int | None = None,
+    main_process: bool = True,
 ) -> Iterator[Tracker]:
     """A tracker whose backend run is finished on exit, marked failed if the body raised;
-    `run_id` and `resume_step` continue an earlier run (see the module docstring)."""
+    `run_id` and `resume_step` continue an earlier run (see the module docstring); a silent
+    one on the non-main processes of a multi-process run."""
     stage_dir.mkdir(parents=True, exist_ok=True)
+    if not main_process:
+        yield SilentTracker(stage_dir)
+        return
     backend = make_backend(cfg, run_dir, stage_dir, name, job_type, config, run_id)
     tracker = Tracker(stage_dir, backend, resume_step)
     failed = True

@@ -64,6 +64,7 @@ def make_trainer(config: Config, stage_dir: Path, reward=None) -> PPOTrainer:
         None,
         Tracker(stage_dir, NullBackend()),
         ScoreProcessor(1.0, False, None, config.ppo.missing_eos_penalty),
+        mixed_precision=config.model.mixed_precision,
     )
 
 

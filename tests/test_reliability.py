@@ -3,11 +3,13 @@ that refuse a poisoned state."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from rlhf.config import CheckpointConfig, HealthConfig
-from rlhf.errors import NumericError
+from rlhf.errors import ConfigError, NumericError
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.health import (
     HealthMonitor,
@@ -199,3 +201,20 @@ def test_a_poisoned_state_is_never_checkpointed(tiny_sft_model, tmp_path):
     with pytest.raises(NumericError, match="phase checkpoint: non-finite .*no checkpoint written"):
         checkpoints.after_update(trainer, {})
     assert ppo_checkpoints(tmp_path) == [] and not list(tmp_path.glob("checkpoints/.tmp-*"))
+
+
+def test_checkpoint_records_its_process_count_and_refuses_another(tiny_sft_model, tmp_path):
+    # each process's RNG states are in the checkpoint: a resume needs as many processes
+    trainer = make_trainer(make_config(tiny_sft_model, total_updates=1), tmp_path)
+    folder = Checkpointer(CheckpointConfig(every=1), tmp_path, 1, run_id=None).after_update(
+        trainer, {}
+    )
+    state_file = folder / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["processes"] == 1
+    state_file.write_text(json.dumps({**state, "processes": 2}))
+    resumed = make_trainer(make_config(tiny_sft_model, total_updates=1), tmp_path / "again")
+    checkpoints = Checkpointer(CheckpointConfig(every=1), tmp_path, 1, run_id=None)
+    with pytest.raises(ConfigError, match=r"written by 2 process\(es\), this run has 1; resume "):
+        checkpoints.resume(resumed, folder)
+    assert resumed.update == 0  # nothing was loaded

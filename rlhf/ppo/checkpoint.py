@@ -4,7 +4,8 @@
 - `trainable.safetensors`: every trained tensor (the LoRA adapter or the full policy, the critic or
   value head); frozen weights (base, reference) come from the run's starting point;
 - `state.pt`: optimiser, scheduler and RNG states (python, numpy, torch, the trainer's own
-  generators), read back with `torch.load(weights_only=True)`: no pickled code runs on load;
+  generators; one set per process), read back with `torch.load(weights_only=True)`: no pickled
+  code runs on load;
 - `trainer_state.json`: update count, data position, KL controller, score normaliser, health
   history, best metric so far and the tracker's run id.
 A checkpoint is written into `.tmp-update-NNNNNN/` and renamed into place, so a process killed
@@ -12,6 +13,12 @@ during the write leaves the previous checkpoint whole and the half-written folde
 (and removed by the next run). Before writing, every trained tensor and optimiser moment must be
 finite: a poisoned state is never saved. Older checkpoints are pruned to `keep_last`; the best by
 `best_metric` is kept besides and named in `<stage>/best_checkpoint.json`.
+
+Several processes (rlhf/ppo/distributed.py): weights, optimiser, scheduler, data order, KL
+controller, score normaliser and health history are the same on every process, so the main
+process writes them once; the RNG states differ (each process samples its own answers) and are
+gathered, one set per process. A resume restores each process's own set, and so needs the
+number of processes the checkpoint was written with (anything else stops with one line).
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from rlhf.config import CheckpointConfig
 from rlhf.errors import ConfigError, NumericError
 from rlhf.faults import maybe_kill
 from rlhf.paths import publish_dir
+from rlhf.ppo import distributed
 from rlhf.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
 
 if TYPE_CHECKING:
@@ -96,9 +104,24 @@ def check_not_poisoned(trainer: PPOTrainer, tensors: dict[str, torch.Tensor]) ->
 
 
 def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path:
-    """Write a checkpoint of `trainer` to `folder` via a temporary folder and one rename."""
+    """Write a checkpoint of `trainer` to `folder` via a temporary folder and one rename. Every
+    process calls it (the RNG states are gathered); the main process writes."""
     tensors = trainable_tensors(trainer)
-    check_not_poisoned(trainer, tensors)
+    check_not_poisoned(trainer, tensors)  # the same state, so the same verdict, everywhere
+    rngs = distributed.gather_objects(rng_states(trainer))
+    if distributed.is_main_process():
+        _write_checkpoint(trainer, folder, tensors, rngs, json_state)
+    distributed.barrier()  # no process runs ahead of a checkpoint still being written
+    return folder
+
+
+def _write_checkpoint(
+    trainer: PPOTrainer,
+    folder: Path,
+    tensors: dict[str, torch.Tensor],
+    rngs: list[dict],
+    json_state: dict,
+) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -109,12 +132,14 @@ def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path
         {
             "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(),
-            "rng": rng_states(trainer),
+            "rng": rngs[0],
+            **({"rng_by_process": rngs} if len(rngs) > 1 else {}),
         },
         tmp / TORCH_STATE_FILE,
     )
     state = {
         "update": trainer.update,
+        "processes": len(rngs),
         "data_order": list(trainer._order),
         "kl_controller": trainer.kl_controller.state_dict(),
         "score_processor": {
@@ -130,7 +155,16 @@ def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path
 
 
 def load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
-    """Put `trainer` back in the state saved in `folder`; returns the JSON state."""
+    """Put `trainer` back in the state saved in `folder`; returns the JSON state. Each process
+    loads the shared state and its own RNG states."""
+    state = json.loads((folder / STATE_FILE).read_text())
+    processes = state.get("processes", 1)
+    if processes != distributed.world_size():
+        raise ConfigError(
+            f"resume: checkpoint {folder} was written by {processes} process(es), this run has "
+            f"{distributed.world_size()}; resume with --num_processes {processes} (each process "
+            "continues its own random streams)"
+        )
     tensors = load_file(folder / TENSORS_FILE)
     expected = trainable_tensors(trainer)
     if set(tensors) != set(expected):
@@ -145,8 +179,9 @@ def load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
     saved = torch.load(folder / TORCH_STATE_FILE, map_location="cpu", weights_only=True)
     trainer.optimizer.load_state_dict(saved["optimizer"])
     trainer.scheduler.load_state_dict(saved["scheduler"])
-    restore_rng_states(trainer, saved["rng"])
-    state = json.loads((folder / STATE_FILE).read_text())
+    restore_rng_states(
+        trainer, saved["rng_by_process"][distributed.rank()] if processes > 1 else saved["rng"]
+    )
     trainer.update = state["update"]
     trainer._order = list(state["data_order"])
     trainer.kl_controller.load_state_dict(state["kl_controller"])
@@ -167,8 +202,10 @@ class Checkpointer:
         self.stage_dir = stage_dir
         self.folder = stage_dir / "checkpoints"
         self.best: dict | None = None
-        for leftover in self.folder.glob(".tmp-*"):  # a write that a kill interrupted
-            shutil.rmtree(leftover, ignore_errors=True)
+        self.main = distributed.is_main_process()  # the one that writes; all keep `best`
+        if self.main:
+            for leftover in self.folder.glob(".tmp-*"):  # a write that a kill interrupted
+                shutil.rmtree(leftover, ignore_errors=True)
 
     def latest(self) -> Path | None:
         found = ppo_checkpoints(self.stage_dir)
@@ -201,10 +238,12 @@ class Checkpointer:
         save_checkpoint(trainer, folder, {"run_id": self.run_id, "best": best})
         if is_best:
             self.best = best
-            tmp = self.stage_dir / f".{BEST_FILE}.tmp"
-            tmp.write_text(json.dumps(best, indent=2))
-            tmp.replace(self.stage_dir / BEST_FILE)
-        self.prune()
+        if self.main:
+            if is_best:
+                tmp = self.stage_dir / f".{BEST_FILE}.tmp"
+                tmp.write_text(json.dumps(best, indent=2))
+                tmp.replace(self.stage_dir / BEST_FILE)
+            self.prune()
         maybe_kill("ppo", "after_checkpoint", update)
         return folder
 

@@ -14,7 +14,9 @@
    truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates;
 8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
 Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
-the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch).
+the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several
+processes (rlhf/ppo/distributed.py) the guards and health alarms see every process's values, so
+all processes stop or skip alike.
 
 Implementation details, with where they come from (Huang et al. 2024, "The N+ implementation
 details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
@@ -46,8 +48,9 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import PPOConfig
 from rlhf.errors import NumericError
-from rlhf.ppo import core
+from rlhf.ppo import core, distributed
 from rlhf.ppo.actor_critic import ActorCritic
+from rlhf.ppo.compute import MixedPrecision, checkpointing_in_eval
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
@@ -89,6 +92,7 @@ class PPOTrainer:
         system_prompt: str | None,
         tracker: Tracker,
         score_processor: ScoreProcessor,
+        mixed_precision: str = "no",
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.reward_fn, self.tracker, self.processor = reward_fn, tracker, score_processor
@@ -104,6 +108,9 @@ class PPOTrainer:
         self.optimizer = make_optimizer(
             [model.policy_parameters(), model.critic_parameters()], config.learning_rate
         )
+        # every process starts from the main process's weights (fresh heads are random)
+        distributed.broadcast_parameters(self._trained_parameters())
+        self.precision = MixedPrecision(mixed_precision, model.policy.device)
         steps_per_update = config.ppo_epochs * (
             config.batch_size
             * config.samples_per_prompt
@@ -122,18 +129,21 @@ class PPOTrainer:
         self._order: list[int] = []
         self._timings: dict[str, float] = defaultdict(float)
         self._last_rollout: Rollout | None = None
+        self._main = distributed.is_main_process()
         self.health = HealthMonitor(config.health)
 
     # --- data ---------------------------------------------------------------------------
 
     def next_prompts(self) -> list[str]:
-        """batch_size prompts, in a seeded order reshuffled at each pass over the data."""
+        """batch_size prompts: this process's share of batch_size × processes prompts drawn in a
+        seeded order (the same on every process), reshuffled at each pass over the data."""
         batch = []
-        while len(batch) < self.config.batch_size:
+        while len(batch) < self.config.batch_size * distributed.world_size():
             if not self._order:
                 self._order = list(range(len(self.prompts)))
                 self.rng.shuffle(self._order)
             batch.append(self.prompts[self._order.pop()])
+        batch = distributed.shard(batch)
         return [p for p in batch for _ in range(self.config.samples_per_prompt)]
 
     def sampling(self, evaluation: bool) -> SamplingSettings:
@@ -150,14 +160,15 @@ class PPOTrainer:
     def _sample(self, prompts: list[str], evaluation: bool):
         """Encoded prompts, responses (cut after the stop token), mask, ended flags and texts."""
         self.model.policy.eval()
-        return sample_answers(
-            self.model.policy,
-            self.tokenizer,
-            prompts,
-            self.system_prompt,
-            self.sampling(evaluation),
-            self.stop_token_id,
-        )
+        with self.precision.autocast():
+            return sample_answers(
+                self.model.policy,
+                self.tokenizer,
+                prompts,
+                self.system_prompt,
+                self.sampling(evaluation),
+                self.stop_token_id,
+            )
 
     def _score(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
         started = time.perf_counter()
@@ -171,7 +182,7 @@ class PPOTrainer:
         raw = self._score(prompts, texts)
         scores = raw if evaluation else self.processor(raw, ended.cpu())
         if not evaluation:
-            self._check_finite("score", "scores", scores)
+            self._check_finite("score", "scores", scores, everywhere=True)
         if not evaluation and self.config.overlong_buffer is not None:
             scores = scores + core.overlong_penalty(
                 mask.sum(1).cpu(),
@@ -185,12 +196,15 @@ class PPOTrainer:
     @torch.no_grad()
     def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
         """Score sampled answers of the starting policy and set the processor's gain and bias so
-        that they have mean 0 and standard deviation 1; returns (gain, bias)."""
+        that they have mean 0 and standard deviation 1; returns (gain, bias). Each process
+        scores its share of the prompts; the moments are those of all of them."""
         raw = []
-        for start in range(0, len(prompts), self.config.batch_size):
-            batch = prompts[start : start + self.config.batch_size]
+        mine = distributed.shard(prompts)
+        for start in range(0, len(mine), self.config.batch_size):
+            batch = mine[start : start + self.config.batch_size]
             raw.append(self._score(batch, self._sample(batch, evaluation=False)[-1]))
-        self.processor.gain, self.processor.bias = calibration(torch.cat(raw))
+        everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
+        self.processor.gain, self.processor.bias = calibration(everyone)
         return self.processor.gain, self.processor.bias
 
     @torch.no_grad()
@@ -198,14 +212,15 @@ class PPOTrainer:
         """Phase 3: log-probs under policy and reference, values."""
         inputs = joined_inputs(rollout.encoded, rollout.responses, rollout.mask)
         widths = (rollout.encoded.input_ids.shape[1], rollout.responses.shape[1])
-        logits, values = self.model.policy_forward(inputs, *widths)
-        rollout.logprobs = self._logprobs(logits, rollout.responses)
-        rollout.ref_logprobs = self._logprobs(
-            self.model.reference_logits(inputs, *widths), rollout.responses
-        )
-        rollout.values = (
-            values if values is not None else self.model.critic_forward(inputs, *widths)
-        )
+        with self.precision.autocast():
+            logits, values = self.model.policy_forward(inputs, *widths)
+            rollout.logprobs = self._logprobs(logits, rollout.responses)
+            rollout.ref_logprobs = self._logprobs(
+                self.model.reference_logits(inputs, *widths), rollout.responses
+            )
+            rollout.values = (
+                values if values is not None else self.model.critic_forward(inputs, *widths)
+            )
         rollout.values = rollout.values.float()
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
@@ -216,7 +231,7 @@ class PPOTrainer:
         return core.gather_tokens(self._log_softmax(logits), tokens)
 
     def shape_rewards(self, rollout: Rollout) -> None:
-        """Phases 4–5: per-token rewards, GAE, whitening."""
+        """Phases 4–5: per-token rewards, GAE, whitening (moments of the global batch)."""
         c = self.config
         rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
         rollout.rewards, rollout.non_score_rewards = core.per_token_rewards(
@@ -224,14 +239,14 @@ class PPOTrainer:
         )
         rewards = rollout.rewards
         if c.whiten_rewards:
-            rewards = core.masked_whiten(rewards, rollout.mask, shift_mean=False)
+            rewards = distributed.masked_whiten(rewards, rollout.mask, shift_mean=False)
         advantages, rollout.returns = core.gae(
             rewards, rollout.values, rollout.mask, c.gamma, c.lam
         )
         if c.whiten_advantages:
-            advantages = core.masked_whiten(advantages, rollout.mask)
+            advantages = distributed.masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
-        self._check_finite("advantages", "advantages", advantages[rollout.mask])
+        self._check_finite("advantages", "advantages", advantages[rollout.mask], everywhere=True)
 
     def optimise(self, rollout: Rollout) -> dict[str, float]:
         """Phase 6: epochs × mini-batches of PPO updates; returns averaged stats."""
@@ -240,23 +255,24 @@ class PPOTrainer:
         group = c.mini_batch_size * c.gradient_accumulation_steps
         stats: dict[str, list[float]] = defaultdict(list)
         critic_only = self.update <= c.critic_warmup_updates
-        self.model.policy.eval()  # dropout off: the first epoch's ratio is exactly 1
         for epoch in range(c.ppo_epochs):
             order = torch.randperm(total, generator=self.torch_rng)
             first = len(stats["policy/approxkl_k3"])
             for start in range(0, total, group):
                 try:
                     self._group_step(rollout, order[start : start + group], critic_only, stats)
-                except NumericError as exc:
+                except NumericError as exc:  # raised on every process alike (global guards)
                     if c.on_nonfinite == "stop":
                         raise
                     log.warning("%s; mini-batch skipped (ppo.on_nonfinite=skip)", exc)
                     self.optimizer.zero_grad(set_to_none=False)  # drop its partial gradients
                     stats["nonfinite"].append(1.0)
-            epoch_kl = stats["policy/approxkl_k3"][first:]  # ≥ 0, low variance
-            if c.target_kl is not None and epoch_kl and sum(epoch_kl) / len(epoch_kl) > c.target_kl:
-                stats["policy/early_stop_epoch"].append(epoch + 1)
-                break
+            if c.target_kl is not None:
+                # k3: ≥ 0, low variance; over the mini-batches of every process
+                epoch_kl = distributed.mean_of_all(stats["policy/approxkl_k3"][first:])
+                if epoch_kl is not None and epoch_kl > c.target_kl:
+                    stats["policy/early_stop_epoch"].append(epoch + 1)
+                    break
         counts = ("skipped", "nonfinite")
         averaged = {k: sum(v) / len(v) for k, v in stats.items() if k not in counts and v}
         averaged["policy/skipped_minibatches"] = sum(stats.get("skipped", []))
@@ -267,19 +283,28 @@ class PPOTrainer:
     def _group_step(
         self, rollout: Rollout, group_index: torch.Tensor, critic_only: bool, stats: dict
     ) -> None:
-        """One optimiser step over a group of micro-batches (gradient accumulation)."""
-        group_tokens = rollout.mask[group_index].sum()
-        contributed = False
+        """One optimiser step over a group of micro-batches (gradient accumulation). Micro-batch
+        weights are shares of the group over all processes (their gradients are summed)."""
+        group_tokens = distributed.all_reduce_sum(rollout.mask[group_index].sum())
+        group_size = len(group_index) * distributed.world_size()
+        contributed, error = False, None
         for micro in group_index.split(self.config.mini_batch_size):
             if self.config.loss_aggregation == "token_mean":
                 weight = (rollout.mask[micro].sum() / group_tokens).item()
             else:
-                weight = len(micro) / len(group_index)
-            micro_stats = self._micro_step(rollout, micro, weight, critic_only)
+                weight = len(micro) / group_size
+            try:
+                with self.precision.autocast():
+                    micro_stats = self._micro_step(rollout, micro, weight, critic_only)
+            except NumericError as exc:
+                error = exc
+                break
             for key, value in micro_stats.items():
                 stats[key].append(value)
             contributed |= not micro_stats["skipped"]
-        if contributed:  # a step on zero gradients would still move AdamW's moments
+        self._agree_on(error)
+        # a step on zero gradients would still move AdamW's moments
+        if distributed.any_process(contributed):
             stats["policy/grad_norm"].append(self._optimizer_step())
 
     def _micro_step(
@@ -348,28 +373,53 @@ class PPOTrainer:
         if not torch.is_tensor(loss):
             return
         self._check_finite("update", what, loss)
-        (loss * weight).backward()
+        self.precision.scale(loss * weight).backward()
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
 
     def _optimizer_step(self) -> float:
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = self._trained_parameters()
+        distributed.sum_gradients(params)  # the same gradient on every process
+        self.precision.unscale(self.optimizer)
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        self._check_finite("update", "gradient norm", norm)
-        self.optimizer.step()
+        if not self.precision.scales_loss:  # fp16: an overflow skips the step, the scale drops
+            self._check_finite("update", "gradient norm", norm)
+        self.precision.step(self.optimizer)
         self.scheduler.step()
         # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
         self.optimizer.zero_grad(set_to_none=False)
         return norm.item()
 
-    def _check_finite(self, phase: str, what: str, value: torch.Tensor) -> None:
-        """Numeric guard: a NaN or inf stops the update here, naming phase and update."""
+    def _check_finite(
+        self, phase: str, what: str, value: torch.Tensor, everywhere: bool = False
+    ) -> None:
+        """Numeric guard: a NaN or inf stops the update here, naming phase and update. With
+        `everywhere` (a point every process reaches) the count covers all processes, so every
+        process stops, or skips, alike and they meet at the same collectives afterwards."""
         finite = torch.isfinite(value)
-        if not finite.all():
-            bad = f" ({int((~finite).sum())} of {finite.numel()})" if finite.numel() > 1 else ""
+        bad, total = int((~finite).sum()), finite.numel()
+        if everywhere and distributed.world_size() > 1:
+            counts = torch.tensor([bad, total], dtype=torch.float64, device=distributed.device())
+            bad, total = (int(x) for x in distributed.all_reduce_sum(counts).tolist())
+        if bad:
+            count = f" ({bad} of {total})" if total > 1 else ""
             raise NumericError(
-                f"update {self.update}, phase {phase}: non-finite {what}{bad}; "
+                f"update {self.update}, phase {phase}: non-finite {what}{count}; "
                 "stopped before it reached the weights"
             )
+
+    def _agree_on(self, error: NumericError | None) -> None:
+        """Raise a numeric error met by this process or by any other on every process (a loss
+        check is local: a mini-batch skipped for its ratio does not reach it)."""
+        if distributed.world_size() > 1 and distributed.any_process(error is not None):
+            raise error or NumericError(
+                f"update {self.update}, phase update: non-finite loss on another process; "
+                "stopped before it reached the weights"
+            )
+        if error is not None:
+            raise error
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -391,7 +441,9 @@ class PPOTrainer:
             return {"ppo/nonfinite_skipped_batches": 1.0}
         self._timings["generate"] = generated - started - self._timings["score"]
         forwarded = time.perf_counter()
-        update_stats = self.optimise(rollout)
+        # eval mode, dropout off: the first epoch's ratio is exactly 1
+        with checkpointing_in_eval(self.model):
+            update_stats = self.optimise(rollout)
         done = time.perf_counter()
         self._timings["forward"] = forwarded - generated
         self._timings["update"] = done - forwarded
@@ -403,20 +455,28 @@ class PPOTrainer:
         metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / (done - started)
         metrics.update({f"timing/{k}": v for k, v in self._timings.items()})
         metrics["timing/total"] = done - started
-        self.kl_controller.update(metrics["ppo/objective/kl"], rollout.responses.shape[0])
+        metrics = distributed.reduce_metrics(metrics)
+        global_batch = rollout.responses.shape[0] * distributed.world_size()
+        self.kl_controller.update(metrics["ppo/objective/kl"], global_batch)
         return metrics
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out prompts with the evaluation sampling settings (greedy by default)."""
+        """Held-out prompts with the evaluation sampling settings (greedy by default); each
+        process answers its share, the statistics cover all of them."""
         self._timings = defaultdict(float)
         texts, scores, lengths, ended = [], [], [], []
-        for start in range(0, len(self.eval_prompts), self.config.batch_size):
-            rollout = self.generate(self.eval_prompts[start : start + self.config.batch_size], True)
+        mine = distributed.shard(self.eval_prompts)
+        for start in range(0, len(mine), self.config.batch_size):
+            rollout = self.generate(mine[start : start + self.config.batch_size], True)
             texts += rollout.texts
             scores += rollout.raw_scores.tolist()
             lengths += rollout.mask.sum(1).tolist()
             ended += rollout.ended.tolist()
+        gathered = distributed.gather_objects((texts, scores, lengths, ended))
+        texts, scores, lengths, ended = (
+            [x for part in gathered for x in part[i]] for i in range(4)
+        )
         rows = [
             [self.update, p, t, round(s, 4), None, int(n), bool(e)]
             for p, t, s, n, e in zip(self.eval_prompts, texts, scores, lengths, ended, strict=True)
@@ -431,12 +491,17 @@ class PPOTrainer:
         }
 
     def _observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
+        """Alarms from the reduced metrics and the responses of every process, so that every
+        process raises the same ones (and a configured stop stops them all)."""
         rollout = self._last_rollout
-        if rollout is None:  # a skipped batch
+        if rollout is None:  # a skipped batch (skipped on every process)
             return []
         lengths = rollout.mask.sum(1).tolist()
         responses = [row[:n].tolist() for row, n in zip(rollout.responses, lengths, strict=True)]
-        return self.health.observe(metrics, responses, rollout.raw_scores.tolist())
+        gathered = distributed.gather_objects((responses, rollout.raw_scores.tolist()))
+        responses = [r for part in gathered for r in part[0]]
+        scores = [x for part in gathered for x in part[1]]
+        return self.health.observe(metrics, responses, scores)
 
     def train(self, checkpointer: Checkpointer | None = None) -> dict[str, float]:
         """Updates from the current one (0, or a resumed checkpoint's) to total_updates; after
@@ -447,7 +512,11 @@ class PPOTrainer:
             self.tracker.log(self.evaluate(), step=0)
         # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
         with tqdm(
-            total=c.total_updates, initial=self.update, desc="PPO updates", unit="update"
+            total=c.total_updates,
+            initial=self.update,
+            desc="PPO updates",
+            unit="update",
+            disable=not self._main,
         ) as bar:
             while self.update < c.total_updates:
                 final = self._train_one(checkpointer)
@@ -462,9 +531,8 @@ class PPOTrainer:
             metrics.update(self.evaluate())
         alarms = self._observe_health(metrics)
         if c.log_samples_every and self.update % c.log_samples_every == 0 and self._last_rollout:
-            self.tracker.log_table(
-                "ppo/samples", SAMPLE_COLUMNS, sample_rows(self._last_rollout, self.update)
-            )
+            rows = distributed.gather_objects(sample_rows(self._last_rollout, self.update))
+            self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, sum(rows, []))
         self.tracker.log(metrics, step=self.update)
         last_good = checkpointer.latest() if checkpointer else None
         self.health.stop_if_configured(alarms, self.update, str(last_good or "none"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
@@ -34,7 +36,8 @@ class RunningMoments:
 
 class ScoreProcessor:
     """raw scores (B,) → scores PPO optimises, in this order: calibration (gain, bias), missing-EOS
-    penalty, scale, running normalisation, clip."""
+    penalty, scale, running normalisation, clip. `gather` collects the scores of every process
+    (data-parallel PPO), so that the running moments are those of the global batch."""
 
     def __init__(
         self,
@@ -44,11 +47,13 @@ class ScoreProcessor:
         missing_eos_penalty: float | None,
         gain: float = 1.0,
         bias: float = 0.0,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
         self.scale, self.normalize, self.clip = scale, normalize, clip
         self.missing_eos_penalty = missing_eos_penalty
         self.gain, self.bias = gain, bias
         self.moments = RunningMoments()
+        self.gather = gather or (lambda scores: scores)
 
     def __call__(self, raw: torch.Tensor, ended_with_eos: torch.Tensor) -> torch.Tensor:
         scores = raw.float() * self.gain + self.bias
@@ -56,7 +61,7 @@ class ScoreProcessor:
             scores = scores - self.missing_eos_penalty * (~ended_with_eos).float()
         scores = scores * self.scale
         if self.normalize:
-            self.moments.update(scores)
+            self.moments.update(self.gather(scores))
             scores = (scores - self.moments.mean) / self.moments.std
         if self.clip is not None:
             scores = scores.clamp(-self.clip, self.clip)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from rlhf.config import ModelConfig
 from rlhf.data import prompt_messages
@@ -18,7 +19,7 @@ class RewardModelScorer:
         folder = resolve_model_dir(settings, cache_dir=".")
         self.tokenizer = load_tokenizer(folder, settings)
         self.model = load_model(folder, settings, self.tokenizer, kind="reward").eval()
-        self.model.requires_grad_(False)
+        self.model.requires_grad_(False).to(PartialState().device)  # this process's GPU, if any
         self.system_prompt = system_prompt
 
     @torch.no_grad()

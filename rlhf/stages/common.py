@@ -2,7 +2,8 @@
 
 A stage folder `<run_dir>/<stage>/` holds `run_info.json` (status running → complete or failed),
 `metrics.jsonl`, `model/` (published in one rename when whole) and, last, the `COMPLETE` marker:
-a folder without it is not a finished stage, whatever else it holds.
+a folder without it is not a finished stage, whatever else it holds. In a multi-process run only
+the main process writes these and logs; the others wait for it at the end of the stage.
 
 With `resume` set, a stage continues from its newest whole checkpoint (rlhf/resume.py): the
 tracker continues the saved run and drops records logged after that checkpoint. Without it, a
@@ -30,6 +31,7 @@ from rlhf.errors import ConfigError
 from rlhf.faults import maybe_kill
 from rlhf.models import load_model_and_tokenizer
 from rlhf.paths import publish_dir
+from rlhf.ppo import distributed
 from rlhf.resume import ResumePoint, resume_point
 from rlhf.run_info import new_run_info, write_run_info
 from rlhf.tracking import Tracker, open_tracker
@@ -77,20 +79,23 @@ def stage_context(
 ) -> Iterator[StageContext]:
     """Open the stage folder, record and tracker; mark the stage complete only if the body ends."""
     run_dir, stage_dir = paths.run_dir, paths.stage_dir(stage)
+    main = distributed.is_main_process()
     stage_dir.mkdir(parents=True, exist_ok=True)
-    (stage_dir / COMPLETE).unlink(missing_ok=True)
     resume = resume_point(stage, stage_dir) if config.resume else None
     if config.resume and resume is None:
         raise ConfigError(f"resume: no checkpoint of stage {stage} in {stage_dir}")
-    if resume is None:
-        for stale in ("checkpoints", "trainer"):  # an earlier attempt's, never to be mixed in
-            shutil.rmtree(stage_dir / stale, ignore_errors=True)
+    if main:
+        (stage_dir / COMPLETE).unlink(missing_ok=True)
+        if resume is None:
+            for stale in ("checkpoints", "trainer"):  # an earlier attempt's, never to be mixed in
+                shutil.rmtree(stage_dir / stale, ignore_errors=True)
     set_seed(config.seed)
     info = new_run_info(stage, config.seed, resolved)
     if resume is not None:
         info["resumed_from"] = str(resume.checkpoint)
     info_path = stage_dir / "run_info.json"
-    write_run_info(info_path, info)
+    write = write_run_info if main else (lambda path, info: None)
+    write(info_path, info)
     started = time.time()
     name = f"{config.logger.name or config.name}-{stage}"
     record = {k: v for k, v in info.items() if k not in ("config", "sweep")}
@@ -105,6 +110,7 @@ def stage_context(
             tracker_config,
             run_id=resume.run_id if resume else None,
             resume_step=resume.step if resume else None,
+            main_process=main,
         ) as tracker:
             info["tracker_run_id"] = tracker.run_id
             context = StageContext(config, run_dir, stage_dir, tracker, info, resume)
@@ -113,12 +119,14 @@ def stage_context(
     except BaseException as exc:
         info.update(status="failed", error=" ".join(str(exc).split())[:500])
         info.update(wall_seconds=round(time.time() - started, 2))
-        write_run_info(info_path, info)
+        write(info_path, info)
         raise
     info.update(status="complete", final_metrics=context.final_metrics)
     info.update(wall_seconds=round(time.time() - started, 2))
-    write_run_info(info_path, info)
-    (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    write(info_path, info)
+    if main:
+        (stage_dir / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+    distributed.barrier()  # the next stage reads what the main process saved
 
 
 def merged(model: PreTrainedModel) -> PreTrainedModel:
@@ -131,19 +139,31 @@ def save_model(
     tokenizer: PreTrainedTokenizerBase,
     final: Path,
     extra_files: dict[str, dict] | None = None,
+    state_dict: dict | None = None,
 ) -> Path:
     """Save merged weights (LoRA folded in), the tokenizer and any extra JSON files, published
-    in one rename."""
+    in one rename. `state_dict`: full weights gathered from a sharded model (ZeRO-3 / FSDP)."""
     model = merged(model)
     final.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=".saving-") as tmp:
         staged = Path(tmp) / final.name
-        model.save_pretrained(staged, safe_serialization=True)
+        model.save_pretrained(staged, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(staged)
         for name, content in (extra_files or {}).items():
             (staged / name).write_text(json.dumps(content, indent=2))
         publish_dir(staged, final)
     return final
+
+
+def gathered_state_dict(trainer) -> dict | None:  # noqa: ANN001 (a transformers Trainer)
+    """Full weights of a model that ZeRO-3 or FSDP sharded across processes, or None when every
+    process holds the whole model. A collective: every process must call it."""
+    accelerator = trainer.accelerator
+    if trainer.is_deepspeed_enabled:
+        if accelerator.deepspeed_config["zero_optimization"]["stage"] != 3:
+            return None
+        return accelerator.get_state_dict(trainer.deepspeed)
+    return accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
 
 
 def load_stage_inputs(
@@ -187,10 +207,13 @@ def trainer_arguments(ctx: StageContext, stage: TrainerStageConfig) -> dict:
         "weight_decay": stage.weight_decay,
         "max_grad_norm": stage.max_grad_norm,
         "logging_steps": stage.logging_steps,
-        "bf16": stage.bf16,
+        "bf16": model.mixed_precision == "bf16",
+        "fp16": model.mixed_precision == "fp16",
         "seed": stage.seed,
         "data_seed": stage.seed,
         "dataloader_num_workers": 0,
+        # transformers re-creates accelerate's state, and sees CPU processes only when told
+        "use_cpu": distributed.world_size() > 1 and distributed.device().type == "cpu",
         # only when on: transformers deprecates the name, and the loader already enabled it
         **({"gradient_checkpointing": True} if model.gradient_checkpointing else {}),
     }

@@ -19,7 +19,7 @@ import torch
 from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
 from rlhf.models import load_model_and_tokenizer
-from rlhf.ppo import core
+from rlhf.ppo import core, distributed
 from rlhf.ppo.rollout import SamplingSettings, joined_inputs, sample_answers
 from rlhf.rewards import build_reward
 from rlhf.stages.common import RunPaths, stage_context
@@ -174,7 +174,8 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             models["policy"][0], models["baseline"][0], answers["policy"]
         )
         rows = sample_table(prompts, answers, scores)
-        write_samples(ctx.stage_dir / "samples.md", rows)
+        if distributed.is_main_process():  # every process answered the same questions
+            write_samples(ctx.stage_dir / "samples.md", rows)
         ctx.tracker.log_table("eval/samples", SAMPLE_COLUMNS, rows)
         ctx.tracker.log(metrics, step=0)
         ctx.final_metrics = metrics

@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from peft import get_peft_model
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
@@ -30,6 +30,7 @@ from rlhf.models import (
     tokenizer_at,
 )
 from rlhf.plots import plot_ppo_run
+from rlhf.ppo import distributed
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
@@ -111,12 +112,15 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         reward = build_reward(
             config.reward, Path(reward_model), config.data.system_prompt, config.model
         )
-        model = build_actor_critic(config, policy, tokenizer)
+        model = build_actor_critic(config, policy, tokenizer).to(distributed.device())
+        if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
+            set_seed(config.seed + distributed.rank())
         processor = ScoreProcessor(
             config.reward.scale,
             config.reward.normalize,
             config.reward.clip,
             config.ppo.missing_eos_penalty,
+            gather=distributed.gather_1d,  # normalise with the moments of the global batch
         )
         trainer = PPOTrainer(
             config.ppo,
@@ -128,6 +132,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             config.data.system_prompt,
             ctx.tracker,
             processor,
+            mixed_precision=config.model.mixed_precision,
         )
         checkpointer = Checkpointer(
             config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id
@@ -137,15 +142,17 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         elif config.reward.calibrate:
             gain, bias = trainer.calibrate_reward(list(prompts[: config.reward.calibrate_samples]))
             ctx.info["reward_calibration"] = {"gain": gain, "bias": bias}
-            (ctx.stage_dir / "reward_calibration.json").write_text(
-                json.dumps({"gain": gain, "bias": bias}, indent=2)
-            )
+            if distributed.is_main_process():
+                (ctx.stage_dir / "reward_calibration.json").write_text(
+                    json.dumps({"gain": gain, "bias": bias}, indent=2)
+                )
             ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias}, step=0)
             log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
         last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
         ctx.info["best_checkpoint"] = checkpointer.best
-        save_outputs(ctx, model, tokenizer)
-        plot_ppo_run(ctx.stage_dir)
+        if distributed.is_main_process():  # the weights are the same on every process
+            save_outputs(ctx, model, tokenizer)
+            plot_ppo_run(ctx.stage_dir)
         keys = ("ppo/objective/scores", "ppo/objective/kl", "ppo/objective/rlhf_reward")
         ctx.final_metrics = {key: last[key] for key in keys if key in last}
         ctx.final_metrics.update({k: v for k, v in last.items() if k.startswith("ppo/eval/")})

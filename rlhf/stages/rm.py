@@ -18,10 +18,12 @@ from rlhf.config import Config
 from rlhf.data import preference_rows, prompt_messages
 from rlhf.hard_negatives import with_hard_negatives
 from rlhf.models import lora_config
+from rlhf.ppo import distributed
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import (
     RunPaths,
     TrackerCallback,
+    gathered_state_dict,
     load_stage_inputs,
     merged,
     save_model,
@@ -100,7 +102,10 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             config.data.system_prompt,
             config.rm.per_device_eval_batch_size,
         )
-        save_model(trained, tokenizer, ctx.model_dir, extra_files={REWARD_STATS: metrics})
+        state_dict = gathered_state_dict(trainer)  # on every process
+        if distributed.is_main_process():
+            extra = {REWARD_STATS: metrics}
+            save_model(trained, tokenizer, ctx.model_dir, extra, state_dict=state_dict)
         ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}
         ctx.final_metrics["rm/train_rows"] = len(train)
         ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)

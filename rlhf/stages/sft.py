@@ -15,9 +15,11 @@ from trl import SFTConfig, SFTTrainer
 from rlhf.config import Config
 from rlhf.data import sft_rows
 from rlhf.models import lora_config
+from rlhf.ppo import distributed
 from rlhf.stages.common import (
     RunPaths,
     TrackerCallback,
+    gathered_state_dict,
     load_stage_inputs,
     save_model,
     stage_context,
@@ -63,7 +65,9 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         )
         trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         evaluation = trainer.evaluate()
-        save_model(trainer.model, tokenizer, ctx.model_dir)
+        state_dict = gathered_state_dict(trainer)  # on every process
+        if distributed.is_main_process():
+            save_model(trainer.model, tokenizer, ctx.model_dir, state_dict=state_dict)
         ctx.final_metrics = {
             "sft/test/loss": evaluation["eval_loss"],
             "sft/test/mean_token_accuracy": evaluation.get(
