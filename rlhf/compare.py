@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from rlhf.sweep import job_dirs, read_job_file
+from rlhf.tracking import read_jsonl
 
 SCORE = "ppo/objective/scores"
 KL = "ppo/objective/kl"
@@ -66,19 +67,6 @@ class JobResult:
     cliprange: float | None = None  # ppo.cliprange of the job's config
     history: list[dict[str, float]] = field(default_factory=list)
     eval_score: float | None = None
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl; a line still being written (a running job) is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def penalised_score(score: float, kl: float, beta: float) -> float:
@@ -172,7 +160,7 @@ def load_job(folder: Path, now: float) -> JobResult:
         wall_seconds=wall,
         kl_coef=_config_value(config or {}, "ppo.kl_coef"),
         cliprange=_config_value(config or {}, "ppo.cliprange"),
-        history=[r for r in read_metrics(folder / "ppo" / "metrics.jsonl") if SCORE in r],
+        history=[r for r in read_jsonl(folder / "ppo" / "metrics.jsonl") if SCORE in r],
         eval_score=_final_metric(folder / "eval", EVAL_SCORE),
     )
 

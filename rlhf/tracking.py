@@ -177,9 +177,9 @@ class SilentTracker(Tracker):
         pass
 
 
-def keep_until(path: Path, key: str, step: float) -> list[dict]:
-    """Rewrite a JSON-lines file keeping the records whose `key` is at most `step` (records
-    without the key are kept); returns them. A missing file stays missing."""
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (none when it is missing); a line cut short by a kill,
+    or still being written by a running job, is skipped."""
     if not path.is_file():
         return []
     records = []
@@ -187,7 +187,16 @@ def keep_until(path: Path, key: str, step: float) -> list[dict]:
         try:
             records.append(json.loads(line))
         except ValueError:
-            continue  # a line cut short by a kill
+            continue
+    return records
+
+
+def keep_until(path: Path, key: str, step: float) -> list[dict]:
+    """Rewrite a JSON-lines file keeping the records whose `key` is at most `step` (records
+    without the key are kept); returns them. A missing file stays missing."""
+    if not path.is_file():
+        return []
+    records = read_jsonl(path)
     kept = [r for r in records if not isinstance(r.get(key), (int, float)) or r[key] <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), "utf-8")
