@@ -54,8 +54,15 @@ def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.
         text=True,
         timeout=timeout,
         cwd=PROJECT_ROOT,
-        env={**os.environ, "HYDRA_FULL_ERROR": ""},
+        env=subprocess_environment(),
     )
+
+
+def subprocess_environment() -> dict[str, str]:
+    """This process's environment for a train.py child, without the address of this process's
+    W&B service: a child that is killed must not leave its run open in a service we reuse."""
+    env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
+    return {**env, "HYDRA_FULL_ERROR": ""}
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
