@@ -46,6 +46,17 @@ def compose_config(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
+def compose_with_hydra(overrides: list[str]) -> DictConfig:
+    """conf/ composed with the `hydra` node kept (launcher and sweeper settings)."""
+    register_schemas()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides, return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python train.py <args>` with its run folder at `run_dir`."""
     return subprocess.run(

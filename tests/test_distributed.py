@@ -11,8 +11,6 @@ import pytest
 import torch
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
@@ -20,12 +18,11 @@ from safetensors.torch import load_file
 
 from rlhf.app import typed_config
 from rlhf.cluster import AccelerateLaunch, accelerate_command, job_port, run_under_accelerate
-from rlhf.config import register_schemas
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
 from rlhf.ppo import distributed
 from rlhf.stages import check_launch_engine, run_stage
-from tests.conftest import CONF_DIR
+from tests.conftest import compose_with_hydra
 
 ACCELERATE_CONFIGS = sorted((PROJECT_ROOT / "conf" / "accelerate").glob("*.yaml"))
 
@@ -136,16 +133,6 @@ def test_every_accelerate_config_loads_and_passes_accelerate_launch_checks(path)
     assert args.num_processes == 4
     if kind == "DEEPSPEED":
         assert args.zero_stage == int(path.stem[-1])
-
-
-def compose_with_hydra(overrides: list[str]):
-    register_schemas()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def test_slurm_accelerate_launcher_composes_into_the_plugin():

@@ -14,15 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from rlhf import compare
-from rlhf.config import register_schemas
 from rlhf.paths import PROJECT_ROOT
 from rlhf.sweep import job_label, job_params, safe_dirname
 from rlhf.wandb_files import read_run
-from tests.conftest import CONF_DIR
+from tests.conftest import compose_with_hydra
 
 GRID = {(0.01, 0.1), (0.01, 0.3), (0.2, 0.1), (0.2, 0.3)}  # (kl_coef, cliprange)
 # insult_ppo_quick with SFT and RM cut to a few steps, three PPO updates (β acts from the second
@@ -201,16 +198,6 @@ def test_a_failing_job_is_reported_and_the_others_keep_their_results(sweeps):
 
 
 # --- presets --------------------------------------------------------------------------------
-
-
-def compose_with_hydra(overrides: list[str]):
-    register_schemas()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def test_sweep_and_launcher_presets_compose():
