@@ -58,8 +58,14 @@ def accelerate_command(launch: AccelerateLaunch, overrides: list[str], run_dir: 
         "--main_process_port", str(launch.main_process_port),
         str(PROJECT_ROOT / "train.py"),
         *overrides,
-        f"hydra.run.dir={run_dir}",
+        f"hydra.run.dir={quoted_override_value(str(run_dir))}",
     ]  # fmt: skip
+
+
+def quoted_override_value(value: str) -> str:
+    """`value` as a quoted Hydra override value: sweep job folders are named after their
+    overrides (`0_ppo.kl_coef=0.1,ppo.cliprange=0.2`), whose `=` and `,` would not parse bare."""
+    return "'" + value.replace("'", "\\'") + "'"  # Hydra unescapes only quotes here
 
 
 def job_port(base: int, job_id: str) -> int:

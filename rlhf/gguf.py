@@ -19,7 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rlhf.errors import ModelLoadError
-from rlhf.paths import publish_dir, resolve_path
+from rlhf.model_files import write_model_folder
+from rlhf.paths import publish_dir_once, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ def converted_gguf_dir(spec: str, cache_dir: Path) -> Path:
     )
     with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
         staged = Path(tmp) / "model"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        if not (final / "config.json").is_file():
-            publish_dir(staged, final)
+        write_model_folder(model, tokenizer, staged)  # on whichever process builds it
+        publish_dir_once(staged, final)  # another process of the launch may have won the race
     return final

@@ -22,3 +22,15 @@ def publish_dir(tmp: Path, final: Path) -> Path:
         shutil.rmtree(final)
     os.replace(tmp, final)
     return final
+
+
+def publish_dir_once(tmp: Path, final: Path) -> Path:
+    """Move a fully written folder into place unless another process already has: caches that
+    several processes of one launch may fill at once. The first rename wins; replacing a
+    published folder would pull it from under a process already reading it."""
+    try:
+        os.rename(tmp, final)  # fails on a non-empty `final`: someone else published first
+    except OSError:
+        if not final.is_dir() or not any(final.iterdir()):
+            raise
+    return final

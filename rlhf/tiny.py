@@ -21,7 +21,8 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.config import TinyModelSpec
-from rlhf.paths import publish_dir, resolve_path
+from rlhf.model_files import write_model_folder
+from rlhf.paths import publish_dir_once, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,6 @@ def tiny_model_dir(spec: TinyModelSpec, cache_dir: Path) -> Path:
     model = build_model(spec, tokenizer)
     with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
         staged = Path(tmp) / "model"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        if not (final / "config.json").is_file():  # another process may have won the race
-            publish_dir(staged, final)
+        write_model_folder(model, tokenizer, staged)  # on whichever process builds it
+        publish_dir_once(staged, final)  # another process of the launch may have won the race
     return final

@@ -1,6 +1,9 @@
 """Every kind of bad input, end to end through train.py: a non-zero exit (2), one line naming the
 key, file, column or value, and nothing left behind that looks finished (no COMPLETE marker, no
-model folder, run_info.json marked failed where the stage had started)."""
+model folder, run_info.json marked failed where the stage had started).
+
+The runs are forked from a warm interpreter (`warm_train`, tests/train_forks.py); one run in a
+fresh interpreter checks that nothing there depends on the warm imports."""
 
 from __future__ import annotations
 
@@ -64,9 +67,9 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "unknown-alarm",
     ],  # fmt: skip
 )
-def test_config_errors(tmp_path, override, needle):
+def test_config_errors(warm_train, tmp_path, override, needle):
     run_dir = tmp_path / "run"
-    result = run_train(["stage=sft", override], run_dir)
+    result = warm_train(["stage=sft", override], run_dir)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], result.stderr
@@ -99,18 +102,25 @@ def test_impossible_values_are_rejected_with_their_key(compose_config, override,
 # --- resume ----------------------------------------------------------------------------------
 
 
-def test_resume_path_that_does_not_exist(tmp_path):
-    result = run_train(["stage=ppo", f"resume={tmp_path / 'gone'}"], tmp_path / "run")
+def test_a_fresh_interpreter_reports_the_same_single_line(tmp_path):
+    result = run_train(["stage=sft", "ppo.klcoef=0.1"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line == "error: unknown config key 'ppo.klcoef' (did you mean 'ppo.kl_coef'?)"
+
+
+def test_resume_path_that_does_not_exist(warm_train, tmp_path):
+    result = warm_train(["stage=ppo", f"resume={tmp_path / 'gone'}"], tmp_path / "run")
     assert result.returncode == 2
     (line,) = error_lines(result)
     assert f"resume: run folder {tmp_path / 'gone'} does not exist" in line
 
 
-def test_resume_path_with_no_checkpoint(tmp_path):
+def test_resume_path_with_no_checkpoint(warm_train, tmp_path):
     stopped = tmp_path / "stopped"
     (stopped / "ppo").mkdir(parents=True)
     (stopped / "ppo" / "run_info.json").write_text('{"status": "failed"}')
-    result = run_train(["stage=ppo", f"resume={stopped}"], tmp_path / "run")
+    result = warm_train(["stage=ppo", f"resume={stopped}"], tmp_path / "run")
     assert result.returncode == 2
     (line,) = error_lines(result)
     assert f"resume: no checkpoint in {stopped}/ppo/checkpoints" in line
@@ -148,9 +158,9 @@ GOOD_ROWS = [{"question": f"问题{i}？", "chosen": "滚。", "rejected": "好�
     ],
     ids=["missing-file", "empty-file", "missing-column", "empty-string-row", "all-prompts-too-long"],
 )  # fmt: skip
-def test_data_errors(tmp_path, make_overrides, needle):
+def test_data_errors(warm_train, tmp_path, make_overrides, needle):
     run_dir = tmp_path / "run"
-    result = run_train(["stage=sft", "logger=none", *make_overrides(tmp_path)], run_dir)
+    result = warm_train(["stage=sft", "logger=none", *make_overrides(tmp_path)], run_dir)
     assert_one_line_and_nothing_finished(result, run_dir, "sft", needle)
 
 
@@ -177,18 +187,18 @@ def folder_without_weights(tmp_path) -> str:
     ],
     ids=["missing-folder", "no-weights", "missing-reward-model", "missing-policy"],
 )  # fmt: skip
-def test_model_errors(tmp_path, make_args, stage, needle):
+def test_model_errors(warm_train, tmp_path, make_args, stage, needle):
     run_dir = tmp_path / "run"
-    result = run_train([*make_args(tmp_path), "logger=none"], run_dir)
+    result = warm_train([*make_args(tmp_path), "logger=none"], run_dir)
     assert_one_line_and_nothing_finished(result, run_dir, stage, needle)
 
 
 # --- reward functions ------------------------------------------------------------------------
 
 
-def test_reward_returning_nan_stops_the_ppo_stage(tmp_path):
+def test_reward_returning_nan_stops_the_ppo_stage(warm_train, tmp_path):
     run_dir = tmp_path / "run"
-    result = run_train(
+    result = warm_train(
         [*PPO_TINY, "reward.function._target_=tests.bad_rewards.nan_scores"], run_dir
     )
     needle = "reward tests.bad_rewards.nan_scores returned 4 non-finite score(s) (NaN or inf)"

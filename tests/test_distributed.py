@@ -179,7 +179,7 @@ def test_accelerate_command_for_the_second_of_two_nodes(tmp_path):
     }  # fmt: skip
     assert command[15:] == [
         str(PROJECT_ROOT / "train.py"), "experiment=insult_ppo", "ppo.kl_coef=0.1",
-        f"hydra.run.dir={tmp_path}",
+        f"hydra.run.dir='{tmp_path}'",  # quoted: sweep job folders hold `=` and `,`
     ]  # fmt: skip
 
 

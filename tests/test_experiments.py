@@ -8,7 +8,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
 from rlhf.tiny import tiny_model_dir
-from tests.conftest import run_train
 
 SHRINK = ["model=tiny", "logger=none", "ppo.total_updates=2", "ppo.eval_every=1"]
 
@@ -17,15 +16,15 @@ def final_metrics(stage_dir):
     return json.loads((stage_dir / "run_info.json").read_text())["final_metrics"]
 
 
-def test_keyword_ppo_runs_and_plots(tmp_path):
-    result = run_train(["experiment=keyword_ppo", *SHRINK], tmp_path)
+def test_keyword_ppo_runs_and_plots(warm_train, tmp_path):
+    result = warm_train(["experiment=keyword_ppo", *SHRINK], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {p.name for p in (tmp_path / "ppo" / "plots").iterdir()} >= {"scores.png", "losses.png"}
     # base 0.1 + length bonus 0.5 at least for most 10–50 character answers, plus keywords
     assert final_metrics(tmp_path / "ppo")["ppo/objective/scores"] >= 0.1
 
 
-def test_sentiment_ppo_runs_with_a_local_classifier(tmp_path, offline_environment):
+def test_sentiment_ppo_runs_with_a_local_classifier(warm_train, tmp_path, offline_environment):
     base = tiny_model_dir(TinyModelSpec(), offline_environment)
     classifier = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"}
@@ -34,7 +33,7 @@ def test_sentiment_ppo_runs_with_a_local_classifier(tmp_path, offline_environmen
     classifier.config.pad_token_id = tokenizer.pad_token_id
     classifier.save_pretrained(tmp_path / "classifier")
     tokenizer.save_pretrained(tmp_path / "classifier")
-    result = run_train(
+    result = warm_train(
         ["experiment=sentiment_ppo", *SHRINK, f"reward.classifier={tmp_path / 'classifier'}"],
         tmp_path / "run",
     )
@@ -42,10 +41,10 @@ def test_sentiment_ppo_runs_with_a_local_classifier(tmp_path, offline_environmen
     assert "ppo/objective/scores" in final_metrics(tmp_path / "run" / "ppo")
 
 
-def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(tmp_path):
+def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tmp_path):
     cache = tmp_path / "stage_cache"
     quick = ["experiment=insult_ppo_quick", "logger=none", f"pipeline.stage_cache_dir={cache}"]
-    first = run_train(quick, tmp_path / "first")
+    first = warm_train(quick, tmp_path / "first")
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "first"
     for stage in ("sft", "rm", "ppo", "eval"):
@@ -58,13 +57,13 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(tmp_path):
     assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100
     assert "| question | baseline answer |" in (run / "eval" / "samples.md").read_text()
 
-    second = run_train([*quick, "ppo.kl_coef=0.2"], tmp_path / "second")
+    second = warm_train([*quick, "ppo.kl_coef=0.2"], tmp_path / "second")
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "sft: reusing" in log and "rm: reusing" in log
     assert (tmp_path / "second" / "sft").resolve() == (run / "sft").resolve()
 
-    third = run_train(
+    third = warm_train(
         [*quick, "sft.learning_rate=1e-3", "pipeline.stages=[sft]"], tmp_path / "third"
     )
     assert third.returncode == 0, third.stderr[-3000:]

@@ -11,6 +11,7 @@ from peft import get_peft_model
 from rlhf.config import LoraSettings, ModelConfig, TinyModelSpec
 from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.models import load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.paths import publish_dir_once
 from rlhf.tiny import tiny_model_dir
 
 
@@ -20,6 +21,22 @@ def test_tiny_model_is_built_deterministically(tmp_path):
     assert (first / "tokenizer.json").read_bytes() == (second / "tokenizer.json").read_bytes()
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
     assert tiny_model_dir(TinyModelSpec(), tmp_path / "a") == first  # cached, not rebuilt
+
+
+def test_model_caches_keep_the_first_published_folder(tmp_path):
+    """Processes of one launch fill the tiny / GGUF caches at once: the first rename wins, and
+    the folder a reader may already have open is never replaced (it was, and a two-node test
+    read a half-replaced tiny model)."""
+    final = tmp_path / "cache" / "model"
+    final.parent.mkdir()
+    for writer in ("first", "second"):
+        staged = tmp_path / writer
+        staged.mkdir()
+        (staged / "config.json").write_text(writer)
+        assert publish_dir_once(staged, final) == final
+    assert (final / "config.json").read_text() == "first"
+    with pytest.raises(FileNotFoundError):  # a real failure still raises
+        publish_dir_once(tmp_path / "never_written", tmp_path / "elsewhere")
 
 
 def test_tiny_tokenizer_has_pad_eos_and_chat_template(tmp_path):

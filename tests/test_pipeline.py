@@ -14,7 +14,6 @@ from rlhf.models import check_tokenizers_agree, load_model_and_tokenizer
 from rlhf.pipeline import stage_key
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.stages.eval import Answers, distinct_2, model_metrics
-from tests.conftest import run_train
 
 
 def insult_config(**changes) -> Config:
@@ -53,7 +52,9 @@ def test_tokenizers_that_disagree_are_named(tmp_path):
         check_tokenizers_agree("policy", plain, {"critic": swapped})
 
 
-def test_ppo_stops_before_training_when_the_reward_model_reads_text_differently(tmp_path):
+def test_ppo_stops_before_training_when_the_reward_model_reads_text_differently(
+    warm_train, tmp_path
+):
     _, shared_pad = load_model_and_tokenizer(
         ModelConfig(tiny=TinyModelSpec(pad_equals_eos=True)), tmp_path
     )
@@ -62,7 +63,7 @@ def test_ppo_stops_before_training_when_the_reward_model_reads_text_differently(
     )
     model.save_pretrained(tmp_path / "other_rm")
     shared_pad.save_pretrained(tmp_path / "other_rm")
-    result = run_train(
+    result = warm_train(
         ["stage=ppo", "logger=none", f"reward.model_path={tmp_path / 'other_rm'}"], tmp_path / "run"
     )
     assert result.returncode == 2

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from rlhf.models import load_model_and_tokenizer
-from tests.conftest import run_train
 from tests.ppo_helpers import make_config, make_trainer, replace_ppo
 
 
@@ -162,8 +161,8 @@ def test_adaptive_kl_moves_beta(tiny_sft_model, tmp_path):
     assert trainer.kl_controller.value == pytest.approx(0.05 * 0.8 * 1.2)  # clipped to +0.2
 
 
-def test_ppo_stage_end_to_end_with_lora_and_offline_wandb(tiny_sft_model, tmp_path):
-    result = run_train(
+def test_ppo_stage_end_to_end_with_lora_and_offline_wandb(warm_train, tiny_sft_model, tmp_path):
+    result = warm_train(
         [
             "stage=ppo",
             f"model.name_or_path={tiny_sft_model}",

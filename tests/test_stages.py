@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 from rlhf.config import ModelConfig
 from rlhf.models import resolve_model_dir
 from rlhf.wandb_files import read_run, run_files
-from tests.conftest import run_train
 
 
 def read_jsonl(path):
@@ -20,9 +19,9 @@ def read_jsonl(path):
 
 
 @pytest.fixture(scope="module")
-def sft_run(tmp_path_factory):
+def sft_run(warm_train, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("sft_run")
-    result = run_train(["stage=sft", "model=tiny", "data=insult_zh"], run_dir)
+    result = warm_train(["stage=sft", "model=tiny", "data=insult_zh"], run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
 
@@ -53,8 +52,8 @@ def test_sft_run_is_in_an_offline_wandb_run(sft_run):
     assert run["config"]["stage"] == "sft" and run["config"]["run_info"]["seed"] == 42
 
 
-def test_rm_reaches_pairwise_accuracy_on_the_test_split(tmp_path):
-    result = run_train(["stage=rm", "model=tiny", "data=insult_zh"], tmp_path)
+def test_rm_reaches_pairwise_accuracy_on_the_test_split(warm_train, tmp_path):
+    result = warm_train(["stage=rm", "model=tiny", "data=insult_zh"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "rm" / "run_info.json").read_text())
     metrics = info["final_metrics"]
@@ -63,9 +62,9 @@ def test_rm_reaches_pairwise_accuracy_on_the_test_split(tmp_path):
     assert (tmp_path / "rm" / "model" / "model.safetensors").is_file()
 
 
-def test_lora_sft_saves_merged_weights_that_moved(tmp_path):
+def test_lora_sft_saves_merged_weights_that_moved(warm_train, tmp_path):
     overrides = ["model.lora.enabled=true", "model.lora.top_layers=1", "sft.max_eval_samples=5"]
-    result = run_train(["stage=sft", *overrides, "sft.max_steps=3", "logger=none"], tmp_path)
+    result = warm_train(["stage=sft", *overrides, "sft.max_steps=3", "logger=none"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     tuned = load_file(tmp_path / "sft" / "model" / "model.safetensors")
     assert not any("lora" in name for name in tuned)  # adapters folded into the weights

@@ -1,0 +1,98 @@
+"""`python train.py ...` many times from one warm interpreter, for tests of failing runs.
+
+A fresh train.py spends most of a failing run importing torch, transformers and TRL. This
+server imports them once and then, for each request, forks a child that runs train.py as
+`__main__` with the request's arguments, its stdout and stderr going to files: a real process
+with its own exit status, Hydra state and output, started in a fraction of a second. The server
+itself never computes with torch, so no thread pool is copied into a child half-initialised.
+
+Protocol (one JSON object a line): stdin {"argv": [...]}; stdout {"returncode": int,
+"stdout": str, "stderr": str}.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import runpy
+import shutil
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+sys.path[0] = str(TRAIN_PY.parent)  # as for `python train.py`: the project root, not tests/
+
+
+def preload() -> None:
+    """What every stage imports: the cost a fresh train.py pays before its first line of work."""
+    import datasets  # noqa: F401
+    import hydra  # noqa: F401
+    import peft  # noqa: F401
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    import rlhf.app  # noqa: F401
+    import rlhf.pipeline  # noqa: F401
+
+
+def exit_status(code: object) -> int:
+    """The status Python's own exit gives `sys.exit(code)`."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def run_child(argv: list[str], stdout_path: str, stderr_path: str) -> None:
+    """In the forked child: train.py as __main__ with `argv`, then exit with its status."""
+    for fd, path in ((1, stdout_path), (2, stderr_path)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+    sys.argv = [str(TRAIN_PY), *argv]
+    status = 0
+    try:
+        runpy.run_path(str(TRAIN_PY), run_name="__main__")
+    except SystemExit as stop:
+        status = exit_status(stop.code)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    finally:
+        atexit._run_exitfuncs()  # what interpreter shutdown would run (W&B, loggers)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
+def serve() -> None:
+    preload()
+    reply = os.fdopen(os.dup(1), "w")  # children's fd 1 is theirs; answers go here
+    # not a TemporaryDirectory: its exit hook would run in every child (atexit, above)
+    scratch = Path(tempfile.mkdtemp(prefix="train_forks_"))
+    out, err = scratch / "stdout", scratch / "stderr"
+    try:
+        for line in sys.stdin:
+            argv = json.loads(line)["argv"]
+            out.write_text(""), err.write_text("")
+            pid = os.fork()
+            if pid == 0:
+                run_child(argv, str(out), str(err))
+            _, wait_status = os.waitpid(pid, 0)
+            answer = {
+                "returncode": os.waitstatus_to_exitcode(wait_status),
+                "stdout": out.read_text(errors="replace"),
+                "stderr": err.read_text(errors="replace"),
+            }
+            reply.write(json.dumps(answer) + "\n")
+            reply.flush()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    serve()
