@@ -51,6 +51,9 @@ def exit_status(code: object) -> int:
 
 def run_child(argv: list[str], stdout_path: str, stderr_path: str) -> None:
     """In the forked child: train.py as __main__ with `argv`, then exit with its status."""
+    # the exit hooks registered so far are the server's (W&B's media folder, for one): run in
+    # a child they would delete what the next child needs. The child's own hooks still run.
+    atexit._clear()
     for fd, path in ((1, stdout_path), (2, stderr_path)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
     sys.argv = [str(TRAIN_PY), *argv]
@@ -63,7 +66,7 @@ def run_child(argv: list[str], stdout_path: str, stderr_path: str) -> None:
         traceback.print_exc()
         status = 1
     finally:
-        atexit._run_exitfuncs()  # what interpreter shutdown would run (W&B, loggers)
+        atexit._run_exitfuncs()  # what interpreter shutdown would run (the child's own)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
@@ -72,7 +75,7 @@ def run_child(argv: list[str], stdout_path: str, stderr_path: str) -> None:
 def serve() -> None:
     preload()
     reply = os.fdopen(os.dup(1), "w")  # children's fd 1 is theirs; answers go here
-    # not a TemporaryDirectory: its exit hook would run in every child (atexit, above)
+    # not a TemporaryDirectory: a child must not be able to remove it
     scratch = Path(tempfile.mkdtemp(prefix="train_forks_"))
     out, err = scratch / "stdout", scratch / "stderr"
     try:
