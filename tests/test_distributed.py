@@ -42,12 +42,14 @@ def table(run_dir: Path) -> list[dict]:
     return sorted((json.loads(line) for line in lines), key=lambda row: row["prompt"])
 
 
+@pytest.mark.parametrize("shard_optimizer", [False, True], ids=["ddp", "zero1"])
 def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
-    tiny_sft_model, tmp_path, compose_config
+    tiny_sft_model, tmp_path, compose_config, shard_optimizer
 ):
     """Same seed and data; rollouts deterministic (top_k=1) so both setups sample the same
     answers. Score normalisation, reward and advantage whitening all depend on the global batch:
-    computed per process they would move the weights differently."""
+    computed per process they would move the weights differently. With `ppo.shard_optimizer`
+    (ZeRO-1) each process updates half the parameters from the same summed gradient."""
     common = [
         "stage=ppo", f"model.name_or_path={tiny_sft_model}", "logger=wandb",
         "reward=char_fraction", "reward.function.chars='你我的是了'", "reward.normalize=true",
@@ -61,8 +63,13 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     run_stage(typed_config(single), single_dir, OmegaConf.to_container(single, resolve=True))
     launch = AccelerateLaunch("conf/accelerate/ddp.yaml", 2, main_process_port=free_port())
     objective, result = run_under_accelerate(
-        launch, [*common, "ppo.batch_size=4", "ppo.mini_batch_size=4"], double_dir
-    )
+        launch,
+        [
+            *common, "ppo.batch_size=4", "ppo.mini_batch_size=4",
+            f"ppo.shard_optimizer={str(shard_optimizer).lower()}",
+        ],
+        double_dir,
+    )  # fmt: skip
 
     # the same 8 answers and scores, half from each process
     assert table(double_dir) == table(single_dir) and len(table(single_dir)) == 8
@@ -100,8 +107,20 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     # one checkpoint, written once, holding each process's own random streams for a resume
     (checkpoint,) = (double_dir / "ppo" / "checkpoints").iterdir()
     assert json.loads((checkpoint / "trainer_state.json").read_text())["processes"] == 2
-    rngs = torch.load(checkpoint / "state.pt", weights_only=True)["rng_by_process"]
+    saved = torch.load(checkpoint / "state.pt", weights_only=True)
+    rngs = saved["rng_by_process"]
     assert len(rngs) == 2 and not torch.equal(rngs[0]["torch"], rngs[1]["torch"])
+    sharded = "optimiser state sharded over 2 processes (ZeRO-1)"
+    assert (sharded in (double_dir / "train.log").read_text()) == shard_optimizer
+    # the whole optimiser state (under ZeRO-1 consolidated from both processes' shares)
+    (single_checkpoint,) = (single_dir / "ppo" / "checkpoints").iterdir()
+    single_moments = torch.load(single_checkpoint / "state.pt", weights_only=True)["optimizer"]
+    moments = saved["optimizer"]["state"]
+    assert len(moments) == len(single_moments["state"]) > 0
+    for index, state in single_moments["state"].items():
+        assert torch.allclose(
+            moments[index]["exp_avg_sq"], state["exp_avg_sq"], rtol=1e-3, atol=1e-9
+        )
     info = json.loads((double_dir / "ppo" / "run_info.json").read_text())
     assert info["status"] == "complete" and info["config"]["output_dir"] == str(double_dir)
     assert sorted(p.name for p in double_dir.iterdir()) == [

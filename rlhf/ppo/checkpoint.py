@@ -87,20 +87,31 @@ def restore_rng_states(trainer: PPOTrainer, states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """The moments this process holds: all of them, or its ZeRO-1 share."""
+    return getattr(optimizer, "optim", optimizer).state
+
+
 def check_not_poisoned(trainer: PPOTrainer, tensors: dict[str, torch.Tensor]) -> None:
     """Refuse to save non-finite weights or optimiser moments."""
     moments = [
         value
-        for state in trainer.optimizer.state.values()
+        for state in local_optimizer_state(trainer.optimizer).values()
         for value in state.values()
         if torch.is_tensor(value) and value.is_floating_point()
     ]
-    for name, tensor in [*tensors.items(), *(("optimiser state", m) for m in moments)]:
+    for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise NumericError(
                 f"update {trainer.update}, phase checkpoint: non-finite {name}; "
                 "no checkpoint written from a poisoned state"
             )
+    # sharded moments (ppo.shard_optimizer) differ per process: every process takes the verdict
+    if distributed.any_process(any(not torch.isfinite(m).all() for m in moments)):
+        raise NumericError(
+            f"update {trainer.update}, phase checkpoint: non-finite optimiser state; "
+            "no checkpoint written from a poisoned state"
+        )
 
 
 def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path:
@@ -109,6 +120,8 @@ def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path
     tensors = trainable_tensors(trainer)
     check_not_poisoned(trainer, tensors)  # the same state, so the same verdict, everywhere
     rngs = distributed.gather_objects(rng_states(trainer))
+    if hasattr(trainer.optimizer, "consolidate_state_dict"):  # ZeRO-1: moments to the main one
+        trainer.optimizer.consolidate_state_dict(to=0)
     if distributed.is_main_process():
         _write_checkpoint(trainer, folder, tensors, rngs, json_state)
     distributed.barrier()  # no process runs ahead of a checkpoint still being written

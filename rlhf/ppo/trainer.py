@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import PPOConfig
-from rlhf.errors import NumericError
+from rlhf.errors import ConfigError, NumericError
 from rlhf.ppo import core, distributed
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.compute import MixedPrecision, checkpointing_in_eval
@@ -71,9 +71,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(groups: list[list[torch.nn.Parameter]], lr: float) -> torch.optim.AdamW:
-    """AdamW, fused where PyTorch has a fused kernel for the device (3–4× faster on CPU)."""
+def make_optimizer(
+    groups: list[list[torch.nn.Parameter]], lr: float, shard: bool = False
+) -> torch.optim.Optimizer:
+    """AdamW, fused where PyTorch has a fused kernel for the device (3–4× faster on CPU). With
+    `shard` on several processes, ZeRO-1: each process keeps the moments of, and updates, its
+    share of the parameters, then every process receives the others' (the gradients are already
+    summed everywhere, see `_optimizer_step`, so the update is the same as unsharded)."""
     param_groups = [{"params": params} for params in groups if params]
+    if shard and distributed.world_size() > 1:
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        optimizer = ZeroRedundancyOptimizer(
+            param_groups, optimizer_class=torch.optim.AdamW, lr=lr, weight_decay=0.0
+        )
+        held = sum(p.numel() for group in optimizer.optim.param_groups for p in group["params"])
+        total = sum(p.numel() for group in param_groups for p in group["params"])
+        log.info(
+            "optimiser state sharded over %d processes (ZeRO-1): this one holds the moments "
+            "of %d of %d parameters",
+            distributed.world_size(), held, total,
+        )  # fmt: skip
+        return optimizer
     try:
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=0.0, fused=True)
     except RuntimeError:
@@ -105,8 +124,15 @@ class PPOTrainer:
         self.kl_controller = make_kl_controller(
             config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon
         )
+        if config.shard_optimizer and mixed_precision == "fp16":
+            raise ConfigError(
+                "ppo.shard_optimizer: not with model.mixed_precision=fp16 (the loss scaler "
+                "unscales gradients through the optimiser); use bf16"
+            )
         self.optimizer = make_optimizer(
-            [model.policy_parameters(), model.critic_parameters()], config.learning_rate
+            [model.policy_parameters(), model.critic_parameters()],
+            config.learning_rate,
+            shard=config.shard_optimizer,
         )
         # every process starts from the main process's weights (fresh heads are random)
         distributed.broadcast_parameters(self._trained_parameters())
