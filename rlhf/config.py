@@ -233,8 +233,7 @@ class PPOConfig:
     learning_rate: float = 1.41e-5  # AdamW learning rate
     lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates)
     max_grad_norm: float | None = 1.0  # clip the gradient norm; null = off
-    # ZeRO-1 over processes: each keeps AdamW's moments of 1/N of the parameters (no effect alone)
-    shard_optimizer: bool = False
+    shard_optimizer: bool = False  # ZeRO-1: each of N processes keeps 1/N of AdamW's moments
     cliprange: float = 0.2  # epsilon of the clipped policy objective
     cliprange_low: float | None = None  # lower epsilon; null = cliprange
     cliprange_high: float | None = None  # upper epsilon; null = cliprange
