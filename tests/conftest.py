@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,13 @@ def subprocess_environment() -> dict[str, str]:
     W&B service: a child that is killed must not leave its run open in a service we reuse."""
     env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
     return {**env, "HYDRA_FULL_ERROR": ""}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (an accelerate rendezvous)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:

@@ -4,7 +4,6 @@ and the pure helpers behind them."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,9 @@ from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
 from rlhf.ppo import distributed
 from rlhf.stages import check_launch_engine, run_stage
-from tests.conftest import compose_with_hydra
+from tests.conftest import compose_with_hydra, free_port
 
 ACCELERATE_CONFIGS = sorted((PROJECT_ROOT / "conf" / "accelerate").glob("*.yaml"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
