@@ -74,7 +74,8 @@ def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.
 class WarmTrain:
     """`python train.py` runs forked from one interpreter that imported the stack once
     (tests/train_forks.py): each is a real process with its own exit status and stderr, started
-    in well under a second instead of ~8 s. For the many runs that are meant to fail early."""
+    in well under a second instead of ~8 s. For the runs meant to fail early and the short
+    end-to-end runs; `run_train` keeps a fresh interpreter for the rest."""
 
     def __init__(self) -> None:
         self.server = subprocess.Popen(

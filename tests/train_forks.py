@@ -1,6 +1,6 @@
-"""`python train.py ...` many times from one warm interpreter, for tests of failing runs.
+"""`python train.py ...` many times from one warm interpreter, for tests of short runs.
 
-A fresh train.py spends most of a failing run importing torch, transformers and TRL. This
+A fresh train.py spends most of a short run importing torch, transformers and TRL. This
 server imports them once and then, for each request, forks a child that runs train.py as
 `__main__` with the request's arguments, its stdout and stderr going to files: a real process
 with its own exit status, Hydra state and output, started in a fraction of a second. The server
