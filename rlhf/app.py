@@ -21,8 +21,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
-from rlhf.resume import check_resumable, resume_run_dir
-from rlhf.sweep import SweepJob, current_job, run_recorded, with_sweep_logging
+from rlhf.runs.resume import check_resumable, resume_run_dir
+from rlhf.sweeps.jobs import SweepJob, current_job, run_recorded, with_sweep_logging
 
 EXIT_INPUT_ERROR = 2
 RESULT_FILE_ENV = "RLHF_RESULT_FILE"  # where the main process writes the job's return value

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ModelConfig
-from rlhf.data import prompt_messages
+from rlhf.data.loading import prompt_messages
 from rlhf.errors import RlhfError
-from rlhf.models import load_model, load_tokenizer, resolve_model_dir
+from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
+from rlhf.models.scoring import score_conversations
 from rlhf.ppo.rollout import SamplingSettings, sample_answers
-from rlhf.scoring import score_conversations
 
 
 def is_reward_model(folder: Path) -> bool:

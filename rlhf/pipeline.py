@@ -27,9 +27,9 @@ from pathlib import Path
 
 from rlhf.config import Config
 from rlhf.paths import resolve_path
-from rlhf.ppo import distributed
-from rlhf.resume import resume_point
-from rlhf.stages.common import RunPaths, is_complete
+from rlhf.runs.resume import resume_point
+from rlhf.runtime import distributed
+from rlhf.stages.context import RunPaths, is_complete
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from rlhf.paths import PROJECT_ROOT
-from rlhf.sweep import job_dirs
+from rlhf.sweeps.jobs import job_dirs
 from tests import fake_slurm
 from tests.conftest import free_port
 

@@ -16,11 +16,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from rlhf.app import typed_config
-from rlhf.cluster import AccelerateLaunch, accelerate_command, job_port, run_under_accelerate
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
-from rlhf.ppo import distributed
+from rlhf.runtime import distributed
 from rlhf.stages import check_launch_engine, run_stage
+from rlhf.sweeps.cluster import AccelerateLaunch, accelerate_command, job_port, run_under_accelerate
 from tests.conftest import compose_with_hydra, free_port
 
 ACCELERATE_CONFIGS = sorted((PROJECT_ROOT / "conf" / "accelerate").glob("*.yaml"))

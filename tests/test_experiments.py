@@ -7,7 +7,7 @@ import json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
-from rlhf.tiny import tiny_model_dir
+from rlhf.models.tiny import tiny_model_dir
 
 SHRINK = ["model=tiny", "logger=none", "ppo.total_updates=2", "ppo.eval_every=1"]
 

@@ -7,7 +7,7 @@ from collections import Counter
 
 from datasets import Dataset
 
-from rlhf.hard_negatives import echo, garble, with_hard_negatives
+from rlhf.data.hard_negatives import echo, garble, with_hard_negatives
 
 QUESTION = "长沙夏天热不热？"
 POLITE = "长沙夏天很热，七八月平均气温三十度以上。出门记得防晒，多喝水！"

@@ -10,9 +10,9 @@ from peft import get_peft_model
 
 from rlhf.config import LoraSettings, ModelConfig, TinyModelSpec
 from rlhf.errors import ConfigError, ModelLoadError
-from rlhf.models import load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.models.loading import load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.models.tiny import tiny_model_dir
 from rlhf.paths import publish_dir_once
-from rlhf.tiny import tiny_model_dir
 
 
 def test_tiny_model_is_built_deterministically(tmp_path):

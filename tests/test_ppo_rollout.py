@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf.config import ModelConfig, TinyModelSpec
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.rollout import (
     SamplingSettings,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from tests.ppo_helpers import make_config, make_trainer, replace_ppo
 
 

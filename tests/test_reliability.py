@@ -20,7 +20,7 @@ from rlhf.ppo.health import (
     slope,
     threshold_alarms,
 )
-from rlhf.resume import ppo_checkpoints
+from rlhf.runs.resume import ppo_checkpoints
 from tests.ppo_helpers import make_config, make_trainer
 
 OFF = {name: None for name in HealthConfig.ALARMS}

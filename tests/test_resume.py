@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf import app
-from rlhf.resume import ppo_checkpoints
+from rlhf.runs.resume import ppo_checkpoints
 from tests.conftest import run_train
 
 

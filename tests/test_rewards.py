@@ -9,14 +9,14 @@ import torch
 
 from rlhf.config import ModelConfig, RewardConfig, TinyModelSpec
 from rlhf.errors import ConfigError
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
+from rlhf.models.scoring import score_token_batch
 from rlhf.ppo.core import overlong_penalty
 from rlhf.rewards import build_reward
-from rlhf.rewards.functions import char_fraction, keyword_reward
 from rlhf.rewards.processing import RunningMoments, ScoreProcessor
-from rlhf.scoring import score_token_batch
+from rlhf.rewards.text_rules import char_fraction, keyword_reward
 
-FUNCTION = "rlhf.rewards.functions."
+FUNCTION = "rlhf.rewards.text_rules."
 
 
 def test_keyword_reward_as_in_the_notebook():

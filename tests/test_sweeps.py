@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import compare
 from rlhf.paths import PROJECT_ROOT
-from rlhf.sweep import job_label, job_params, safe_dirname
-from rlhf.wandb_files import read_run
+from rlhf.reporting.wandb_files import read_run
+from rlhf.sweeps import compare
+from rlhf.sweeps.jobs import job_label, job_params, safe_dirname
 from tests.conftest import compose_with_hydra
 
 GRID = {(0.01, 0.1), (0.01, 0.3), (0.2, 0.1), (0.2, 0.3)}  # (kl_coef, cliprange)

@@ -33,8 +33,8 @@ class AccelerateSlurmLauncher(SlurmLauncher):
     def train_under_accelerate(self, cfg: DictConfig) -> float | None:
         import submitit
 
-        from rlhf.cluster import AccelerateLaunch, job_port, run_under_accelerate
-        from rlhf.sweep import current_job, run_recorded
+        from rlhf.sweeps.cluster import AccelerateLaunch, job_port, run_under_accelerate
+        from rlhf.sweeps.jobs import current_job, run_recorded
 
         job = submitit.JobEnvironment()
         hydra = HydraConfig.get()

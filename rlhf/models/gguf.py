@@ -19,7 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from rlhf.errors import ModelLoadError
-from rlhf.model_files import write_model_folder
+from rlhf.models.files import write_model_folder
 from rlhf.paths import publish_dir_once, resolve_path
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from transformers import (
 
 from rlhf.config import LoraSettings, ModelConfig
 from rlhf.errors import ConfigError, ModelLoadError
-from rlhf.gguf import converted_gguf_dir
+from rlhf.models.gguf import converted_gguf_dir
+from rlhf.models.tiny import CHATML_TEMPLATE, tiny_model_dir
 from rlhf.paths import resolve_path
-from rlhf.tiny import CHATML_TEMPLATE, tiny_model_dir
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlhf.config import TinyModelSpec
-from rlhf.model_files import write_model_folder
+from rlhf.models.files import write_model_folder
 from rlhf.paths import publish_dir_once, resolve_path
 
 log = logging.getLogger(__name__)

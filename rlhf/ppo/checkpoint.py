@@ -36,10 +36,10 @@ from safetensors.torch import load_file, save_file
 
 from rlhf.config import CheckpointConfig
 from rlhf.errors import ConfigError, NumericError
-from rlhf.faults import maybe_kill
 from rlhf.paths import publish_dir
-from rlhf.ppo import distributed
-from rlhf.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
+from rlhf.runs.faults import maybe_kill
+from rlhf.runs.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
+from rlhf.runtime import distributed
 
 if TYPE_CHECKING:
     from rlhf.ppo.trainer import PPOTrainer

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.data import prompt_messages
+from rlhf.data.loading import prompt_messages
 
 
 @dataclass

@@ -48,12 +48,12 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError, NumericError
-from rlhf.ppo import core, distributed
+from rlhf.ppo import core
 from rlhf.ppo.actor_critic import ActorCritic
-from rlhf.ppo.compute import MixedPrecision, checkpointing_in_eval
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
+from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
 from rlhf.ppo.rollout import (
     EncodedPrompts,
     Rollout,
@@ -63,7 +63,8 @@ from rlhf.ppo.rollout import (
 )
 from rlhf.rewards import RewardFunction
 from rlhf.rewards.processing import ScoreProcessor, calibration
-from rlhf.tracking import Tracker
+from rlhf.runs.tracking import Tracker
+from rlhf.runtime import distributed
 
 if TYPE_CHECKING:
     from rlhf.ppo.checkpoint import Checkpointer

@@ -59,7 +59,7 @@ def build_reward(
             raise ConfigError("reward.model_path: set the folder of a trained reward model")
         return checked(RewardModelScorer(Path(path), system_prompt, model_settings), str(path))
     if cfg.kind == "function":
-        from rlhf.rewards.function import function_reward
+        from rlhf.rewards.python_function import function_reward
 
         target = cfg.function["_target_"]
         return checked(function_reward(cfg.function), target)

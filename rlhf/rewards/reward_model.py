@@ -8,9 +8,9 @@ import torch
 from accelerate import PartialState
 
 from rlhf.config import ModelConfig
-from rlhf.data import prompt_messages
-from rlhf.models import load_model, load_tokenizer, resolve_model_dir
-from rlhf.scoring import score_conversations
+from rlhf.data.loading import prompt_messages
+from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
+from rlhf.models.scoring import score_conversations
 
 
 class RewardModelScorer:

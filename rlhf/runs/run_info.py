@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.paths import PROJECT_ROOT
-from rlhf.sweep import current_job, sweep_record
+from rlhf.sweeps.jobs import current_job, sweep_record
 
 PACKAGES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "wandb", "hydra-core",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError
-from rlhf.ppo import distributed
+from rlhf.runtime import distributed
 from rlhf.stages import eval as eval_stage
 from rlhf.stages import ppo, rm, sft
-from rlhf.stages.common import RunPaths, is_complete
+from rlhf.stages.context import RunPaths, is_complete
 
 log = logging.getLogger(__name__)
 

@@ -26,15 +26,15 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from rlhf.config import Config, TrainerStageConfig
-from rlhf.data import limit_lengths, load_preference_data, require_answers, sample_rows
+from rlhf.data.loading import limit_lengths, load_preference_data, require_answers, sample_rows
 from rlhf.errors import ConfigError
-from rlhf.faults import maybe_kill
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import publish_dir
-from rlhf.ppo import distributed
-from rlhf.resume import ResumePoint, resume_point
-from rlhf.run_info import new_run_info, write_run_info
-from rlhf.tracking import Tracker, open_tracker
+from rlhf.runs.faults import maybe_kill
+from rlhf.runs.resume import ResumePoint, resume_point
+from rlhf.runs.run_info import new_run_info, write_run_info
+from rlhf.runs.tracking import Tracker, open_tracker
+from rlhf.runtime import distributed
 
 COMPLETE = "COMPLETE"
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 from rlhf.config import Config
-from rlhf.data import limit_lengths, load_preference_data
-from rlhf.models import load_model_and_tokenizer
-from rlhf.ppo import core, distributed
+from rlhf.data.loading import limit_lengths, load_preference_data
+from rlhf.models.loading import load_model_and_tokenizer
+from rlhf.ppo import core
 from rlhf.ppo.rollout import SamplingSettings, joined_inputs, sample_answers
 from rlhf.rewards import build_reward
-from rlhf.stages.common import RunPaths, stage_context
+from rlhf.runtime import distributed
+from rlhf.stages.context import RunPaths, stage_context
 from rlhf.stages.rm import decision_threshold
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from peft import get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
-from rlhf.data import limit_lengths, load_preference_data
-from rlhf.models import (
+from rlhf.data.loading import limit_lengths, load_preference_data
+from rlhf.models.loading import (
     check_tokenizers_agree,
     load_model,
     load_model_and_tokenizer,
@@ -29,14 +29,14 @@ from rlhf.models import (
     resolve_model_dir,
     tokenizer_at,
 )
-from rlhf.plots import plot_ppo_run
-from rlhf.ppo import distributed
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
+from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import build_reward
 from rlhf.rewards.processing import ScoreProcessor
-from rlhf.stages.common import RunPaths, StageContext, save_model, stage_context
+from rlhf.runtime import distributed
+from rlhf.stages.context import RunPaths, StageContext, save_model, stage_context
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A one-output sequence classifier on the base model (full weights or LoRA with the score head
 trained in full), trained with the pairwise log-sigmoid loss. Afterwards the test split is scored
-with `rlhf.scoring` — the same code PPO uses — for pairwise accuracy and mean margin.
+with `rlhf.models.scoring` — the same code PPO uses — for pairwise accuracy and mean margin.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
-from rlhf.data import preference_rows, prompt_messages
-from rlhf.hard_negatives import with_hard_negatives
-from rlhf.models import lora_config
-from rlhf.ppo import distributed
-from rlhf.scoring import score_conversations
-from rlhf.stages.common import (
+from rlhf.data.hard_negatives import with_hard_negatives
+from rlhf.data.loading import preference_rows, prompt_messages
+from rlhf.models.loading import lora_config
+from rlhf.models.scoring import score_conversations
+from rlhf.runtime import distributed
+from rlhf.stages.context import (
     RunPaths,
     TrackerCallback,
     gathered_state_dict,

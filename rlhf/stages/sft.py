@@ -13,10 +13,10 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from rlhf.config import Config
-from rlhf.data import sft_rows
-from rlhf.models import lora_config
-from rlhf.ppo import distributed
-from rlhf.stages.common import (
+from rlhf.data.loading import sft_rows
+from rlhf.models.loading import lora_config
+from rlhf.runtime import distributed
+from rlhf.stages.context import (
     RunPaths,
     TrackerCallback,
     gathered_state_dict,

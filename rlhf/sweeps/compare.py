@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from rlhf.sweep import job_dirs, read_job_file
-from rlhf.tracking import read_jsonl
+from rlhf.runs.tracking import read_jsonl
+from rlhf.sweeps.jobs import job_dirs, read_job_file
 
 SCORE = "ppo/objective/scores"
 KL = "ppo/objective/kl"
@@ -201,7 +201,11 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def compare(sweep_dir: Path, out_dir: Path) -> list[dict[str, Any]]:
     """Write table.md, table.csv and the plots; return the table rows."""
-    from rlhf.plots import plot_curves, plot_frontier, plot_heatmap  # matplotlib only here
+    from rlhf.reporting.plots import (  # matplotlib only here
+        plot_curves,
+        plot_frontier,
+        plot_heatmap,
+    )
 
     jobs = load_sweep(sweep_dir)
     rows = [final_row(job) for job in jobs]
