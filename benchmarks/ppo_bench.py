@@ -47,11 +47,11 @@ from rlhf.config import (  # noqa: E402
 from rlhf.data.loading import load_preference_data  # noqa: E402
 from rlhf.models.loading import load_model_and_tokenizer, resolve_model_dir  # noqa: E402
 from rlhf.ppo import core  # noqa: E402
-from rlhf.ppo.rollout import EncodedPrompts, joined_inputs  # noqa: E402
 from rlhf.ppo.trainer import PPOTrainer  # noqa: E402
 from rlhf.rewards import build_reward  # noqa: E402
 from rlhf.rewards.processing import ScoreProcessor  # noqa: E402
 from rlhf.runs.tracking import NullBackend, Tracker  # noqa: E402
+from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
 from rlhf.stages.ppo import build_actor_critic  # noqa: E402
 
 SMOLLM2 = ModelConfig(

@@ -10,11 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) mask → (B,) index of the last real token (any padding side)."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (attention_mask.long() * positions).argmax(dim=-1)
+from rlhf.runtime.masks import last_true_index
 
 
 @torch.no_grad()
@@ -24,7 +20,7 @@ def score_token_batch(
     """(B, T) right-padded ids → (B,) float scores of a one-output sequence classifier."""
     hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-    last_hidden = hidden[rows, last_token_index(attention_mask)]
+    last_hidden = hidden[rows, last_true_index(attention_mask)]
     return model.score(last_hidden).squeeze(-1).float()
 
 

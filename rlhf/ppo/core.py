@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf.runtime.masks import last_true_index
+
 Stats = dict[str, float]
 
 
@@ -104,12 +106,6 @@ def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
 
 
 # --- rewards and advantages -----------------------------------------------------------------
-
-
-def last_true_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) → (B,) index of the last set position (0 for an all-zero row)."""
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    return (mask.long() * positions).argmax(dim=1)
 
 
 def per_token_rewards(

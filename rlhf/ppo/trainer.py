@@ -15,7 +15,7 @@
 8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
 Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
 the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several
-processes (rlhf/ppo/distributed.py) the guards and health alarms see every process's values, so
+processes (rlhf/runtime/distributed.py) the guards and health alarms see every process's values, so
 all processes stop or skip alike.
 
 Implementation details, with where they come from (Huang et al. 2024, "The N+ implementation
@@ -40,7 +40,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -50,21 +50,23 @@ from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError, NumericError
 from rlhf.ppo import core
 from rlhf.ppo.actor_critic import ActorCritic
+from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
-from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
+from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
 from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
-from rlhf.ppo.rollout import (
-    EncodedPrompts,
-    Rollout,
-    SamplingSettings,
-    joined_inputs,
-    sample_answers,
-)
+from rlhf.ppo.rollout import Rollout
 from rlhf.rewards import RewardFunction
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.runs.tracking import Tracker
 from rlhf.runtime import distributed
+from rlhf.runtime.generation import (
+    EncodedPrompts,
+    SamplingSettings,
+    joined_inputs,
+    sample_answers,
+)
+from rlhf.runtime.rng import global_rng_states, restore_global_rng_states
 
 if TYPE_CHECKING:
     from rlhf.ppo.checkpoint import Checkpointer
@@ -266,12 +268,12 @@ class PPOTrainer:
         )
         rewards = rollout.rewards
         if c.whiten_rewards:
-            rewards = distributed.masked_whiten(rewards, rollout.mask, shift_mean=False)
+            rewards = global_masked_whiten(rewards, rollout.mask, shift_mean=False)
         advantages, rollout.returns = core.gae(
             rewards, rollout.values, rollout.mask, c.gamma, c.lam
         )
         if c.whiten_advantages:
-            advantages = distributed.masked_whiten(advantages, rollout.mask)
+            advantages = global_masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
         self._check_finite("advantages", "advantages", advantages[rollout.mask], everywhere=True)
 
@@ -482,7 +484,7 @@ class PPOTrainer:
         metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / (done - started)
         metrics.update({f"timing/{k}": v for k, v in self._timings.items()})
         metrics["timing/total"] = done - started
-        metrics = distributed.reduce_metrics(metrics)
+        metrics = reduce_metrics(metrics)
         global_batch = rollout.responses.shape[0] * distributed.world_size()
         self.kl_controller.update(metrics["ppo/objective/kl"], global_batch)
         return metrics
@@ -505,7 +507,7 @@ class PPOTrainer:
             [x for part in gathered for x in part[i]] for i in range(4)
         )
         rows = [
-            [self.update, p, t, round(s, 4), None, int(n), bool(e)]
+            sample_row(self.update, p, t, s, None, n, e)
             for p, t, s, n, e in zip(self.eval_prompts, texts, scores, lengths, ended, strict=True)
         ]
         self.tracker.log_table("ppo/eval_samples", SAMPLE_COLUMNS, rows)
@@ -566,3 +568,70 @@ class PPOTrainer:
         if checkpointer is not None:
             checkpointer.after_update(self, metrics)
         return metrics
+
+    # --- state: what a checkpoint holds (rlhf/ppo/checkpoint.py) ---------------------------
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """Name → every trained parameter (tied weights once, by their first name)."""
+        trained = {id(p) for p in self.model.policy_parameters() + self.model.critic_parameters()}
+        return {name: p for name, p in self.model.named_parameters() if id(p) in trained}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact continuation needs: the `trainable` tensors, the `optimizer` and
+        `scheduler` states, this process's `rng` states (global and the trainer's own), and the
+        JSON-able `update`, `data_order`, `kl_controller`, `score_processor` and `health`.
+        Every process calls it: with a sharded optimiser (ZeRO-1) the moments are gathered on
+        the main process, and only its `optimizer` entry is set (None on the others)."""
+        optimizer = self.optimizer
+        if _is_sharded(optimizer):
+            optimizer.consolidate_state_dict(to=0)
+        processor = self.processor
+        return {
+            "update": self.update,
+            "data_order": list(self._order),
+            "kl_controller": self.kl_controller.state_dict(),
+            "score_processor": {
+                "moments": processor.moments.state_dict(),
+                "gain": processor.gain,
+                "bias": processor.bias,
+            },
+            "health": self.health.state_dict(),
+            "trainable": self.trainable_tensors(),
+            "optimizer": optimizer.state_dict()
+            if self._main or not _is_sharded(optimizer)
+            else None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                **global_rng_states(),
+                "trainer_python": self.rng.getstate(),
+                "trainer_torch": self.torch_rng.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the trainer back in the state `state_dict` gave (the full optimiser state, this
+        process's RNG states). Raises ConfigError when the trained tensors differ in name."""
+        expected = self.trainable_tensors()
+        if set(state["trainable"]) != set(expected):
+            missing = sorted(set(expected) - set(state["trainable"]))[:3]
+            raise ConfigError(f"does not match this model (tensors missing: {missing})")
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                expected[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_global_rng_states(state["rng"])
+        self.rng.setstate(state["rng"]["trainer_python"])
+        self.torch_rng.set_state(state["rng"]["trainer_torch"])
+        self.update = state["update"]
+        self._order = list(state["data_order"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        processor = state["score_processor"]
+        self.processor.moments.load_state_dict(processor["moments"])
+        self.processor.gain, self.processor.bias = processor["gain"], processor["bias"]
+        self.health.load_state_dict(state["health"])
+
+
+def _is_sharded(optimizer: torch.optim.Optimizer) -> bool:
+    """True for ZeRO-1 (each process holds a share of the moments)."""
+    return hasattr(optimizer, "consolidate_state_dict")

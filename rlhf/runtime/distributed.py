@@ -1,15 +1,16 @@
-"""Data-parallel PPO across processes: who am I, global batch statistics, gradient sync.
+"""The process group of a data-parallel run: who am I, collectives, data shards, gradient sync.
 
-Under `accelerate launch` (or torchrun) every process runs the whole loop on its own shard of
-the prompts. For one update to equal a single process's update on the concatenated batch:
-- prompts are drawn from one seeded order shared by every process and split by rank;
-- score normalisation, reward and advantage whitening use moments of the global batch
-  (all-reduced sums, the same two-pass formula as `core.masked_var`);
+Under `accelerate launch` (or torchrun) every process runs a stage on its own shard of the data.
+This module is what every stage shares about that: rank and device, barriers, reductions and
+gathers, a process's share of a list, and the gradient sum PPO uses. For PPO's update to equal a
+single process's update on the concatenated batch (rlhf/ppo/trainer.py):
+- prompts are drawn from one seeded order shared by every process and split by rank (`shard`);
+- whitening and score normalisation use moments of the global batch (rlhf/ppo/batch_stats.py);
 - each micro-batch's gradient weight is its share of the *global* group's tokens (or
-  sequences), and the gradients are summed across processes before clipping, so clipping
-  and AdamW see the same gradient everywhere and the parameters stay identical;
+  sequences), and the gradients are summed across processes before clipping
+  (`sum_gradients`), so clipping and AdamW see the same gradient everywhere;
 - decisions that steer the loop (skip a step, stop the epochs early) are taken on global
-  values, so every process enters the same collectives.
+  values (`any_process`, `mean_of_all`), so every process enters the same collectives.
 The sync is one all-reduce per optimiser step of the flattened gradients (what DDP does,
 without overlapping it with the backward pass), which leaves the actor-critic's several
 forward/backward passes free of a DDP wrapper. With one process every function is the local
@@ -24,8 +25,6 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-
-from rlhf.ppo import core
 
 BUCKET_ELEMENTS = 2**24  # gradient elements per all-reduce (64 MiB in fp32)
 
@@ -120,44 +119,6 @@ def mean_of_all(values: Sequence[float]) -> float | None:
     return total / count if count else None
 
 
-# --- global masked statistics (pure maths on all-reduced sums) --------------------------------
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the masked positions of every process's `values` (B, T)."""
-    if world_size() == 1:
-        return core.masked_mean(values, mask)
-    sums = torch.stack([core.masked_sum(values, mask), mask.to(values.dtype).sum()])
-    total, count = all_reduce_sum(sums)
-    return total / count.clamp(min=1)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Bessel-corrected variance over the masked positions of every process (two passes)."""
-    if world_size() == 1:
-        return core.masked_var(values, mask)
-    mean = masked_mean(values, mask)
-    centred = torch.where(mask.bool(), values - mean, torch.zeros_like(values))
-    sums = torch.stack([(centred**2).sum(), mask.to(values.dtype).sum()])
-    squares, count = all_reduce_sum(sums)
-    if count < 2:
-        raise ValueError("masked_var: unbiased variance needs at least 2 masked values")
-    return squares / (count - 1)
-
-
-def masked_whiten(
-    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
-    """`core.masked_whiten` with the mean and variance of the global batch."""
-    if world_size() == 1:
-        return core.masked_whiten(values, mask, shift_mean, eps)
-    mean, var = masked_mean(values, mask), masked_var(values, mask)
-    whitened = (values - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
-
-
 # --- data --------------------------------------------------------------------------------
 
 
@@ -213,27 +174,3 @@ def _sum_bucket(grads: list[torch.Tensor]) -> None:
     for grad in grads:
         grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
         offset += grad.numel()
-
-
-# --- metrics -----------------------------------------------------------------------------
-
-SUMMED_METRICS = ("ppo/tokens_per_second", "ppo/policy/skipped_minibatches")
-
-
-def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    """One value per metric for the whole job: sums for throughput and counts, the slowest
-    process for `timing/*`, the mean over processes otherwise (every process holds the same
-    number of sequences, so per-sequence means are global means)."""
-    if world_size() == 1:
-        return metrics
-    per_process = gather_objects(metrics)
-    reduced = {}
-    for key in per_process[0]:
-        values = [m[key] for m in per_process if key in m]
-        if key in SUMMED_METRICS:
-            reduced[key] = sum(values)
-        elif key.startswith("timing/"):
-            reduced[key] = max(values)
-        else:
-            reduced[key] = sum(values) / len(values)
-    return reduced

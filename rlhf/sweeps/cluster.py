@@ -24,10 +24,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rlhf.app import RESULT_FILE_ENV
 from rlhf.paths import PROJECT_ROOT, resolve_path
 
 RESULT_FILE = ".accelerate_result.json"  # in the job folder: the run's return value
+RESULT_FILE_ENV = "RLHF_RESULT_FILE"  # where the run's main process writes its return value
 
 
 @dataclass(frozen=True)
