@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 
 from rlhf.errors import ConfigError
+from rlhf.stages.table import PIPELINE, STAGES
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-STAGE_NAMES = ("sft", "rm", "ppo", "eval", "pipeline")
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -356,9 +356,10 @@ class SFTStageConfig(TrainerStageConfig):
 @dataclass
 class RMStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "rm"
+    learning_rate: float = 1e-4  # AdamW peak learning rate (lower than SFT's: a fresh score head)
     center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
     # extra pairs (share of the training rows) of chosen vs. a hard negative a weak policy writes,
-    # from rlhf/hard_negatives.py:
+    # from rlhf/data/hard_negatives.py:
     echo_negatives: float = 0.0  # ... the question echoed back as the answer
     garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
 
@@ -392,7 +393,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         for stage in self.stages:
-            _one_of(stage, ("sft", "rm", "ppo", "eval"), "pipeline.stages")
+            _one_of(stage, tuple(STAGES), "pipeline.stages")
 
 
 @dataclass
@@ -435,7 +436,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tracking
 
     def __post_init__(self) -> None:
-        _one_of(self.stage, STAGE_NAMES, "stage")
+        _one_of(self.stage, (*STAGES, PIPELINE), "stage")
         _require(
             self.resume is None or isinstance(self.resume, (bool, str)),
             "resume",

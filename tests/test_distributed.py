@@ -12,16 +12,15 @@ from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 from hydra.core.plugins import Plugins
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from rlhf.app import typed_config
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
+from rlhf.pipeline import check_launch_engine, run
 from rlhf.runtime import distributed
-from rlhf.stages import check_launch_engine, run_stage
 from rlhf.sweeps.cluster import AccelerateLaunch, accelerate_command, job_port, run_under_accelerate
-from tests.conftest import compose_with_hydra, free_port
+from tests.helpers import compose_with_hydra, free_port
 
 ACCELERATE_CONFIGS = sorted((PROJECT_ROOT / "conf" / "accelerate").glob("*.yaml"))
 
@@ -53,7 +52,7 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     single_dir, double_dir = tmp_path / "single", tmp_path / "double"
     # the reference in this process (its imports are paid for already), without W&B
     single = compose_config([*common, "ppo.batch_size=8", "ppo.mini_batch_size=8", "logger=none"])
-    run_stage(typed_config(single), single_dir, OmegaConf.to_container(single, resolve=True))
+    run(typed_config(single), single_dir)
     launch = AccelerateLaunch("conf/accelerate/ddp.yaml", 2, main_process_port=free_port())
     objective, result = run_under_accelerate(
         launch,

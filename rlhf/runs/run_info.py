@@ -1,7 +1,12 @@
-"""The `run_info.json` record of a stage: what ran, from which code, on which data."""
+"""The `run_info.json` record of a stage: what ran, from which code, on which data.
+
+Its `config` is the typed config as the stage ran it (after the pipeline's hand-off: PPO's names
+the SFT model it started from), converted when the record is made; there is no second copy of
+the config to drift from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import platform
@@ -11,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rlhf.config import Config
 from rlhf.paths import PROJECT_ROOT
-from rlhf.sweeps.jobs import current_job, sweep_record
 
 PACKAGES = (
     "torch", "transformers", "trl", "peft", "datasets", "accelerate", "wandb", "hydra-core",
@@ -56,19 +61,25 @@ def hydra_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def new_run_info(stage: str, seed: int, resolved_config: dict) -> dict[str, Any]:
+def config_record(config: Config) -> dict[str, Any]:
+    """The typed config as plain data (the record's `config`, and the tracker's run config)."""
+    return dataclasses.asdict(config)
+
+
+def new_run_info(stage: str, config: Config, sweep: dict[str, Any] | None) -> dict[str, Any]:
+    """The record of a stage starting now; `sweep`: the sweep job's record (None: a single run)."""
     return {
         "stage": stage,
         "status": "running",
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "command": " ".join(sys.argv),
         "overrides": hydra_overrides(),
-        "seed": seed,
+        "seed": config.seed,
         "git": git_state(),
         "packages": package_versions(),
         "data_fingerprint": None,
-        "sweep": sweep_record(current_job(), resolved_config),
-        "config": resolved_config,
+        "sweep": sweep,
+        "config": config_record(config),
     }
 
 

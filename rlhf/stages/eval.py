@@ -1,6 +1,8 @@
 """Stage `eval`: the trained policy against its starting point on held-out prompts.
 
-Both models answer the same held-out questions (greedy by default); the reward scores both. For
+The policy is the model of the stage declared as producing the policy (the last such stage of
+`pipeline.stages`: PPO's), the baseline the model that stage started from (SFT's), the judge the
+run's reward (its reward model by default); `eval.*_model` set any of them instead. Both models answer the same held-out questions (greedy by default); the reward scores both. For
 each model: mean score, share above the decision threshold (for the insult RM: rude answers),
 mean length, EOS rate, share of distinct answers and distinct-2 (distinct character bigrams /
 all bigrams). Between them: the policy's win rate (ties count half) and its KL to the baseline
@@ -20,11 +22,13 @@ from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.ppo import core
-from rlhf.ppo.rollout import SamplingSettings, joined_inputs, sample_answers
 from rlhf.rewards import build_reward
+from rlhf.rewards.reward_model import decision_threshold
+from rlhf.runs.folders import RunPaths
 from rlhf.runtime import distributed
-from rlhf.stages.context import RunPaths, stage_context
-from rlhf.stages.rm import decision_threshold
+from rlhf.runtime.generation import SamplingSettings, joined_inputs, sample_answers
+from rlhf.stages.context import stage_context
+from rlhf.stages.table import POLICY, REWARD_MODEL, producer
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +123,20 @@ def write_samples(path: Path, rows: list[list]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
-    """baseline (SFT unless set) and policy (PPO unless set): name → (model, tokenizer)."""
-    sources = {
-        "baseline": config.eval.baseline_model or str(paths.model_dir("sft")),
-        "policy": config.eval.policy_model or str(paths.model_dir("ppo")),
+def model_sources(config: Config, paths: RunPaths) -> dict[str, str]:
+    """baseline and policy → model folder: `eval.*_model` where set, else the run's policy (the
+    model of the stage declared as producing it) and the model that stage started from."""
+    policy = producer(POLICY, config.pipeline.stages)
+    start = paths.model_dir(policy.starts_from) if policy.starts_from else None
+    return {
+        "baseline": config.eval.baseline_model or str(start or config.model.name_or_path),
+        "policy": config.eval.policy_model or str(paths.model_dir(policy.name)),
     }
+
+
+def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
+    """baseline and policy (`model_sources`): name → (model, tokenizer)."""
+    sources = model_sources(config, paths)
     models = {}
     for name, path in sources.items():
         settings = dataclasses.replace(
@@ -136,7 +148,8 @@ def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
 
 def eval_reward(config: Config, paths: RunPaths):
     """The reward both models are scored with, and its decision threshold."""
-    rm_path = config.eval.reward_model or config.reward.model_path or str(paths.model_dir("rm"))
+    run_rm = paths.model_dir(producer(REWARD_MODEL, config.pipeline.stages).name)
+    rm_path = config.eval.reward_model or config.reward.model_path or str(run_rm)
     reward_config = config.reward
     if reward_config.kind == "reward_model":
         reward_config = dataclasses.replace(reward_config, model_path=rm_path)
@@ -149,8 +162,8 @@ def eval_reward(config: Config, paths: RunPaths):
     return reward, threshold
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "eval", resolved) as ctx:
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    with stage_context(config, paths, "eval") as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
         models = load_models(config, paths)

@@ -1,7 +1,8 @@
 """Stage `ppo`: our PPO trainer (rlhf/ppo) on the configured policy, reward and critic.
 
 Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
-model defaults to `<run>/rm/model`, prompts are the data set's train prompts and the held-out
+model defaults to the run's reward model (the model of the stage declared as producing one,
+rlhf/stages/table.py), prompts are the data set's train prompts and the held-out
 evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
 tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`,
 `checkpoints/` (rlhf/ppo/checkpoint.py) and `best_checkpoint.json`. With `resume`, the newest
@@ -21,22 +22,19 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
-from rlhf.models.loading import (
-    check_tokenizers_agree,
-    load_model,
-    load_model_and_tokenizer,
-    lora_config,
-    resolve_model_dir,
-    tokenizer_at,
-)
+from rlhf.models.loading import load_model, load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.models.saving import save_model
+from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import build_reward
 from rlhf.rewards.processing import ScoreProcessor
+from rlhf.runs.folders import RunPaths
 from rlhf.runtime import distributed
-from rlhf.stages.context import RunPaths, StageContext, save_model, stage_context
+from rlhf.stages.context import StageContext, stage_context
+from rlhf.stages.table import REWARD_MODEL, producer
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +97,16 @@ def last_logged_update(stage_dir: Path) -> dict[str, float]:
     return updates[-1] if updates else {}
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "ppo", resolved) as ctx:
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    with stage_context(config, paths, "ppo") as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
         ctx.info["policy_start"] = config.model.name_or_path
         prompts = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
         test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
-        reward_model = config.reward.model_path or str(paths.model_dir("rm"))
+        reward_stage = producer(REWARD_MODEL, config.pipeline.stages).name
+        reward_model = config.reward.model_path or str(paths.model_dir(reward_stage))
         check_tokenizers_agree("policy", tokenizer, partner_tokenizers(config, reward_model))
         reward = build_reward(
             config.reward, Path(reward_model), config.data.system_prompt, config.model

@@ -2,46 +2,27 @@
 
 A one-output sequence classifier on the base model (full weights or LoRA with the score head
 trained in full), trained with the pairwise log-sigmoid loss. Afterwards the test split is scored
-with `rlhf.models.scoring` — the same code PPO uses — for pairwise accuracy and mean margin.
+with `rlhf.models.scoring` — the same code PPO's reward uses — for pairwise accuracy and mean
+margin, saved beside the weights as the RM's statistics. The phases are the TRL stage
+skeleton's (rlhf/stages/trl_stage.py).
 """
 
 from __future__ import annotations
 
-import json
-
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
+from rlhf.data.chat_format import conversations, preference_rows
 from rlhf.data.hard_negatives import with_hard_negatives
-from rlhf.data.loading import preference_rows, prompt_messages
-from rlhf.models.loading import lora_config
+from rlhf.models.saving import merged
 from rlhf.models.scoring import score_conversations
-from rlhf.runtime import distributed
-from rlhf.stages.context import (
-    RunPaths,
-    TrackerCallback,
-    gathered_state_dict,
-    load_stage_inputs,
-    merged,
-    save_model,
-    stage_context,
-    trainer_arguments,
-)
-
-REWARD_STATS = "reward_stats.json"  # saved beside the RM's weights: test scores and threshold
-
-
-def decision_threshold(model_dir) -> float:
-    """Score above which the RM prefers an answer: midway between its mean chosen and mean
-    rejected test scores (0 when the folder has no statistics)."""
-    stats_file = model_dir / REWARD_STATS
-    if not stats_file.is_file():
-        return 0.0
-    stats = json.loads(stats_file.read_text())
-    return (stats["chosen_score"] + stats["rejected_score"]) / 2
+from rlhf.rewards.reward_model import REWARD_STATS
+from rlhf.runs.folders import RunPaths
+from rlhf.stages.context import StageContext
+from rlhf.stages.trl_stage import Evaluation, TrlStage, run_trl_stage
 
 
 def pairwise_metrics(
@@ -53,14 +34,11 @@ def pairwise_metrics(
 ) -> dict[str, float]:
     """Accuracy (chosen scored above rejected), mean margin and mean scores on `rows`."""
 
-    def conversations(answer_column: str) -> list[list[dict[str, str]]]:
-        return [
-            prompt_messages(prompt, system_prompt) + [{"role": "assistant", "content": answer}]
-            for prompt, answer in zip(rows["prompt"], rows[answer_column], strict=True)
-        ]
+    def scores(answer_column: str) -> torch.Tensor:
+        rendered = conversations(rows["prompt"], rows[answer_column], system_prompt)
+        return score_conversations(model, tokenizer, rendered, batch_size)
 
-    chosen = score_conversations(model, tokenizer, conversations("chosen"), batch_size)
-    rejected = score_conversations(model, tokenizer, conversations("rejected"), batch_size)
+    chosen, rejected = scores("chosen"), scores("rejected")
     margin = chosen - rejected
     return {
         "accuracy": (margin > 0).float().mean().item(),
@@ -71,29 +49,26 @@ def pairwise_metrics(
     }
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "rm", resolved) as ctx:
-        model, tokenizer, train, test = load_stage_inputs(
-            ctx, config.rm, kind="reward", answers=("chosen", "rejected")
-        )
-        train = with_hard_negatives(
-            train, config.rm.echo_negatives, config.rm.garbled_negatives, config.rm.seed
-        )
-        args = RewardConfig(
-            **trainer_arguments(ctx, config.rm),
-            center_rewards_coefficient=config.rm.center_rewards_coefficient,
-        )
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=preference_rows(train, config.data.system_prompt),
-            processing_class=tokenizer,
-            peft_config=lora_config(
-                config.model.lora, model.config.num_hidden_layers, kind="reward"
-            ),
-            callbacks=[TrackerCallback(ctx.tracker, "rm")],
-        )
-        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
+class RmStage(TrlStage):
+    name = "rm"
+    model_kind = "reward"
+    config_class = RewardConfig
+    trainer_class = RewardTrainer
+
+    def training_rows(self, config: Config, rows: Dataset) -> Dataset:
+        rm = config.rm
+        return with_hard_negatives(rows, rm.echo_negatives, rm.garbled_negatives, rm.seed)
+
+    def extra_arguments(self, config: Config) -> dict:
+        return {"center_rewards_coefficient": config.rm.center_rewards_coefficient}
+
+    def datasets(self, config: Config, train: Dataset, test: Dataset) -> dict[str, Dataset]:
+        return {"train_dataset": preference_rows(train, config.data.system_prompt)}
+
+    def evaluate(
+        self, ctx: StageContext, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, test: Dataset
+    ) -> Evaluation:
+        config = ctx.config
         trained = merged(trainer.model)
         metrics = pairwise_metrics(
             trained,
@@ -102,11 +77,9 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             config.data.system_prompt,
             config.rm.per_device_eval_batch_size,
         )
-        state_dict = gathered_state_dict(trainer)  # on every process
-        if distributed.is_main_process():
-            extra = {REWARD_STATS: metrics}
-            save_model(trained, tokenizer, ctx.model_dir, extra, state_dict=state_dict)
-        ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}
-        ctx.final_metrics["rm/train_rows"] = len(train)
-        ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
-    return ctx.final_metrics
+        final = {f"rm/test/{name}": value for name, value in metrics.items()}
+        return Evaluation(final, trained, {REWARD_STATS: metrics})
+
+
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    return run_trl_stage(RmStage(), config, paths)

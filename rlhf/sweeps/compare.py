@@ -1,6 +1,6 @@
 """`python -m rlhf.compare <multirun folder>`: a table and plots over the jobs of a sweep.
 
-Reads only files (no W&B, no network), each job's `job.json` (rlhf/sweep.py), `.hydra/config.yaml`
+Reads only files (no W&B, no network), each job's `job.json` (rlhf/sweeps/jobs.py), `.hydra/config.yaml`
 and `ppo/metrics.jsonl`, so it works on a sweep still running (a job's latest update counts as
 its final one) and on sweeps with failed jobs (status and error in the table). Writes into
 `<folder>/compare/` (or `--out`):
@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from rlhf.runs.folders import RUN_INFO
 from rlhf.runs.tracking import read_jsonl
 from rlhf.sweeps.jobs import job_dirs, read_job_file
 
@@ -134,9 +135,14 @@ def _config_value(config: dict, dotted: str) -> float | None:
     return float(node) if isinstance(node, (int, float)) and not isinstance(node, bool) else None
 
 
+def stage_of(metric: str) -> str:
+    """The stage that logs `metric` (metrics are namespaced `<stage>/...`): its folder's name."""
+    return metric.split("/", 1)[0]
+
+
 def _final_metric(stage_dir: Path, key: str) -> float | None:
     try:
-        info = json.loads((stage_dir / "run_info.json").read_text(encoding="utf-8"))
+        info = json.loads((stage_dir / RUN_INFO).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
     return (info.get("final_metrics") or {}).get(key)
@@ -160,8 +166,8 @@ def load_job(folder: Path, now: float) -> JobResult:
         wall_seconds=wall,
         kl_coef=_config_value(config or {}, "ppo.kl_coef"),
         cliprange=_config_value(config or {}, "ppo.cliprange"),
-        history=[r for r in read_jsonl(folder / "ppo" / "metrics.jsonl") if SCORE in r],
-        eval_score=_final_metric(folder / "eval", EVAL_SCORE),
+        history=[r for r in read_jsonl(folder / stage_of(SCORE) / "metrics.jsonl") if SCORE in r],
+        eval_score=_final_metric(folder / stage_of(EVAL_SCORE), EVAL_SCORE),
     )
 
 

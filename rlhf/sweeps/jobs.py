@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.config import Config
 from rlhf.errors import RlhfError
+from rlhf.runtime.error_lines import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -110,27 +111,27 @@ def current_job() -> SweepJob | None:
     )
 
 
-def job_params(overrides: tuple[str, ...], resolved: dict) -> dict[str, Any]:
-    """`{key: value}` of a job's overrides, values typed as in the resolved config (group
-    choices and keys outside the config keep their text)."""
+def job_params(overrides: tuple[str, ...], config: dict) -> dict[str, Any]:
+    """`{key: value}` of a job's overrides, values typed as in `config` (the typed config as
+    plain data; group choices and keys outside the config keep their text)."""
     params: dict[str, Any] = {}
     for override in overrides:
         key, _, text = override.partition("=")
         key = key.lstrip("+~")
         if key in NOT_A_PARAMETER:
             continue
-        node: Any = resolved
+        node: Any = config
         for part in key.split("."):
             node = node[part] if isinstance(node, dict) and part in node else text
         params[key] = node if not isinstance(node, dict) else text
     return params
 
 
-def sweep_record(job: SweepJob | None, resolved: dict) -> dict[str, Any] | None:
+def sweep_record(job: SweepJob | None, config: dict) -> dict[str, Any] | None:
     """What run_info.json and the W&B run config say about the sweep (None in a single run)."""
     if job is None:
         return None
-    params = job_params(job.overrides, resolved)
+    params = job_params(job.overrides, config)
     swept = {k: v for k, v in params.items() if k in job.swept} or params
     return {"dir": str(job.sweep_dir), "job": job.num, "label": job.label, "params": swept}
 
@@ -160,8 +161,6 @@ def run_recorded(
 ) -> float | None:
     """Run one job's body (→ objective name, value) with its status in `job.json`. A failure is
     recorded and logged, and None returned, so the sweep's other jobs still run."""
-    from rlhf.app import describe_error  # app imports this module
-
     started = time.time()
     record: dict[str, Any] = {
         "job": job.num,
