@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ModelConfig
-from rlhf.data.loading import prompt_messages
+from rlhf.data.chat_format import conversations
 from rlhf.errors import RlhfError
 from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
 from rlhf.models.scoring import score_conversations
-from rlhf.ppo.rollout import SamplingSettings, sample_answers
+from rlhf.runtime.generation import SamplingSettings, sample_answers
 
 
 def is_reward_model(folder: Path) -> bool:
@@ -46,10 +46,8 @@ class Chat:
         return texts[0]
 
     def score(self, question: str, answer: str) -> float:
-        conversation = prompt_messages(question, self.system) + [
-            {"role": "assistant", "content": answer}
-        ]
-        return score_conversations(self.model, self.tokenizer, [conversation]).item()
+        rendered = conversations([question], [answer], self.system)
+        return score_conversations(self.model, self.tokenizer, rendered).item()
 
 
 def interactive(chat: Chat) -> None:

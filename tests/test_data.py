@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from rlhf.config import ColumnMap, DataConfig, ModelConfig
-from rlhf.data.loading import limit_lengths, load_preference_data, preference_rows, sft_rows
+from rlhf.data.chat_format import preference_rows, sft_rows
+from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.errors import DataError
 from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT

@@ -2,8 +2,8 @@
 
 Every stage reads its data through `load_preference_data` (train and test splits with the
 columns renamed to prompt / chosen / rejected, empty rows rejected) and `limit_lengths` (rows over
-the token limits dropped or truncated, with a counted warning). The chat template is applied by
-the TRL trainers from the conversational rows built by `sft_rows` and `preference_rows`.
+the token limits dropped or truncated, with a counted warning). Chat formatting is in
+rlhf/data/chat_format.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import DataConfig
+from rlhf.data.chat_format import prompt_messages
 from rlhf.errors import DataError
 from rlhf.paths import resolve_path
 
@@ -109,11 +110,6 @@ def _combine(*parts: str) -> str:
     return hashlib.sha256(":".join(parts).encode()).hexdigest()
 
 
-def prompt_messages(prompt: str, system_prompt: str | None) -> list[dict[str, str]]:
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return system + [{"role": "user", "content": prompt}]
-
-
 def _token_count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -177,28 +173,7 @@ def limit_lengths(
     return Dataset.from_list(rows) if over else dataset
 
 
-def sft_rows(dataset: Dataset, system_prompt: str | None) -> Dataset:
-    """Conversational prompt → completion rows for TRL's SFTTrainer (loss on the completion)."""
-    return Dataset.from_dict(
-        {
-            "prompt": [prompt_messages(p, system_prompt) for p in dataset["prompt"]],
-            "completion": [[{"role": "assistant", "content": c}] for c in dataset["chosen"]],
-        }
-    )
-
-
-def preference_rows(dataset: Dataset, system_prompt: str | None) -> Dataset:
-    """Conversational (prompt, chosen, rejected) rows for TRL's RewardTrainer."""
-    return Dataset.from_dict(
-        {
-            "prompt": [prompt_messages(p, system_prompt) for p in dataset["prompt"]],
-            "chosen": [[{"role": "assistant", "content": c}] for c in dataset["chosen"]],
-            "rejected": [[{"role": "assistant", "content": r}] for r in dataset["rejected"]],
-        }
-    )
-
-
-def sample_rows(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+def seeded_subset(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
     """A seeded random subset of `limit` rows (all rows when limit is None)."""
     if limit is None or limit >= len(dataset):
         return dataset

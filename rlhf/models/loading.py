@@ -1,8 +1,8 @@
 """One loader for every stage: find a model's folder, then load its tokenizer and weights.
 
 Sources, in the order they are tried:
-1. `tiny`: a random-init model built offline (rlhf/tiny.py);
-2. `gguf_file`: a GGUF file converted once into a cached folder (rlhf/gguf.py);
+1. `tiny`: a random-init model built offline (rlhf/models/tiny.py);
+2. `gguf_file`: a GGUF file converted once into a cached folder (rlhf/models/gguf.py);
 3. a local folder (relative paths are read from the project root);
 4. a hub id: the local hub cache, then a download (safetensors and tokenizer files only);
 5. `gguf_fallback`, when the hub cannot be reached.
@@ -11,7 +11,6 @@ Weights load from safetensors only, and hub modelling code runs only with trust_
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -163,38 +162,3 @@ def load_model_and_tokenizer(
     model_dir = resolve_model_dir(cfg, cache_dir)
     tokenizer = load_tokenizer(model_dir, cfg)
     return load_model(model_dir, cfg, tokenizer, kind), tokenizer
-
-
-def tokenizer_mismatch(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> str | None:
-    """What differs between two tokenizers that must agree (None when nothing does)."""
-    checks = {
-        "vocabulary": lambda t: hash(tuple(sorted(t.get_vocab().items()))),
-        "chat template": lambda t: t.chat_template,
-        "pad token": lambda t: t.pad_token,
-        "EOS token": lambda t: t.eos_token,
-    }
-    for name, read in checks.items():
-        if read(a) != read(b):
-            shown = (
-                "" if name in ("vocabulary", "chat template") else f" ({read(a)!r} vs {read(b)!r})"
-            )
-            return f"{name} differs{shown}"
-    return None
-
-
-def check_tokenizers_agree(
-    main_name: str, main: PreTrainedTokenizerBase, others: dict[str, PreTrainedTokenizerBase]
-) -> None:
-    """Policy, reference, critic and reward model must read text the same way: stop otherwise."""
-    for name, tokenizer in others.items():
-        problem = tokenizer_mismatch(main, tokenizer)
-        if problem:
-            raise ConfigError(f"{name} and {main_name} disagree: {problem}")
-
-
-def tokenizer_at(
-    path: str, settings: ModelConfig, cache_dir: str | Path
-) -> PreTrainedTokenizerBase:
-    """The tokenizer of the model at `path`, loaded with the other settings of `settings`."""
-    other = dataclasses.replace(settings, name_or_path=path)
-    return load_tokenizer(resolve_model_dir(other, cache_dir), other)

@@ -1,7 +1,7 @@
 """Reward sources behind one interface: `score(prompts, completions) -> (N,) float tensor`.
 
 - reward_model: a trained one-output sequence classifier (rm stage output), read at the last
-  real token of the chat-formatted conversation (rlhf/scoring.py);
+  real token of the chat-formatted conversation (rlhf/models/scoring.py);
 - function: any Python callable named by `_target_` (prompts, completions → list of floats);
 - classifier: a transformers text-classification pipeline, one label's logit or probability;
 - weighted: a weighted sum of the above.

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-import torch
 from transformers import pipeline
 
 from rlhf.errors import ConfigError
+from rlhf.runtime import distributed
 
 
 class ClassifierScorer:
@@ -16,7 +16,7 @@ class ClassifierScorer:
             model=model,
             top_k=None,
             function_to_apply="none" if use_logit else "softmax",
-            device="cpu" if not torch.cuda.is_available() else 0,
+            device=distributed.device(),  # this process's GPU (cuda:<local rank>), or the CPU
         )
         labels = list(self.pipe.model.config.id2label.values())
         self.label = label if label is not None else labels[-1]
