@@ -14,7 +14,7 @@ import sys
 from rlhf.paths import PROJECT_ROOT
 from rlhf.sweeps.jobs import job_dirs
 from tests import fake_slurm
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def test_slurm_sweep_runs_each_job_under_accelerate_across_two_nodes(tmp_path):

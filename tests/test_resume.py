@@ -1,4 +1,4 @@
-"""Checkpoints and resume: runs killed with SIGKILL (rlhf/faults.py) continue from their newest
+"""Checkpoints and resume: runs killed with SIGKILL (rlhf/runs/faults.py) continue from their newest
 whole checkpoint and end where an uninterrupted run ends, in the same tracker run, with every
 step logged once."""
 
@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from rlhf import app
 from rlhf.runs.resume import ppo_checkpoints
-from tests.conftest import run_train
+from tests.helpers import run_train
 
 
 def read_jsonl(path):
