@@ -169,3 +169,12 @@ def test_stage_names_are_spelled_only_where_the_stage_is_declared():
             if name in owners and owners[name] != module and (module, name) not in NOT_A_STAGE:
                 spelled.append(f"{module}:{node.lineno} {name!r}")
     assert spelled == []
+
+
+@pytest.mark.parametrize("entry", ["rlhf.compare", "rlhf.chat"])
+def test_python_m_entry_points_still_start(entry):
+    done = subprocess.run(
+        [sys.executable, "-m", entry, "--help"], capture_output=True, text=True, cwd=PROJECT_ROOT
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: python -m {entry}")

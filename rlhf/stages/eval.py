@@ -2,8 +2,9 @@
 
 The policy is the model of the stage declared as producing the policy (the last such stage of
 `pipeline.stages`: PPO's), the baseline the model that stage started from (SFT's), the judge the
-run's reward (its reward model by default); `eval.*_model` set any of them instead. Both models answer the same held-out questions (greedy by default); the reward scores both. For
-each model: mean score, share above the decision threshold (for the insult RM: rude answers),
+run's reward (its reward model by default); `eval.*_model` set any of them instead. Both models
+answer the same held-out questions (greedy by default); the reward scores both. For each model:
+mean score, share above the decision threshold (for the insult RM: rude answers),
 mean length, EOS rate, share of distinct answers and distinct-2 (distinct character bigrams /
 all bigrams). Between them: the policy's win rate (ties count half) and its KL to the baseline
 on its own answers (Σ log π − log π_ref per answer). A policy whose answers are mostly the same
