@@ -17,7 +17,7 @@ from trl import RewardConfig, RewardTrainer
 from rlhf.config import Config
 from rlhf.data import preference_rows, prompt_messages
 from rlhf.hard_negatives import with_hard_negatives
-from rlhf.models import lora_config
+from rlhf.models import check_trainable_precision, lora_config
 from rlhf.ppo import distributed
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import (
@@ -93,6 +93,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             ),
             callbacks=[TrackerCallback(ctx.tracker, "rm")],
         )
+        check_trainable_precision(trainer.model, "stage rm")
         trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         trained = merged(trainer.model)
         metrics = pairwise_metrics(

@@ -14,7 +14,7 @@ from trl import SFTConfig, SFTTrainer
 
 from rlhf.config import Config
 from rlhf.data import sft_rows
-from rlhf.models import lora_config
+from rlhf.models import check_trainable_precision, lora_config
 from rlhf.ppo import distributed
 from rlhf.stages.common import (
     RunPaths,
@@ -63,6 +63,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             peft_config=lora_config(config.model.lora, model.config.num_hidden_layers),
             callbacks=[TrackerCallback(ctx.tracker, "sft")],
         )
+        check_trainable_precision(trainer.model, "stage sft")
         trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         evaluation = trainer.evaluate()
         state_dict = gathered_state_dict(trainer)  # on every process
