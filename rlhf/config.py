@@ -17,7 +17,8 @@ from hydra.core.config_store import ConfigStore
 from rlhf.errors import ConfigError
 from rlhf.stages.table import PIPELINE, STAGES
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+HALF_DTYPES = ("bfloat16", "float16")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -76,7 +77,9 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     gguf_file: str | None = None  # load this GGUF file (path, or "<python package>:<file>")
     gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
-    dtype: str = "float32"  # weights dtype: auto, float32, bfloat16, float16
+    dtype: str = (
+        "float32"  # weights dtype: auto, float32, bfloat16, float16, float64 (exactness tests)
+    )
     trust_remote_code: bool = False  # run modelling code shipped with a hub model
     mixed_precision: str = "no"  # autocast compute in every training stage: no, bf16, fp16
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
@@ -160,7 +163,9 @@ class RewardConfig:
 class CheckpointConfig:
     """PPO checkpoints: `<stage>/checkpoints/update-NNNNNN/`, written whole or not at all."""
 
-    every: int = 10  # save every N updates (and after the last); 0 = only after the last
+    every: int = (
+        10  # save every N updates and after the last; 0 = no checkpoints (model still saved)
+    )
     keep_last: int = 2  # newest checkpoints kept; older ones are pruned (the best is kept too)
     best_metric: str | None = "ppo/eval/score"  # logged metric that picks the best; null = off
     best_mode: str = "max"  # max or min: which direction of best_metric is better
@@ -208,8 +213,8 @@ class PPOConfig:
     max_new_tokens: int = 32  # longest response
     min_new_tokens: int = 0  # shortest response (EOS suppressed before)
     temperature: float = 1.0  # sampling temperature
-    top_k: int = 0  # keep the k most likely tokens; 0 = off
-    top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    top_k: int = 0  # must stay 0: PPO trains the distribution it samples from, untruncated
+    top_p: float = 1.0  # must stay 1.0, for the same reason
     stop_token: str | None = None  # stop at this token instead of EOS
     length_sampler: list[int] | None = None  # [min, max] new tokens sampled per batch
     missing_eos_penalty: float | None = None  # subtracted from the score of unfinished answers
@@ -217,7 +222,7 @@ class PPOConfig:
     overlong_penalty: float = 1.0  # penalty reached at max_new_tokens (linear over the buffer)
     # --- reward shaping ---
     kl_coef: float = 0.05  # beta: weight of the per-token KL penalty
-    kl_estimator: str = "k1"  # estimator in the penalty: k1, k2, k3, abs
+    kl_estimator: str = "k1"  # estimator in the penalty: k1, k2, k3, abs, full (exact, from logits)
     adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive controller: target KL per sequence
     kl_horizon: int = 10000  # adaptive controller: horizon in samples
@@ -230,9 +235,14 @@ class PPOConfig:
     ppo_epochs: int = 4  # passes over each batch
     mini_batch_size: int = 2  # samples per forward/backward pass (micro-batch)
     gradient_accumulation_steps: int = 1  # mini-batches per optimiser step
-    learning_rate: float = 1.41e-5  # AdamW learning rate
-    lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates)
-    max_grad_norm: float | None = 1.0  # clip the gradient norm; null = off
+    learning_rate: float = 1.41e-5  # AdamW learning rate of the policy
+    critic_learning_rate: float | None = (
+        None  # AdamW learning rate of the critic; null = learning_rate
+    )
+    lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates, per update)
+    max_grad_norm: float | None = (
+        1.0  # clip policy and critic gradient norms, each on its own; null = off
+    )
     shard_optimizer: bool = False  # ZeRO-1: each of N processes keeps 1/N of AdamW's moments
     cliprange: float = 0.2  # epsilon of the clipped policy objective
     cliprange_low: float | None = None  # lower epsilon; null = cliprange
@@ -247,7 +257,8 @@ class PPOConfig:
     critic_warmup_updates: int = 0  # updates that train only the critic
     # --- models ---
     critic: str = "separate"  # separate, value_head or lora
-    critic_model: str | None = None  # checkpoint for a separate critic (null: the policy's)
+    critic_init: str | None = None  # separate critic from: reward_model or policy; null = RM if any
+    critic_model: str | None = None  # folder for a separate critic (null: as critic_init says)
     reference_model: str | None = None  # separate reference (null: policy start / adapters off)
     # --- run ---
     total_updates: int = 20  # PPO updates to run
@@ -266,10 +277,31 @@ class PPOConfig:
         for key in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
             _require(getattr(self, key) > 0, f"ppo.{key}", "must be > 0")
         _require(self.cliprange > 0, "ppo.cliprange", f"must be > 0, got {self.cliprange}")
+        _require(
+            self.cliprange_low is None or 0 < self.cliprange_low < 1,
+            "ppo.cliprange_low",
+            f"must be in (0, 1) when set, got {self.cliprange_low}",
+        )
+        _require(
+            self.cliprange_high is None or self.cliprange_high > 0,
+            "ppo.cliprange_high",
+            f"must be > 0 when set, got {self.cliprange_high}",
+        )
+        for key, off in (("top_k", 0), ("top_p", 1.0)):
+            _require(
+                getattr(self, key) == off,
+                f"ppo.{key}",
+                f"must be {off} for training: truncated sampling is not the distribution whose "
+                "log-probs PPO trains (use ppo.temperature to sharpen sampling)",
+            )
+        _require(
+            self.critic_learning_rate is None or self.critic_learning_rate > 0,
+            "ppo.critic_learning_rate",
+            "must be > 0 when set",
+        )
         _require(self.cliprange_value > 0, "ppo.cliprange_value", "must be > 0")
         _require(self.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {self.kl_coef}")
         _require(self.temperature > 0, "ppo.temperature", "must be > 0")
-        _require(0 < self.top_p <= 1, "ppo.top_p", "must be in (0, 1]")
         _require(0 <= self.gamma <= 1, "ppo.gamma", "must be in [0, 1]")
         _require(0 <= self.lam <= 1, "ppo.lam", "must be in [0, 1]")
         _require(
@@ -288,7 +320,7 @@ class PPOConfig:
             f"batch_size × samples_per_prompt ({rollout}) is not divisible by "
             f"mini_batch_size × gradient_accumulation_steps ({step})",
         )
-        _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs"), "ppo.kl_estimator")
+        _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs", "full"), "ppo.kl_estimator")
         _one_of(self.lr_scheduler, ("constant", "linear"), "ppo.lr_scheduler")
         _one_of(
             self.loss_aggregation,
@@ -296,6 +328,8 @@ class PPOConfig:
             "ppo.loss_aggregation",
         )
         _one_of(self.critic, ("separate", "value_head", "lora"), "ppo.critic")
+        if self.critic_init is not None:
+            _one_of(self.critic_init, ("reward_model", "policy"), "ppo.critic_init")
 
 
 @dataclass
@@ -446,6 +480,29 @@ class Config:
             self.ppo.critic != "lora" or self.model.lora.enabled,
             "ppo.critic",
             "'lora' puts a second adapter on a LoRA policy: set model.lora.enabled=true",
+        )
+        _require(
+            self.ppo.critic != "lora" or self.model.lora.bias == "none",
+            "model.lora.bias",
+            f"{self.model.lora.bias!r} trains biases that policy and LoRA critic share; "
+            "use 'none' with ppo.critic=lora",
+        )
+        if self.ppo.critic_init == "reward_model":
+            _require(
+                self.ppo.critic == "separate" and self.reward.kind == "reward_model",
+                "ppo.critic_init",
+                "'reward_model' starts a separate critic (ppo.critic=separate) from the reward "
+                "model (reward.kind=reward_model)",
+            )
+        trains = self.pipeline.stages if self.stage == "pipeline" else [self.stage]
+        _require(
+            self.model.dtype not in HALF_DTYPES
+            or self.model.lora.enabled
+            or not set(trains) & {"sft", "rm", "ppo"},
+            "model.dtype",
+            f"{self.model.dtype} weights have no float32 master copy, so AdamW steps below half "
+            "an ulp are lost; set model.dtype=float32 model.mixed_precision=bf16 (or train "
+            "LoRA adapters: model.lora.enabled=true)",
         )
 
 

@@ -32,7 +32,12 @@ def compose_with_hydra(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
-def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+TRAIN_TIMEOUT = 600  # seconds a train.py run of a test may take, fresh or forked
+
+
+def run_train(
+    args: list[str], run_dir: Path, timeout: int = TRAIN_TIMEOUT
+) -> subprocess.CompletedProcess:
     """`python train.py <args>` with its run folder at `run_dir`."""
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
@@ -60,16 +65,21 @@ class WarmTrain:
             env=subprocess_environment(),
         )
 
-    def __call__(self, args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
+    def __call__(
+        self, args: list[str], run_dir: Path, timeout: int = TRAIN_TIMEOUT
+    ) -> subprocess.CompletedProcess:
         argv = [*args, f"hydra.run.dir={run_dir}"]
-        self.server.stdin.write(json.dumps({"argv": argv}) + "\n")
+        self.server.stdin.write(json.dumps({"argv": argv, "timeout": timeout}) + "\n")
         self.server.stdin.flush()
         line = self.server.stdout.readline()
         if not line:
             raise RuntimeError(f"train_forks.py exited with code {self.server.wait()}")
         answer = json.loads(line)
+        command = ["train.py", *argv]
+        if answer["timed_out"]:  # as subprocess.run(timeout=...) reports a fresh process
+            raise subprocess.TimeoutExpired(command, timeout, answer["stdout"], answer["stderr"])
         return subprocess.CompletedProcess(
-            ["train.py", *argv], answer["returncode"], answer["stdout"], answer["stderr"]
+            command, answer["returncode"], answer["stdout"], answer["stderr"]
         )
 
     def close(self) -> None:

@@ -52,7 +52,7 @@ def make_config(model_dir: Path, lora: bool = False, **ppo: object) -> Config:
 def make_trainer(config: Config, stage_dir: Path, reward=None) -> PPOTrainer:
     torch.manual_seed(0)
     policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
-    model = build_actor_critic(config, policy, tokenizer)
+    model = build_actor_critic(config, policy, tokenizer, config.reward.model_path)
     stage_dir.mkdir(parents=True, exist_ok=True)
     return PPOTrainer(
         config.ppo,

@@ -185,7 +185,7 @@ def inf_gradient(trainer):
     "inject,message",
     [
         (nan_values, "update 1, phase advantages: non-finite advantages"),
-        (inf_gradient, "update 1, phase update: non-finite gradient norm"),
+        (inf_gradient, "update 1, phase update: non-finite policy gradient norm"),
     ],
     ids=["advantage", "gradient-norm"],
 )

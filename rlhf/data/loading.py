@@ -96,6 +96,11 @@ def load_preference_data(cfg: DataConfig) -> PreferenceData:
     if len(train) < 2:
         raise DataError(f"data: cannot split a test set off {len(train)} row(s)")
     parts = train.train_test_split(test_size=cfg.test_size, seed=cfg.seed)
+    log.info(
+        "data: no test file or split, so %.0f %% of the %d rows were split off as the test set "
+        "(data.test_size, data.seed): %d train, %d test",
+        100 * cfg.test_size, len(train), len(parts["train"]), len(parts["test"]),
+    )  # fmt: skip
     return PreferenceData(parts["train"], parts["test"], _combine(train_hash, f"split{cfg.seed}"))
 
 

@@ -113,13 +113,25 @@ def load_model(
     kind: str = "causal",
 ) -> PreTrainedModel:
     """Weights from `model_dir`: `causal` LM, or `reward` (one-output sequence classifier)."""
+    return load_model_report(model_dir, cfg, tokenizer, kind)[0]
+
+
+def load_model_report(
+    model_dir: Path,
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    kind: str = "causal",
+) -> tuple[PreTrainedModel, set[str]]:
+    """`load_model`, and the names of the weights the folder lacked (freshly initialised, e.g.
+    the score head of a sequence classifier built from a causal LM)."""
     extra = {"num_labels": 1} if kind == "reward" else {}
     try:
-        model = MODEL_CLASSES[kind].from_pretrained(
+        model, info = MODEL_CLASSES[kind].from_pretrained(
             model_dir,
             dtype=torch_dtype(cfg.dtype),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
+            output_loading_info=True,
             **extra,
         )
     except (OSError, ValueError) as exc:
@@ -128,7 +140,19 @@ def load_model(
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False
-    return model
+    return model, set(info["missing_keys"])
+
+
+def check_trainable_precision(model: torch.nn.Module, what: str) -> None:
+    """Stop before training weights stored in half precision: without a float32 master copy an
+    AdamW step below half an ulp (most steps of a 1e-5 learning rate) is lost."""
+    half = [n for n, p in model.named_parameters() if p.requires_grad and p.element_size() < 4]
+    if half:
+        raise ConfigError(
+            f"model.dtype: {what} would train {len(half)} half-precision tensors "
+            f"(e.g. {half[0]}) with no float32 master copy, so small AdamW steps are lost; set "
+            "model.dtype=float32 model.mixed_precision=bf16, or train LoRA adapters"
+        )
 
 
 def lora_config(settings: LoraSettings, num_layers: int, kind: str = "causal") -> LoraConfig | None:

@@ -24,6 +24,55 @@ def score_token_batch(
     return model.score(last_hidden).squeeze(-1).float()
 
 
+def turn_suffix_ids(tokenizer: PreTrainedTokenizerBase) -> list[int] | None:
+    """Token ids the chat template puts after the end-of-turn (EOS) token of an assistant
+    answer, e.g. the newline after ChatML's `<|im_end|>`; None when the template does not end
+    an answer with EOS (then finished answers cannot be rebuilt from tokens)."""
+    answer = "ANSWER_END"
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": answer}],
+        tokenize=False,
+    )
+    marker = answer + tokenizer.eos_token
+    if marker not in text:
+        return None
+    suffix = text[text.rindex(marker) + len(marker) :]
+    return tokenizer(suffix, add_special_tokens=False)["input_ids"] if suffix else []
+
+
+def conversation_token_batch(
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    ended: torch.Tensor,
+    eos_id: int,
+    suffix_ids: list[int],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a reward model reads for the answers a policy produced, right-padded:
+    (B, Tq) left-padded prompts + (B, Tr) responses (mask True on real tokens) → (input_ids,
+    attention_mask), each (B, L). A finished answer (`ended`) closes its turn as the chat
+    template does: EOS (added when the answer stopped at another stop token) and the template's
+    suffix; an answer cut at the length limit gets nothing, so the reward model can tell them
+    apart."""
+    rows = []
+    for index in range(prompt_ids.shape[0]):
+        row = prompt_ids[index][prompt_mask[index].bool()].tolist()
+        response = response_ids[index][response_mask[index].bool()].tolist()
+        row += response
+        if bool(ended[index]):
+            row += ([] if response and response[-1] == eos_id else [eos_id]) + suffix_ids
+        rows.append(row)
+    width = max(len(row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        input_ids[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        attention_mask[index, : len(row)] = 1
+    return input_ids, attention_mask
+
+
 @torch.no_grad()
 def score_conversations(
     model: PreTrainedModel,

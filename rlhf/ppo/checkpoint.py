@@ -182,9 +182,11 @@ class Checkpointer:
 
     def after_update(self, trainer: Checkpointable, metrics: dict[str, float]) -> Path | None:
         update, every = trainer.update, self.config.every
+        if every == 0:  # checkpoints off: the stage still saves the final model
+            return None
         metric = self.config.best_metric
         is_best = metric is not None and metric in metrics and self._is_better(metrics[metric])
-        due = update >= self.total_updates or (every > 0 and update % every == 0)
+        due = update >= self.total_updates or update % every == 0
         if not (due or is_best):
             return None
         folder = self.folder / f"{PPO_PREFIX}{update:06d}"

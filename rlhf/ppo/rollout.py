@@ -23,9 +23,11 @@ class Rollout:
     texts: list[str]
     raw_scores: torch.Tensor  # (B,) as the reward source gave them
     scores: torch.Tensor  # (B,) after penalty / scale / normalisation / clip
+    max_new_tokens: int | None = None  # the length limit these responses were sampled with
     logprobs: torch.Tensor | None = None  # (B, Tr) policy, at sampling time
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    kl_full: torch.Tensor | None = None  # (B, Tr) exact KL from the logits (kl_estimator=full)
     kl: torch.Tensor | None = None  # (B, Tr) estimator used for the penalty
     rewards: torch.Tensor | None = None
     non_score_rewards: torch.Tensor | None = None

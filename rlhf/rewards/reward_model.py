@@ -1,5 +1,11 @@
 """Reward from a trained reward-model folder: score of prompt + completion as a conversation,
-and the statistics the rm stage saves beside the weights (its decision threshold)."""
+and the statistics the rm stage saves beside the weights (its decision threshold).
+
+During PPO the reward model reads the token ids the policy produced (the tokenizers are checked
+to agree before training), so an answer cut at max_new_tokens carries no end-of-turn token and
+is not scored as a finished one; text alone (chat, evaluation of other models) is rendered
+with the chat template as in training.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,13 @@ import torch
 from rlhf.config import ModelConfig
 from rlhf.data.chat_format import conversations
 from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
-from rlhf.models.scoring import score_conversations
+from rlhf.models.scoring import (
+    conversation_token_batch,
+    score_conversations,
+    score_token_batch,
+    turn_suffix_ids,
+)
+from rlhf.rewards.tokens import ResponseTokens
 from rlhf.runtime import distributed
 
 REWARD_STATS = "reward_stats.json"  # beside a trained RM's weights: its test scores
@@ -35,8 +47,37 @@ class RewardModelScorer:
         self.model = load_model(folder, settings, self.tokenizer, kind="reward").eval()
         self.model.requires_grad_(False).to(distributed.device())  # this process's GPU, if any
         self.system_prompt = system_prompt
+        self.suffix_ids = turn_suffix_ids(self.tokenizer)
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], completions: list[str]) -> torch.Tensor:
+    def __call__(
+        self, prompts: list[str], completions: list[str], tokens: ResponseTokens | None = None
+    ) -> torch.Tensor:
+        if tokens is not None and self.suffix_ids is not None:
+            return self.score_tokens(tokens)
         rendered = conversations(prompts, completions, self.system_prompt)
         return score_conversations(self.model, self.tokenizer, rendered)
+
+    @torch.no_grad()
+    def score_tokens(self, tokens: ResponseTokens, batch_size: int = 16) -> torch.Tensor:
+        """Scores (B,) of the policy's own prompt and response token ids."""
+        input_ids, attention_mask = conversation_token_batch(
+            tokens.prompt_ids.cpu(),
+            tokens.prompt_mask.cpu(),
+            tokens.response_ids.cpu(),
+            tokens.response_mask.cpu(),
+            tokens.ended.cpu(),
+            self.tokenizer.eos_token_id,
+            self.suffix_ids,
+            self.tokenizer.pad_token_id,
+        )
+        device = self.model.device
+        scores = [
+            score_token_batch(
+                self.model,
+                input_ids[start : start + batch_size].to(device),
+                attention_mask[start : start + batch_size].to(device),
+            )
+            for start in range(0, len(input_ids), batch_size)
+        ]
+        return torch.cat(scores)

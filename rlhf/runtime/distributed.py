@@ -127,9 +127,17 @@ def shard(items: Sequence, process: int | None = None, processes: int | None = N
     length does not divide)."""
     process = rank() if process is None else process
     processes = world_size() if processes is None else processes
+    start = shard_offset(len(items), process, processes)
     size, extra = divmod(len(items), processes)
-    start = process * size + min(process, extra)
     return list(items[start : start + size + (process < extra)])
+
+
+def shard_offset(length: int, process: int | None = None, processes: int | None = None) -> int:
+    """Index of the first item of this process's share of `length` items (see `shard`)."""
+    process = rank() if process is None else process
+    processes = world_size() if processes is None else processes
+    size, extra = divmod(length, processes)
+    return process * size + min(process, extra)
 
 
 # --- parameters and gradients ---------------------------------------------------------------

@@ -22,7 +22,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
-from rlhf.models.loading import load_model, load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.errors import ModelLoadError
+from rlhf.models.loading import (
+    check_trainable_precision,
+    load_model_and_tokenizer,
+    load_model_report,
+    lora_config,
+    resolve_model_dir,
+)
 from rlhf.models.saving import save_model
 from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
@@ -39,8 +46,45 @@ from rlhf.stages.table import REWARD_MODEL, producer
 log = logging.getLogger(__name__)
 
 
+def critic_source(config: Config, reward_model: str | None) -> tuple[str, str]:
+    """(folder a separate critic starts from, what it is): `ppo.critic_model`, else the reward
+    model when `ppo.critic_init` says so (the default when the reward is a reward model: N+
+    implementation details, OpenRLHF), else the policy's starting point."""
+    ppo = config.ppo
+    if ppo.critic_model is not None:
+        return ppo.critic_model, "ppo.critic_model"
+    init = ppo.critic_init
+    if init is None:
+        init = "reward_model" if config.reward.kind == "reward_model" else "policy"
+    if init == "reward_model":
+        return reward_model, "the reward model"
+    return config.model.name_or_path, "the policy's starting point"
+
+
+def load_separate_critic(
+    config: Config, tokenizer: PreTrainedTokenizerBase, reward_model: str | None
+) -> PreTrainedModel:
+    """A one-output sequence classifier on the critic's starting folder. A reward model keeps
+    its trained head; a folder without one (a causal LM) gets transformers' fresh head."""
+    source, what = critic_source(config, reward_model)
+    settings = dataclasses.replace(config.model, name_or_path=source)
+    folder = resolve_model_dir(settings, config.cache_dir)
+    critic, new = load_model_report(folder, settings, tokenizer, kind="reward")
+    head = [name for name in new if name.startswith("score.")]
+    if head and what == "the reward model":
+        raise ModelLoadError(
+            f"ppo.critic_init: {folder} has no trained score head, so it is not a reward model "
+            "(set reward.model_path to an rm stage's model, or ppo.critic_init=policy)"
+        )
+    log.info("critic: separate, from %s (%s)%s", what, folder, ", new head" if head else "")
+    return critic.eval()
+
+
 def build_actor_critic(
-    config: Config, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    config: Config,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: str | None = None,
 ) -> ActorCritic:
     """Wrap the policy with LoRA if configured and attach reference and critic (see ActorCritic)."""
     ppo, settings = config.ppo, config.model
@@ -52,24 +96,27 @@ def build_actor_critic(
         reference = copy.deepcopy(policy)  # frozen snapshot of the starting policy
     critic = None
     if ppo.critic == "separate":
-        critic_settings = dataclasses.replace(
-            settings, name_or_path=ppo.critic_model or settings.name_or_path
-        )
-        critic_dir = resolve_model_dir(critic_settings, config.cache_dir)
-        critic = load_model(critic_dir, critic_settings, tokenizer, kind="reward").eval()
+        critic = load_separate_critic(config, tokenizer, reward_model)
+        check_trainable_precision(critic, "the critic")
     if settings.lora.enabled:
         num_layers = policy.config.num_hidden_layers
         policy = get_peft_model(policy, lora_config(settings.lora, num_layers))
         if ppo.critic == "lora":
-            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora, num_layers))
+            # the critic's adapter: the same layout, but no copies of modules_to_save (the
+            # critic reads hidden states; an LM head copy would be trained by nothing)
+            critic_lora = dataclasses.replace(settings.lora, modules_to_save=None)
+            policy.add_adapter(CRITIC_ADAPTER, lora_config(critic_lora, num_layers))
             policy.set_adapter("default")
-    return ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
+    model = ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
+    check_trainable_precision(model.policy, "the policy")
+    return model
 
 
 def partner_tokenizers(config: Config, reward_model: str) -> dict[str, PreTrainedTokenizerBase]:
     """Tokenizers of the models PPO pairs with the policy, where they come from elsewhere."""
+    critic = critic_source(config, reward_model)[0] if config.ppo.critic == "separate" else None
     partners = {
-        "critic": config.ppo.critic_model if config.ppo.critic == "separate" else None,
+        "critic": critic if critic != config.model.name_or_path else None,
         "reference": config.ppo.reference_model,
         "reward model": reward_model if config.reward.kind == "reward_model" else None,
     }
@@ -111,7 +158,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         reward = build_reward(
             config.reward, Path(reward_model), config.data.system_prompt, config.model
         )
-        model = build_actor_critic(config, policy, tokenizer).to(distributed.device())
+        model = build_actor_critic(config, policy, tokenizer, reward_model).to(distributed.device())
         if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
             set_seed(config.seed + distributed.rank())
         processor = ScoreProcessor(

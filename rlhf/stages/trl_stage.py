@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from rlhf.config import Config, TrainerStageConfig
 from rlhf.data.loading import limit_lengths, load_preference_data, require_answers, seeded_subset
-from rlhf.models.loading import load_model_and_tokenizer, lora_config
+from rlhf.models.loading import check_trainable_precision, load_model_and_tokenizer, lora_config
 from rlhf.models.saving import save_model
 from rlhf.runs.faults import maybe_kill
 from rlhf.runs.folders import RunPaths
@@ -92,6 +92,7 @@ def run_trl_stage(stage: TrlStage, config: Config, paths: RunPaths) -> dict[str,
             peft_config=lora_config(config.model.lora, num_layers, kind=stage.model_kind),
             callbacks=[TrackerCallback(ctx.tracker, stage.name)],
         )
+        check_trainable_precision(trainer.model, f"stage {stage.name}")
         trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         evaluation = stage.evaluate(ctx, trainer, tokenizer, test)
         state_dict = gathered_state_dict(trainer)  # on every process
