@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 
+from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -76,6 +77,8 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     gguf_file: str | None = None  # load this GGUF file (path, or "<python package>:<file>")
     gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
+    chat_template: str | None = None  # ours by name (chatml, gemma) in place of the file's
+    eos_token: str | None = None  # the token that ends an answer (e.g. <end_of_turn>); null: EOS
     dtype: str = "float32"  # weights dtype: auto, float32, bfloat16, float16
     trust_remote_code: bool = False  # run modelling code shipped with a hub model
     mixed_precision: str = "no"  # autocast compute in every training stage: no, bf16, fp16
@@ -87,6 +90,8 @@ class ModelConfig:
         _one_of(self.dtype, DTYPES, "model.dtype")
         _one_of(self.mixed_precision, MIXED_PRECISION, "model.mixed_precision")
         _require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
+        if self.chat_template is not None:
+            _one_of(self.chat_template, tuple(CHAT_TEMPLATES), "model.chat_template")
 
 
 @dataclass
