@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/model_candidates.py tokens --model gemma3_270m
     .venv/bin/python benchmarks/model_candidates.py continue --model gemma3_270m
     .venv/bin/python benchmarks/model_candidates.py step --model gemma3_270m --top-layers 9
+    .venv/bin/python benchmarks/model_candidates.py pair --model gemma3_270m --top-layers 9 \
+        --vs smollm2_135m --vs-top-layers 15
     .venv/bin/python benchmarks/model_candidates.py answers --model-dir outputs/x/sft/model
 
 `--model` names a conf/model/*.yaml file; `--model-dir` a saved model folder (an SFT output, a
@@ -17,6 +19,8 @@ peak RSS (`ru_maxrss`, the process's lifetime peak, loading included) is that co
   `--top-layers` layers; batch 8 of real rows rendered by the chat template, answer-only LM
   loss), and one step of a full-parameter critic (the base model + a score head, AdamW), and a
   batched generation of 40 tokens: median seconds over `--repeats` after one warm-up.
+- pair: the LoRA step and the generation of `--model` and `--vs` taken in turn, with the median
+  of the per-pair ratios (the figure to quote on a shared machine).
 - answers: greedy answers (40 new tokens, stop at EOS) to the first `--n` test questions, with
   whether each ended at EOS.
 """
@@ -147,6 +151,7 @@ def timed(step, repeats: int) -> float:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+        print(f"{step.__name__}: {times[-1]:.2f} s", file=sys.stderr, flush=True)
     return round(statistics.median(times), 3)
 
 
@@ -217,6 +222,59 @@ def cmd_step(args: argparse.Namespace) -> dict:
     }
 
 
+def lora_policy(settings: ModelConfig, top_layers: int | None, batch_size: int):
+    """(LoRA policy as the job trains it, its tokenizer, a real batch, its optimiser)."""
+    from peft import get_peft_model
+
+    model, tokenizer = load_model_and_tokenizer(settings, CACHE)
+    lora = dataclasses.replace(
+        settings.lora, enabled=True, r=16, target_modules=LINEAR, top_layers=top_layers
+    )
+    policy = get_peft_model(model, lora_config(lora, model.config.num_hidden_layers))
+    optimiser = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-4)
+    return policy, tokenizer, training_batch(tokenizer, batch_size)[0], optimiser
+
+
+def cmd_pair(args: argparse.Namespace) -> dict:
+    """LoRA steps and generations of two models taken in turn (A B A B ...), so that a shared,
+    busy machine slows both alike: per-model medians and the median of the per-pair ratios."""
+    torch.manual_seed(0)
+    vs = argparse.Namespace(model=args.vs, model_dir=None)
+    sides = {
+        "a": lora_policy(model_settings(args), args.top_layers, args.batch),
+        "b": lora_policy(model_settings(vs), args.vs_top_layers, args.batch),
+    }
+    prompts = [r["question"] for r in rows("train")[: args.batch]]
+    sampling = SamplingSettings(max_new_tokens=40, min_new_tokens=40, do_sample=True)
+
+    def lora_step(side: str) -> None:
+        policy, _, batch, optimiser = sides[side]
+        policy(**batch).loss.backward()
+        optimiser.step()
+        optimiser.zero_grad(set_to_none=True)
+
+    def generate(side: str) -> None:
+        policy, tokenizer, _, _ = sides[side]
+        sample_answers(policy, tokenizer, prompts, None, sampling)
+
+    result = {"vs": args.vs, "pairs": args.repeats}
+    for name, work in (("lora_step", lora_step), ("generate_40", generate)):
+        seconds = {"a": [], "b": []}
+        for side in ("a", "b"):
+            work(side)  # warm-up
+        for _ in range(args.repeats):
+            for side in ("a", "b"):
+                start = time.perf_counter()
+                work(side)
+                seconds[side].append(time.perf_counter() - start)
+        ratios = [a / b for a, b in zip(seconds["a"], seconds["b"], strict=True)]
+        result[f"{name}_s"] = round(statistics.median(seconds["a"]), 3)
+        result[f"{name}_vs_s"] = round(statistics.median(seconds["b"]), 3)
+        result[f"{name}_ratio"] = round(statistics.median(ratios), 3)
+    result["batch_shapes"] = [list(sides[s][2]["input_ids"].shape) for s in ("a", "b")]
+    return result
+
+
 def cmd_answers(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model_and_tokenizer(model_settings(args), CACHE)
     model.eval()
@@ -241,16 +299,18 @@ def cmd_answers(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["tokens", "continue", "step", "answers"])
+    parser.add_argument("command", choices=["tokens", "continue", "step", "pair", "answers"])
     parser.add_argument("--model", default="gemma3_270m", help="a conf/model/*.yaml name")
     parser.add_argument("--model-dir", default=None, help="a saved model folder instead")
     parser.add_argument("--top-layers", type=int, default=None, help="LoRA on the last N layers")
+    parser.add_argument("--vs", default="smollm2_135m", help="pair: the other conf/model name")
+    parser.add_argument("--vs-top-layers", type=int, default=None, help="pair: its LoRA layers")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--n", type=int, default=20, help="test questions to answer")
     args = parser.parse_args()
     command = {"tokens": cmd_tokens, "continue": cmd_continue, "step": cmd_step}
-    command["answers"] = cmd_answers
+    command.update(pair=cmd_pair, answers=cmd_answers)
     result = {"command": args.command, "model": args.model_dir or args.model}
     result.update(command[args.command](args))
     print(json.dumps(result, ensure_ascii=False))
