@@ -136,7 +136,8 @@ def load_model(
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.eos_token is not None:  # generate() without an explicit stop token stops there too
         model.config.eos_token_id = tokenizer.eos_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        if getattr(model, "generation_config", None) is not None:  # a reward model has none
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

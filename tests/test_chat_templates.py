@@ -14,7 +14,7 @@ from trl import SFTConfig, SFTTrainer
 from rlhf.config import ModelConfig
 from rlhf.data import prompt_messages, sft_rows
 from rlhf.errors import ConfigError
-from rlhf.models import load_tokenizer, tokenizer_mismatch
+from rlhf.models import load_model_and_tokenizer, load_tokenizer, tokenizer_mismatch
 from rlhf.ppo.rollout import encode_prompts
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
@@ -120,3 +120,15 @@ def test_overrides_are_checked_and_keep_policy_and_rm_agreeing(gemma_like_dir):
     policy, reward = (load_tokenizer(gemma_like_dir, GEMMA) for _ in range(2))
     assert tokenizer_mismatch(policy, reward) is None
     assert tokenizer_mismatch(policy, plain) == "chat template differs"
+
+
+def test_eos_override_reaches_policy_and_reward_models(tmp_path):
+    """The override is the stop token of generate() too; a reward model (no generation config,
+    as Gemma's sequence classifier has none) loads with it."""
+    settings = ModelConfig(eos_token="<|im_start|>")  # any other token of the tiny vocabulary
+    policy, tokenizer = load_model_and_tokenizer(settings, tmp_path)
+    stop = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert tokenizer.eos_token_id == stop != tokenizer.pad_token_id
+    assert policy.config.eos_token_id == policy.generation_config.eos_token_id == stop
+    reward, _ = load_model_and_tokenizer(settings, tmp_path, kind="reward")
+    assert reward.config.eos_token_id == stop
