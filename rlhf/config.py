@@ -9,11 +9,13 @@ converts the composed config into these objects once with `OmegaConf.to_object`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
 
+from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
 from rlhf.stages.table import PIPELINE, STAGES
 
@@ -77,19 +79,28 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     gguf_file: str | None = None  # load this GGUF file (path, or "<python package>:<file>")
     gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
-    dtype: str = (
-        "float32"  # weights dtype: auto, float32, bfloat16, float16, float64 (exactness tests)
-    )
+    chat_template: str | None = None  # ours by name (chatml, gemma) in place of the file's
+    eos_token: str | None = None  # the token that ends an answer (e.g. <end_of_turn>); null: EOS
+    dtype: str = "float32"  # weights: auto, float32, bfloat16, float16, float64 (exactness tests)
     trust_remote_code: bool = False  # run modelling code shipped with a hub model
     mixed_precision: str = "no"  # autocast compute in every training stage: no, bf16, fp16
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     lora: LoraSettings = field(default_factory=LoraSettings)  # parameter-efficient training
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)  # used only for "tiny"
 
+    def pointing_to(self, name_or_path: str) -> ModelConfig:
+        """These settings for another model (a stage's output folder, a critic or reference):
+        the GGUF file, GGUF fallback and hub revision belong to this model, not to that one."""
+        return dataclasses.replace(
+            self, name_or_path=name_or_path, gguf_file=None, gguf_fallback=None, revision=None
+        )
+
     def __post_init__(self) -> None:
         _one_of(self.dtype, DTYPES, "model.dtype")
         _one_of(self.mixed_precision, MIXED_PRECISION, "model.mixed_precision")
         _require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
+        if self.chat_template is not None:
+            _one_of(self.chat_template, tuple(CHAT_TEMPLATES), "model.chat_template")
 
 
 @dataclass

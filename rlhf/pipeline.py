@@ -107,7 +107,7 @@ def handed_over(
     start = start_of(declaration, earlier)
     if start is None:
         return config
-    model = dataclasses.replace(config.model, name_or_path=str(paths.model_dir(start)))
+    model = config.model.pointing_to(str(paths.model_dir(start)))
     return dataclasses.replace(config, model=model)
 
 

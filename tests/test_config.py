@@ -137,3 +137,15 @@ def test_a_changed_default_is_caught():
         "health.entropy_min: YAML 0.02, schema 0.01",
         "critic: YAML True, schema 'separate'",
     ]
+
+
+def test_settings_pointed_at_another_model_drop_the_gguf_source():
+    """The pipeline hands the SFT folder to PPO and eval: the base model's GGUF file must not be
+    loaded again in its place (nor a policy's GGUF in place of a named critic or reference)."""
+    from rlhf.config import ModelConfig
+
+    base = ModelConfig(name_or_path="google/gemma-3-270m", gguf_file="pkg:file.gguf",
+                       gguf_fallback="pkg:assemble()", revision="main", chat_template="gemma")  # fmt: skip
+    moved = base.pointing_to("outputs/run/sft/model")
+    assert moved.name_or_path == "outputs/run/sft/model" and moved.chat_template == "gemma"
+    assert moved.gguf_file is None and moved.gguf_fallback is None and moved.revision is None

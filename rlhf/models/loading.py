@@ -25,10 +25,11 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from rlhf.chat_templates import CHAT_TEMPLATES, CHATML_TEMPLATE
 from rlhf.config import LoraSettings, ModelConfig
 from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.models.gguf import converted_gguf_dir
-from rlhf.models.tiny import CHATML_TEMPLATE, tiny_model_dir
+from rlhf.models.tiny import tiny_model_dir
 from rlhf.paths import resolve_path
 
 log = logging.getLogger(__name__)
@@ -93,11 +94,18 @@ def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
 
 
 def load_tokenizer(model_dir: Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
-    """The model's tokenizer, with a pad token and a chat template guaranteed."""
+    """The model's tokenizer, with a pad token and a chat template guaranteed; `model.eos_token`
+    and `model.chat_template` replace the file's (every stage stops answers at EOS)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    if cfg.eos_token is not None:
+        if cfg.eos_token not in tokenizer.get_vocab():
+            raise ConfigError(f"model.eos_token: {cfg.eos_token!r} is not a token of {model_dir}")
+        tokenizer.eos_token = cfg.eos_token
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # masks come from lengths, never pad ids
-    if tokenizer.chat_template is None:
+    if cfg.chat_template is not None:
+        tokenizer.chat_template = CHAT_TEMPLATES[cfg.chat_template]
+    elif tokenizer.chat_template is None:
         tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
@@ -137,6 +145,10 @@ def load_model_report(
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load {kind} model from {model_dir}: {exc}") from exc
     model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.eos_token is not None:  # generate() without an explicit stop token stops there too
+        model.config.eos_token_id = tokenizer.eos_token_id
+        if getattr(model, "generation_config", None) is not None:  # a reward model has none
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.config.use_cache = False

@@ -20,18 +20,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rlhf.chat_templates import CHATML_TEMPLATE
 from rlhf.config import TinyModelSpec
 from rlhf.models.files import write_model_folder
 from rlhf.paths import publish_dir_once, resolve_path
 
 log = logging.getLogger(__name__)
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
 PAD, BOS, EOS = "<|pad|>", "<|im_start|>", "<|im_end|>"
 
 

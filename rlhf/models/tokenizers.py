@@ -3,7 +3,6 @@ model, and they must all read text the same way (vocabulary, chat template, pad 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerBase
@@ -44,5 +43,5 @@ def tokenizer_at(
     path: str, settings: ModelConfig, cache_dir: str | Path
 ) -> PreTrainedTokenizerBase:
     """The tokenizer of the model at `path`, loaded with the other settings of `settings`."""
-    other = dataclasses.replace(settings, name_or_path=path)
+    other = settings.pointing_to(path)
     return load_tokenizer(resolve_model_dir(other, cache_dir), other)

@@ -140,9 +140,7 @@ def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
     sources = model_sources(config, paths)
     models = {}
     for name, path in sources.items():
-        settings = dataclasses.replace(
-            config.model, name_or_path=path, gradient_checkpointing=False
-        )
+        settings = dataclasses.replace(config.model.pointing_to(path), gradient_checkpointing=False)
         models[name] = load_model_and_tokenizer(settings, config.cache_dir)
     return models
 

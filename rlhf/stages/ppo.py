@@ -67,7 +67,7 @@ def load_separate_critic(
     """A one-output sequence classifier on the critic's starting folder. A reward model keeps
     its trained head; a folder without one (a causal LM) gets transformers' fresh head."""
     source, what = critic_source(config, reward_model)
-    settings = dataclasses.replace(config.model, name_or_path=source)
+    settings = config.model.pointing_to(source)
     folder = resolve_model_dir(settings, config.cache_dir)
     critic, new = load_model_report(folder, settings, tokenizer, kind="reward")
     head = [name for name in new if name.startswith("score.")]
@@ -90,7 +90,7 @@ def build_actor_critic(
     ppo, settings = config.ppo, config.model
     reference = None
     if ppo.reference_model is not None:
-        reference_settings = dataclasses.replace(settings, name_or_path=ppo.reference_model)
+        reference_settings = settings.pointing_to(ppo.reference_model)
         reference = load_model_and_tokenizer(reference_settings, config.cache_dir)[0]
     elif not settings.lora.enabled:
         reference = copy.deepcopy(policy)  # frozen snapshot of the starting policy
