@@ -117,7 +117,6 @@ def test_lora_top_fraction_fits_any_depth(fraction, depth, adapted):
     assert lora_config(settings, depth).layers_to_transform == adapted
 
 
-@pytest.mark.slow
 def test_smollm2_loads_offline_and_answers_sensibly(offline_environment):
     config = ModelConfig(
         name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",

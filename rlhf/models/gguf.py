@@ -90,6 +90,19 @@ def _assemble(package: str, function: str, target: Path) -> Path:
     return written
 
 
+def gguf_depth(spec: str) -> int:
+    """The number of transformer blocks of a GGUF model, read from its header: no conversion
+    (a chunked package is joined into a temporary file, seconds)."""
+    from gguf import GGUFReader  # the header reader only; conversion goes through transformers
+
+    assembled = assembler(spec)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = _assemble(*assembled, Path(tmp) / "joined.gguf") if assembled else locate_gguf(spec)
+        fields = GGUFReader(path).fields
+        architecture = bytes(fields["general.architecture"].parts[-1]).decode()
+        return int(fields[f"{architecture}.block_count"].parts[-1][0])
+
+
 def _convert(path: Path, final: Path) -> Path:
     """Dequantise the GGUF file at `path` into the HF folder `final` (published atomically)."""
     log.info("converting %s to a Hugging Face folder once: %s", path.name, final)
