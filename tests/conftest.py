@@ -3,7 +3,9 @@ warm train.py runner, and a briefly SFT-trained tiny model. Helpers are in tests
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 from pathlib import Path
 
 # Under pytest-xdist (`make test` runs one worker a core) each worker, and every train.py it
@@ -22,14 +24,19 @@ from rlhf.config import register_schemas  # noqa: E402
 from tests.helpers import CONF_DIR, WarmTrain  # noqa: E402
 
 
+@pytest.fixture(scope="session")
+def shared_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of this test run that every xdist worker sees (the basetemp when not distributed:
+    under xdist a worker's basetemp is <run folder>/popen-gwN)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
 @pytest.fixture(scope="session", autouse=True)
-def offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def offline_environment(shared_tmp: Path) -> Path:
     """No hub, no W&B key, and one model cache for the whole session (shared by the xdist
     workers of a run: cache entries are published atomically, whichever worker builds first)."""
-    shared_root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        shared_root = shared_root.parent  # <basetemp>/popen-gwN → the run's own folder
-    cache = Path(os.environ.get("RLHF_TEST_CACHE") or shared_root / "rlhf_cache")
+    cache = Path(os.environ.get("RLHF_TEST_CACHE") or shared_tmp / "rlhf_cache")
     cache.mkdir(parents=True, exist_ok=True)
     os.environ["RLHF_CACHE"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -63,8 +70,15 @@ def warm_train(offline_environment: Path):
 
 
 @pytest.fixture(scope="session")
-def tiny_sft_model(tmp_path_factory: pytest.TempPathFactory, offline_environment: Path) -> Path:
-    """A tiny model after a short SFT on the insult data (~10 s), shared by the PPO tests."""
+def tiny_sft_model(shared_tmp: Path, offline_environment: Path) -> Path:
+    """A tiny model after a short SFT on the insult data (~10 s), shared by the PPO tests: built
+    once a run, by whichever xdist worker takes the lock first."""
     from tests.ppo_helpers import train_tiny_sft
 
-    return train_tiny_sft(tmp_path_factory.mktemp("tiny_sft"))
+    folder = shared_tmp / "tiny_sft"
+    with open(f"{folder}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (folder / "sft" / "COMPLETE").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way
+            train_tiny_sft(folder)
+    return folder / "sft" / "model"

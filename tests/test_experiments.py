@@ -79,7 +79,12 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tm
     assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100
     assert "| question | baseline answer |" in (run / "eval" / "samples.md").read_text()
 
-    second = warm_train([*quick, "ppo.kl_coef=0.2"], tmp_path / "second")
+    # a PPO setting changed: SFT and RM are reused (one PPO update is enough to show it)
+    second = warm_train(
+        [*quick, "ppo.kl_coef=0.2", "ppo.total_updates=1", "ppo.eval_every=0",
+         "pipeline.stages=[sft,rm,ppo]"],
+        tmp_path / "second",
+    )  # fmt: skip
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.stdout + second.stderr
     assert "sft: reusing" in log and "rm: reusing" in log
