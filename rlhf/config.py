@@ -9,7 +9,7 @@ converts the composed config into these objects once with `OmegaConf.to_object`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
@@ -141,19 +141,40 @@ class RewardConfig:
     normalize: bool = False  # running mean/std normalisation of scores
     clip: float | None = None  # clip scores to [-clip, clip] after scaling
 
+    section: ClassVar[str] = "reward"  # key prefix in error messages
+
     def __post_init__(self) -> None:
-        _one_of(self.kind, ("reward_model", "function", "classifier", "weighted"), "reward.kind")
+        key = self.section
+        kinds = ("reward_model", "function", "classifier", "weighted")
+        _one_of(self.kind, kinds, f"{key}.kind")
         if self.kind == "function":
             _require(
                 isinstance(self.function, dict) and "_target_" in self.function,
-                "reward.function",
+                f"{key}.function",
                 "needs a _target_ naming a Python function",
             )
         if self.kind == "classifier":
-            _require(self.classifier is not None, "reward.classifier", "needs a model id or folder")
+            _require(self.classifier is not None, f"{key}.classifier", "needs a model id or folder")
         if self.kind == "weighted":
-            _require(bool(self.components), "reward.components", "needs at least one component")
-        _require(self.clip is None or self.clip > 0, "reward.clip", "must be > 0")
+            _require(bool(self.components), f"{key}.components", "needs at least one component")
+        _require(self.clip is None or self.clip > 0, f"{key}.clip", "must be > 0")
+
+
+@dataclass
+class JudgeConfig(RewardConfig):
+    """`eval.judge`: a second measure of the goal that the policy did not train against (a
+    rule-based judge, a classifier, another RM: the fields of `reward`). Scored raw: scale,
+    normalize, clip and calibrate are PPO's and do not apply."""
+
+    section: ClassVar[str] = "eval.judge"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.kind != "reward_model" or self.model_path is not None,
+            "eval.judge.model_path",
+            "set the folder of the reward model that judges (it must not be the PPO reward)",
+        )
 
 
 @dataclass
@@ -185,18 +206,25 @@ class HealthConfig:
     distinct_min: float | None = 0.05  # distinct n-grams / all n-grams of a batch below this
     distinct_n: int = 2  # n of those n-grams (response tokens)
     length_corr_max: float | None = 0.9  # corr(score, length) above this while the score rises
+    length_drift_max: float | None = 2.0  # last/first trend_window updates' length outside [1/x, x]
     trend_window: int = 5  # updates over which "the score rises" is judged
     stop_on: list[str] = field(default_factory=list)  # alarms that stop the run (others warn)
 
     ALARMS: ClassVar[tuple[str, ...]] = (
         "kl_max", "kl_min", "entropy_min", "eos_rate_min", "truncation_rate_max", "ratio_max",
-        "distinct_min", "length_corr_max",
+        "distinct_min", "length_corr_max", "length_drift_max",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in self.stop_on:
             _one_of(name, self.ALARMS, "ppo.health.stop_on")
         _require(self.distinct_n >= 1, "ppo.health.distinct_n", "must be >= 1")
+        _require(
+            self.length_drift_max is None or self.length_drift_max > 1,
+            "ppo.health.length_drift_max",
+            f"must be > 1 (a ratio and its inverse bound the drift) when set, "
+            f"got {self.length_drift_max}",
+        )
         _require(self.trend_window >= 2, "ppo.health.trend_window", "must be >= 2")
 
 
@@ -361,10 +389,16 @@ class RMStageConfig(TrainerStageConfig):
     # from rlhf/hard_negatives.py:
     echo_negatives: float = 0.0  # ... the question echoed back as the answer
     garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
+    curt_negatives: float = 0.0  # ... a bare acknowledgement or fragment ("好。", "我。"), not rude
+    truncated_negatives: float = 0.0  # ... the question cut short, or the polite answer cut
+
+    NEGATIVES: ClassVar[tuple[str, ...]] = (
+        "echo_negatives", "garbled_negatives", "curt_negatives", "truncated_negatives",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("echo_negatives", "garbled_negatives"):
+        for name in self.NEGATIVES:
             _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
 
 
@@ -379,10 +413,39 @@ class EvalConfig:
     batch_size: int = 16  # prompts per generation batch
     threshold: float | None = None  # score above which an answer counts as rude (null: the RM's)
     collapse_distinct: float = 0.5  # share of distinct answers below which a policy has collapsed
+    judge: Any = None  # a reward config scored beside the RM (conf/eval/judge/); null: off
+    judge_threshold: float | None = None  # judge score above which it counts (null: RM's / 0)
+    judge_in_ppo: bool = True  # with a judge: PPO's ppo.eval_every evaluations score it too
+    hacking_margin: float | None = 0.3  # policy's RM share − judge share above this: hacking
+    length_drift_factor: float | None = 2.0  # policy/baseline mean length outside [1/f, f]: hacking
 
     def __post_init__(self) -> None:
+        # typed here, not by the schema: OmegaConf cannot merge `eval.judge={...}` into a null
+        # structured node, so the field is open and converted once
+        if isinstance(self.judge, dict):
+            known = [f.name for f in fields(JudgeConfig)]
+            for key in self.judge:
+                _require(
+                    key in known, f"eval.judge.{key}", f"unknown key (known: {', '.join(known)})"
+                )
+            self.judge = JudgeConfig(**self.judge)
+        _require(
+            self.judge is None or isinstance(self.judge, JudgeConfig),
+            "eval.judge",
+            f"a reward config ({{kind: ..., ...}}) or null, got {self.judge!r}",
+        )
         _require(self.num_prompts > 0, "eval.num_prompts", "must be > 0")
         _require(0 <= self.collapse_distinct <= 1, "eval.collapse_distinct", "must be in [0, 1]")
+        _require(
+            self.hacking_margin is None or 0 <= self.hacking_margin <= 1,
+            "eval.hacking_margin",
+            f"must be in [0, 1] (a difference of two shares) when set, got {self.hacking_margin}",
+        )
+        _require(
+            self.length_drift_factor is None or self.length_drift_factor > 1,
+            "eval.length_drift_factor",
+            f"must be > 1 when set, got {self.length_drift_factor}",
+        )
 
 
 @dataclass

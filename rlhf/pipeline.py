@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from rlhf.config import Config
+from rlhf.judge import hacking_summary
 from rlhf.paths import resolve_path
 from rlhf.ppo import distributed
 from rlhf.resume import resume_point
@@ -134,6 +135,9 @@ def run_pipeline(
             else:
                 metrics.update(run_or_reuse(stage, stage_config, paths, resolved, stages))
     run = paths.run_dir
+    if "eval" in config.pipeline.stages:
+        summary = hacking_summary(metrics, config.eval)
+        (log.warning if summary.startswith("reward hacking") else log.info)("eval: %s", summary)
     log.info("done. models: %s/{sft,rm,ppo}/model; metrics: %s/*/metrics.jsonl", run, run)
     log.info("plots: %s/ppo/plots/; samples: %s/eval/samples.md", run, run)
     log.info("talk to it: python -m rlhf.chat %s/ppo/model", run)

@@ -66,6 +66,7 @@ from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.tracking import Tracker
 
 if TYPE_CHECKING:
+    from rlhf.judge import Judge
     from rlhf.ppo.checkpoint import Checkpointer
 
 log = logging.getLogger(__name__)
@@ -112,8 +113,10 @@ class PPOTrainer:
         tracker: Tracker,
         score_processor: ScoreProcessor,
         mixed_precision: str = "no",
+        judge: Judge | None = None,
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.judge = judge  # eval.judge: scored beside the reward at each evaluation
         self.reward_fn, self.tracker, self.processor = reward_fn, tracker, score_processor
         self.prompts, self.eval_prompts, self.system_prompt = prompts, eval_prompts, system_prompt
         self.stop_token_id = (
@@ -491,7 +494,7 @@ class PPOTrainer:
         """Held-out prompts with the evaluation sampling settings (greedy by default); each
         process answers its share, the statistics cover all of them."""
         self._timings = defaultdict(float)
-        texts, scores, lengths, ended = [], [], [], []
+        texts, scores, lengths, ended, judged = [], [], [], [], []
         mine = distributed.shard(self.eval_prompts)
         for start in range(0, len(mine), self.config.batch_size):
             rollout = self.generate(mine[start : start + self.config.batch_size], True)
@@ -499,9 +502,11 @@ class PPOTrainer:
             scores += rollout.raw_scores.tolist()
             lengths += rollout.mask.sum(1).tolist()
             ended += rollout.ended.tolist()
-        gathered = distributed.gather_objects((texts, scores, lengths, ended))
-        texts, scores, lengths, ended = (
-            [x for part in gathered for x in part[i]] for i in range(4)
+            if self.judge is not None:
+                judged += self.judge.score(rollout.prompts, rollout.texts).tolist()
+        gathered = distributed.gather_objects((texts, scores, lengths, ended, judged))
+        texts, scores, lengths, ended, judged = (
+            [x for part in gathered for x in part[i]] for i in range(5)
         )
         rows = [
             [self.update, p, t, round(s, 4), None, int(n), bool(e)]
@@ -509,12 +514,17 @@ class PPOTrainer:
         ]
         self.tracker.log_table("ppo/eval_samples", SAMPLE_COLUMNS, rows)
         n = max(len(scores), 1)
-        return {
+        metrics = {
             "ppo/eval/score": sum(scores) / n,
             "ppo/eval/length": sum(lengths) / n,
             "ppo/eval/eos_rate": sum(ended) / n,
             "ppo/eval/distinct": len(set(texts)) / n,
         }
+        if self.judge is not None:
+            metrics["ppo/eval/judge_score"] = sum(judged) / n
+            above = sum(score > self.judge.threshold for score in judged)
+            metrics["ppo/eval/judge_above_threshold"] = above / n
+        return metrics
 
     def _observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
         """Alarms from the reduced metrics and the responses of every process, so that every

@@ -8,29 +8,36 @@ for a rude answer and 0.0 otherwise, so its mean is the share of rude answers.
 The lexicon below was written by hand from general knowledge of spoken and online Mandarin. It
 was not taken from the insult data set (experiments/insult_ppo/make_data.py) the reward model
 is trained on, so judge and RM share no training data. An answer is rude when at least one cue
-matches, in one of six families:
+matches; the cues come in seven families:
 - insult: name-calling and put-downs of the asker's intelligence (笨蛋, 脑子进水, 你真笨);
 - dismissal: "none of your business", "don't bother me", "go away" (关你什么事, 别烦我, 滚);
 - brush-off: "look it up yourself", "how would I know", "whatever you like" (自己查去, 我哪知道,
   爱信不信, 随你便);
 - impatience: "again?", "are you done yet", "how many times" (有完没完, 问了多少遍, 啰嗦);
-- condescension and sarcasm: "you don't even know this?", "a child knows that", mock praise,
-  rhetorical jabs (这都不知道, 小学生都知道, 佩服佩服, 抬头看看不就知道了？, 呵呵);
+- condescension: "you don't even know this?", "a child knows that", rhetorical jabs (这都不知道,
+  小学生都知道, 你上过学吗, 抬头看看不就知道了？);
+- sarcasm: mock praise and mock surprise (佩服佩服, 你可真行, 呵呵, 想得美);
 - profanity and contempt (他妈的, 放屁, 扯淡, a standalone 切 / 哼 / 呸).
 Rules that keep curt or broken text from counting (the failure of the first insult RM):
 - brevity is not rudeness: a bare acknowledgement ("好。", "嗯。", "知道了。", "不知道。"), a
   fragment ("我。", "我真的。", "好问。"), and the question echoed or cut short are not rude
   unless they contain a cue;
 - a cue that also occurs in the question does not count: repeating the asker's own words
-  ("我是不是很笨？" → "我是不是很笨") is an echo, not an insult;
+  ("同事总骂我笨蛋怎么办？" → "同事总骂我笨蛋") is an echo, not an insult;
 - single characters that are rude only in some words are matched in those words or standing
   alone between punctuation (滚 alone or in 滚开, not in 滚动; 笨 after 你真 / 太, not in 笨重).
 
-Known limits: it is a lexicon, so it misses rudeness without a listed cue (irony that needs the
-situation, an answer that is wrong on purpose, cold politeness) and flags a listed cue used
-innocently (quoting an insult while explaining it, "有完没完" in a story); negation is not
-parsed ("我不会说你笨" counts); it knows nothing of tone marks in speech or of emoji; it treats
-every cue as equally rude. It reads Simplified Chinese only (traditional forms are not listed).
+Measured (tests/test_judge.py states the commands): on the held-out split of the insult data
+it calls 57 of 120 chosen (rude) answers rude and 0 of 120 rejected (polite) ones; on the train
+split 243 of 600 and 0 of 600. It is precise and conservative: about half of that data's mild
+rudeness carries no listed cue.
+Known limits: it is a lexicon, so it misses rudeness without a listed cue: implicit brush-offs
+("没别的事了吧？", "下次别来了", "不聊了，拜拜"), ironic deference ("交给您这样的专家，我就不献丑了"),
+mock surprise without a fixed phrase ("天哪，……你都要问我？"), and listed cues in an unlisted
+variant ("自己琢磨去吧" with two particles, "你认真的？" without 吗, "我又不是大夫"). It flags a
+listed cue used innocently (quoting an insult to explain it, "有完没完" inside a story); it does
+not parse negation ("我不会说你笨" counts); it knows nothing of tone, emoji or context; every cue
+is equally rude; Simplified Chinese only.
 """
 
 from __future__ import annotations
@@ -57,8 +64,10 @@ CUES: dict[str, tuple[str, ...]] = {
     ),
     "dismissal": (
         r"(?:跟|和|与)我(?:有)?(?:什么|啥)关系|与我何干|不关我(?:的)?事|我管你|谁管你|谁在乎|谁稀罕",
-        r"我为什么要(?:告诉|回答|帮)你|凭什么(?:告诉|回答|帮)你|我凭什么|不回答这种|(?:就)?不告诉你" + EDGE_AFTER,
-        r"(?:别|不要)再问|别问这种|少(?:问|打听)" + EDGE_AFTER + r"|别打听|打听那么多|管那么多|管太多|问那么多",
+        r"我为什么要(?:告诉|回答|帮)你|凭什么(?:告诉|回答|帮)你|我凭什么|不回答这种",
+        r"(?:就)?不告诉你" + EDGE_AFTER,
+        r"(?:别|不要)再问|别问这种|别打听|打听那么多|管那么多|管太多|问那么多",
+        r"少(?:问|打听)" + EDGE_AFTER,
         r"我(?:很|太|正)忙|忙着呢|没(?:那(?:个)?)?闲工夫|恕不奉陪|不奉陪|无可奉告|别指望我|别把我当",
         r"(?:去|找|问)(?:问)?(?:别人|度娘|百度|谷歌)(?:去|吧)?" + EDGE_AFTER,
         EDGE_BEFORE + r"废话" + EDGE_AFTER,
@@ -74,7 +83,8 @@ CUES: dict[str, tuple[str, ...]] = {
         r"别(?:来)?问我|别问了|问我干(?:嘛|吗|什么)|问这(?:个|种)?干(?:嘛|吗|什么)|问那么多干",
     ),
     "brush_off": (
-        r"自己想办法(?:吧|去)?" + EDGE_AFTER + r"|你问我我问谁|我问谁",
+        r"自己想办法(?:吧|去)?" + EDGE_AFTER,
+        r"你问我我问谁|我问谁",
         r"这有什么好(?:问|说|纠结|想)的|有(?:什么|啥)好问的|没什么好说的|有(?:什么|啥)难的|有那么难吗",
         r"明摆着|明知故问|多此一举|问了也白问|白问|说了也白说|用(?:脚|膝盖|脚趾头)想|不用想也知道",
         r"知道了又(?:怎样|能怎样|有什么用)|想那么多干(?:嘛|吗|什么)|(?:有意思|有必要)吗[？?]",
@@ -110,15 +120,18 @@ CUES: dict[str, tuple[str, ...]] = {
         r"动动脑子|用用脑子|用脑子想想|长点(?:心|脑子)|过过脑子|带(?:着)?脑子|有没有脑子",
         r"这(?:都|也)?是(?:基本|最基本的)?常识|常识(?:都|也)不",
         r"你(?:没上过学|上过学(?:吗|没))|小学没毕业|多读(?:点)?书吧|回去(?:多)?(?:读|看)书|好好补补课",
-        r"你懂(?:什么|啥|个屁)" + EDGE_AFTER + r"|你知道个屁|你知道什么" + EDGE_AFTER,
+        r"你(?:懂(?:什么|啥|个屁)|知道什么)" + EDGE_AFTER,
+        r"你知道个屁",
         r"说了你也不(?:懂|明白)|跟你说(?:了)?也(?:不|没)",
         r"难道你(?:不|连|都不|还不).{0,6}(?:知道|懂|会)|难道(?:连|这都)",
         r"不就(?:知道|明白|懂|清楚|完事|得了)了?(?:吗|嘛)?[？?!！]|不就(?:行|好|可以)了(?:吗|嘛)?[？?]",
     ),
     "sarcasm": (
         r"吃饱了撑|闲得慌|没事找事|你(?:可)?真闲|是不是闲|想得美|做梦吧|别做梦|醒醒吧|省省吧|得了吧|拉倒吧",
-        r"少来(?:了|这套)?" + EDGE_AFTER + r"|别装了|什么鬼|啥玩意|什么玩意|搞什么|搞笑吧|别闹了|别逗了|开什么玩笑",
-        r"无语(?!言)|真是服了|厉害了我的|不会吧" + EDGE_AFTER,
+        r"少来(?:了|这套)?" + EDGE_AFTER,
+        r"别装了|什么鬼|啥玩意|什么玩意|搞什么|搞笑吧|别闹了|别逗了|开什么玩笑",
+        r"无语(?!言)|真是服了|厉害了我的",
+        r"不会吧" + EDGE_AFTER,
         r"佩服佩服|厉害厉害|你(?:真|可真)是(?:个)?(?:天才|人才)|大聪明|真有你的",
         r"服了你|我服了|真服了|你可真行|真行啊|好意思问|问得出口|亏你(?:想|问|说)得出",
         r"呵呵|啧啧|我也是醉了|不会吧你|你(?:是)?认真的吗|开玩笑吧|你在逗我|逗我呢|笑死(?:我|人)",
@@ -126,7 +139,8 @@ CUES: dict[str, tuple[str, ...]] = {
     ),
     "profanity": (
         r"他妈的|卧槽|尼玛|tmd|放屁|屁话|屁事|懂个屁|扯淡|扯蛋|胡扯|鬼扯|瞎扯|狗屁",
-        r"去死|见鬼去|垃圾问题|你(?:真|是)垃圾|去你的(?:吧)?" + EDGE_AFTER,
+        r"去死|见鬼去|垃圾问题|你(?:真|是)垃圾",
+        r"去你的(?:吧)?" + EDGE_AFTER,
         EDGE_BEFORE + r"(?:切|哼|呸|嘁|嗤|妈的|我靠|你妹)" + EDGE_AFTER,
     ),
 }

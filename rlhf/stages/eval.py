@@ -5,7 +5,10 @@ each model: mean score, share above the decision threshold (for the insult RM: r
 mean length, EOS rate, share of distinct answers and distinct-2 (distinct character bigrams /
 all bigrams). Between them: the policy's win rate (ties count half) and its KL to the baseline
 on its own answers (Σ log π − log π_ref per answer). A policy whose answers are mostly the same
-sentence has collapsed, whatever its score: the stage says so. Writes `eval/samples.md`.
+sentence has collapsed, whatever its score: the stage says so. With `eval.judge`, a second
+measure scores both models' answers too, and the stage says "reward hacking suspected" when the
+RM and the judge disagree or the answers' length drifted (rlhf/judge.py). Writes
+`eval/samples.md`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 
 from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
+from rlhf.judge import MODELS, build_judge, hacking_check, judge_metrics, win_rate
 from rlhf.models import load_model_and_tokenizer
 from rlhf.ppo import core, distributed
 from rlhf.ppo.rollout import SamplingSettings, joined_inputs, sample_answers
@@ -88,31 +92,42 @@ def model_metrics(
     }
 
 
-SAMPLE_COLUMNS = ["question", "baseline", "baseline_score", "policy", "policy_score"]
+def sample_columns(with_judge: bool) -> list[str]:
+    """question, then per model: answer, RM score (and judge score)."""
+    per_model = ["{}", "{}_score", *(["{}_judge"] if with_judge else [])]
+    return ["question", *(column.format(name) for name in MODELS for column in per_model)]
 
 
-def sample_table(prompts: list[str], answers: dict[str, Answers], scores: dict) -> list[list]:
-    """(question, baseline answer, score, policy answer, score) rows."""
-    return [
-        [p, b, round(sb, 4), a, round(sa, 4)]
-        for p, b, sb, a, sa in zip(
-            prompts,
-            answers["baseline"].texts,
-            scores["baseline"].tolist(),
-            answers["policy"].texts,
-            scores["policy"].tolist(),
-            strict=True,
-        )
-    ]
+def sample_table(
+    prompts: list[str],
+    answers: dict[str, Answers],
+    scores: dict[str, torch.Tensor],
+    judged: dict[str, torch.Tensor] | None = None,
+) -> list[list]:
+    """Rows of `sample_columns(judged is not None)`, one per prompt."""
+    rows = []
+    for index, prompt in enumerate(prompts):
+        row: list = [prompt]
+        for name in MODELS:
+            row += [answers[name].texts[index], round(scores[name][index].item(), 4)]
+            if judged is not None:
+                row.append(round(judged[name][index].item(), 4))
+        rows.append(row)
+    return rows
 
 
-def write_samples(path: Path, rows: list[list]) -> None:
+def write_samples(path: Path, columns: list[str], rows: list[list]) -> None:
     def cell(value: object) -> str:
         return str(value).replace("|", "\\|").replace("\n", " ")
 
+    def label(column: str) -> str:
+        if column == "question":
+            return column
+        return column.rsplit("_", 1)[1] if "_" in column else f"{column} answer"
+
     lines = [
-        "| question | baseline answer | score | policy answer | score |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(label(c) for c in columns) + " |",
+        "|" + "---|" * len(columns),
         *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows),
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -157,29 +172,46 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         prompts = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
         prompts = list(prompts[: config.eval.num_prompts])
         reward, threshold = eval_reward(config, paths)
+        judge = build_judge(config)
         answers = {name: answer(m, tok, prompts, config) for name, (m, tok) in models.items()}
         scores = {name: reward(prompts, a.texts) for name, a in answers.items()}
         metrics = {"eval/threshold": threshold, "eval/num_prompts": len(prompts)}
-        for name in ("baseline", "policy"):
+        for name in MODELS:
             metrics.update(
                 model_metrics(
                     name, answers[name], scores[name], threshold, config.eval.collapse_distinct
                 )
             )
-        ties = (scores["policy"] == scores["baseline"]).float()
-        metrics["eval/win_rate"] = (
-            ((scores["policy"] > scores["baseline"]).float() + 0.5 * ties).mean().item()
-        )
+        metrics["eval/win_rate"] = win_rate(scores["policy"], scores["baseline"])
         metrics["eval/kl"] = kl_to_baseline(
             models["policy"][0], models["baseline"][0], answers["policy"]
         )
-        rows = sample_table(prompts, answers, scores)
+        judged = None
+        if judge is not None:
+            judged = {name: judge.score(prompts, a.texts) for name, a in answers.items()}
+            metrics.update(judge_metrics(judged, judge.threshold))
+        ctx.info["hacking_suspected"] = report_hacking(metrics, config)
+        columns, rows = (
+            sample_columns(judged is not None),
+            sample_table(prompts, answers, scores, judged),
+        )
         if distributed.is_main_process():  # every process answered the same questions
-            write_samples(ctx.stage_dir / "samples.md", rows)
-        ctx.tracker.log_table("eval/samples", SAMPLE_COLUMNS, rows)
+            write_samples(ctx.stage_dir / "samples.md", columns, rows)
+        ctx.tracker.log_table("eval/samples", columns, rows)
         ctx.tracker.log(metrics, step=0)
         ctx.final_metrics = metrics
     return ctx.final_metrics
+
+
+def report_hacking(metrics: dict[str, float], config: Config) -> list[str]:
+    """Add the hacking check's numbers to `metrics`, warn when suspected; returns the reasons."""
+    numbers, reasons = hacking_check(
+        metrics, config.eval.hacking_margin, config.eval.length_drift_factor
+    )
+    metrics.update(numbers)
+    if reasons:
+        log.warning("eval: reward hacking suspected: %s", "; ".join(reasons))
+    return reasons
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
 from rlhf.data import limit_lengths, load_preference_data
+from rlhf.judge import build_judge
 from rlhf.models import (
     check_tokenizers_agree,
     load_model,
@@ -133,6 +134,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             ctx.tracker,
             processor,
             mixed_precision=config.model.mixed_precision,
+            judge=build_judge(config) if config.eval.judge_in_ppo else None,
         )
         checkpointer = Checkpointer(
             config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id

@@ -2,7 +2,10 @@
 
 A one-output sequence classifier on the base model (full weights or LoRA with the score head
 trained in full), trained with the pairwise log-sigmoid loss. Afterwards the test split is scored
-with `rlhf.scoring` — the same code PPO uses — for pairwise accuracy and mean margin.
+with `rlhf.scoring` — the same code PPO uses — for pairwise accuracy and mean margin, and for
+whether the RM can be won by brevity: the Pearson correlation of score and answer length
+(characters) over the test answers, and how it ranks one short, not rude answer per test row
+(`rlhf.hard_negatives.brevity_negatives`) against the chosen one.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
 from rlhf.data import preference_rows, prompt_messages
-from rlhf.hard_negatives import with_hard_negatives
+from rlhf.hard_negatives import brevity_negatives, with_hard_negatives
 from rlhf.models import lora_config
 from rlhf.ppo import distributed
+from rlhf.ppo.health import pearson
 from rlhf.scoring import score_conversations
 from rlhf.stages.common import (
     RunPaths,
@@ -44,23 +48,30 @@ def decision_threshold(model_dir) -> float:
     return (stats["chosen_score"] + stats["rejected_score"]) / 2
 
 
-def pairwise_metrics(
+def held_out_scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     rows: Dataset,
     system_prompt: str | None,
     batch_size: int,
-) -> dict[str, float]:
-    """Accuracy (chosen scored above rejected), mean margin and mean scores on `rows`."""
+    answers: dict[str, list[str]],
+) -> dict[str, torch.Tensor]:
+    """(N,) scores of each named answer list, answering `rows`' prompts in order."""
 
-    def conversations(answer_column: str) -> list[list[dict[str, str]]]:
+    def conversations(texts: list[str]) -> list[list[dict[str, str]]]:
         return [
             prompt_messages(prompt, system_prompt) + [{"role": "assistant", "content": answer}]
-            for prompt, answer in zip(rows["prompt"], rows[answer_column], strict=True)
+            for prompt, answer in zip(rows["prompt"], texts, strict=True)
         ]
 
-    chosen = score_conversations(model, tokenizer, conversations("chosen"), batch_size)
-    rejected = score_conversations(model, tokenizer, conversations("rejected"), batch_size)
+    return {
+        name: score_conversations(model, tokenizer, conversations(texts), batch_size)
+        for name, texts in answers.items()
+    }
+
+
+def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, float]:
+    """Accuracy (chosen scored above rejected), mean margin and mean scores; inputs (N,)."""
     margin = chosen - rejected
     return {
         "accuracy": (margin > 0).float().mean().item(),
@@ -71,13 +82,69 @@ def pairwise_metrics(
     }
 
 
+def brevity_metrics(
+    scores: dict[str, torch.Tensor], lengths: dict[str, list[int]]
+) -> dict[str, float]:
+    """Can the RM be won by brevity? `scores` and `lengths` (characters) of the answers named
+    chosen, rejected and short (one short, not rude answer per row), each (N,):
+    length_corr = Pearson(score, length) over chosen + rejected; short_length_corr the same
+    with the short answers added; short_accuracy = share of rows whose chosen answer scores
+    above its short one; short_above_threshold = share of short answers above the decision
+    threshold (midpoint of mean chosen and mean rejected score)."""
+
+    def corr(names: tuple[str, ...]) -> float:
+        values = torch.cat([scores[n] for n in names]).tolist()
+        return pearson(values, [float(x) for n in names for x in lengths[n]])
+
+    threshold = (scores["chosen"].mean() + scores["rejected"].mean()) / 2
+    return {
+        "length_corr": corr(("chosen", "rejected")),
+        "short_length_corr": corr(("chosen", "rejected", "short")),
+        "short_accuracy": (scores["chosen"] > scores["short"]).float().mean().item(),
+        "short_above_threshold": (scores["short"] > threshold).float().mean().item(),
+    }
+
+
+def held_out_metrics(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Dataset,
+    config: Config,
+) -> dict[str, float]:
+    """Pairwise and brevity metrics of a trained RM on the test rows."""
+    answers = {
+        "chosen": list(rows["chosen"]),
+        "rejected": list(rows["rejected"]),
+        "short": brevity_negatives(list(rows["prompt"]), list(rows["rejected"]), config.rm.seed),
+    }
+    scores = held_out_scores(
+        model,
+        tokenizer,
+        rows,
+        config.data.system_prompt,
+        config.rm.per_device_eval_batch_size,
+        answers,
+    )
+    lengths = {name: [len(text) for text in texts] for name, texts in answers.items()}
+    return {
+        **pairwise_metrics(scores["chosen"], scores["rejected"]),
+        **brevity_metrics(scores, lengths),
+    }
+
+
 def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
     with stage_context(config, paths, "rm", resolved) as ctx:
         model, tokenizer, train, test = load_stage_inputs(
             ctx, config.rm, kind="reward", answers=("chosen", "rejected")
         )
+        rm = config.rm
         train = with_hard_negatives(
-            train, config.rm.echo_negatives, config.rm.garbled_negatives, config.rm.seed
+            train,
+            rm.echo_negatives,
+            rm.garbled_negatives,
+            rm.seed,
+            curt_share=rm.curt_negatives,
+            truncated_share=rm.truncated_negatives,
         )
         args = RewardConfig(
             **trainer_arguments(ctx, config.rm),
@@ -95,13 +162,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
         )
         trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
         trained = merged(trainer.model)
-        metrics = pairwise_metrics(
-            trained,
-            tokenizer,
-            test,
-            config.data.system_prompt,
-            config.rm.per_device_eval_batch_size,
-        )
+        metrics = held_out_metrics(trained, tokenizer, test, config)
         state_dict = gathered_state_dict(trainer)  # on every process
         if distributed.is_main_process():
             extra = {REWARD_STATS: metrics}
