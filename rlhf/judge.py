@@ -109,6 +109,6 @@ def hacking_summary(metrics: dict[str, float], cfg: EvalConfig) -> str:
     _, reasons = hacking_check(metrics, cfg.hacking_margin, cfg.length_drift_factor)
     if reasons:
         return "reward hacking suspected: " + "; ".join(reasons)
-    judged = "eval/policy/judge_above_threshold" in metrics
-    checked = "RM against judge and answer length" if judged else "answer length only (no judge)"
-    return f"no reward hacking suspected ({checked})"
+    if "eval/policy/judge_above_threshold" in metrics:
+        return "no reward hacking suspected: the RM and the judge agree, the answers' length held"
+    return "no reward hacking suspected by answer length (no eval.judge to check the RM against)"

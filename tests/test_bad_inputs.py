@@ -55,6 +55,8 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
             "ppo.batch_size: batch_size × samples_per_prompt (7) is not divisible",
         ),
         ("ppo.health.stop_on=[kl_maxx]", "ppo.health.stop_on: 'kl_maxx' is not one of"),
+        ("eval.judge={kind:reward_model}", "eval.judge.model_path: set the folder"),
+        ("eval/judge=nosuchjudge", "eval/judge/nosuchjudge"),
     ],
     ids=[
         "unknown-key",
@@ -65,6 +67,8 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "cliprange-zero",
         "batch-not-divisible",
         "unknown-alarm",
+        "judge-rm-without-folder",
+        "unknown-judge",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):
@@ -90,6 +94,13 @@ def test_config_errors(warm_train, tmp_path, override, needle):
         ("data.overlong=cut", "data.overlong"),
         ("sft.learning_rate=0", "sft.learning_rate"),
         ("rm.max_train_samples=0", "rm.max_train_samples"),
+        ("rm.curt_negatives=1.5", "rm.curt_negatives"),
+        ("rm.truncated_negatives=-0.1", "rm.truncated_negatives"),
+        ("eval.hacking_margin=2", "eval.hacking_margin"),
+        ("eval.length_drift_factor=0.5", "eval.length_drift_factor"),
+        ("ppo.health.length_drift_max=1", "ppo.health.length_drift_max"),
+        ("eval.judge={kindd:function}", "eval.judge.kindd"),
+        ("eval.judge={kind:function}", "eval.judge.function"),
     ],
 )
 def test_impossible_values_are_rejected_with_their_key(compose_config, override, key):

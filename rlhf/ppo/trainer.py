@@ -11,7 +11,8 @@
    mean ratio passes ratio_threshold is skipped, the epochs stop early once an epoch's mean
    approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
-   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates;
+   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates
+   (scored by the reward and, when given, by an independent judge: eval.judge);
 8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
 Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
 the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several

@@ -22,8 +22,10 @@ Rules that keep curt or broken text from counting (the failure of the first insu
 - brevity is not rudeness: a bare acknowledgement ("好。", "嗯。", "知道了。", "不知道。"), a
   fragment ("我。", "我真的。", "好问。"), and the question echoed or cut short are not rude
   unless they contain a cue;
-- a cue that also occurs in the question does not count: repeating the asker's own words
-  ("同事总骂我笨蛋怎么办？" → "同事总骂我笨蛋") is an echo, not an insult;
+- a cue the question contains counts only in a clause of the answer's own that addresses the
+  asker: echoing the asker's words ("同事总骂我笨蛋怎么办？" → "同事总骂我笨蛋") or talking
+  about the question's topic ("孩子总是唠叨怎么办？" → "孩子唠叨说明……") is not rude,
+  "你本来就是个笨蛋。" to the first question is;
 - single characters that are rude only in some words are matched in those words or standing
   alone between punctuation (滚 alone or in 滚开, not in 滚动; 笨 after 你真 / 太, not in 笨重).
 
@@ -152,13 +154,27 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 
 
+CLAUSE_MARK = re.compile(r"[，。！？、；：,.!?;:…\s]")
+
+
+def clause_around(text: str, start: int, end: int) -> str:
+    """The clause of `text` holding text[start:end] (between punctuation marks)."""
+    left = max((m.end() for m in CLAUSE_MARK.finditer(text, 0, start)), default=0)
+    right = CLAUSE_MARK.search(text, end)
+    return text[left : right.start() if right else len(text)]
+
+
 def rude_cues(answer: str, question: str = "") -> list[tuple[str, str]]:
-    """(family, matched text) of every cue in `answer` that the question does not contain."""
+    """(family, matched text) of every cue in `answer`, except the question's own words: a cue
+    the question contains counts only in a clause of the answer's own that addresses the
+    asker (holds 你)."""
     found = []
     for family, pattern in PATTERNS:
         for match in pattern.finditer(answer):
             text = match.group(0).strip("，。！？、；：,.!?;:… ")
-            if text and text not in question:
+            clause = clause_around(answer, match.start(), match.end()).strip()
+            turned_on_asker = "你" in clause and clause not in question
+            if text and (text not in question or turned_on_asker):
                 found.append((family, text))
     return found
 
