@@ -83,7 +83,7 @@ def test_batch_mode_input_errors_are_one_line_and_write_nothing(tiny_rm, tmp_pat
     cases = [
         (["--questions", str(bad)], "error: --out:"),
         (["--questions", str(bad), "--out", str(out)], "line 2 has no text column 'answer'"),
-        (["--questions", str(tmp_path / "none.txt"), "--out", str(out)], "does not exist"),
+        (["--questions", str(tmp_path / "none.jsonl"), "--out", str(out)], "does not exist"),
         (["--questions", str(tmp_path / "q.txt"), "--out", str(out)], "give a .jsonl file"),
     ]
     (tmp_path / "q.txt").write_text("吃了没？\n")

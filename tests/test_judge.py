@@ -292,12 +292,13 @@ def test_eval_stage_with_a_judge_flags_an_rm_that_likes_everything(
     assert metrics["eval/policy/rm_judge_gap"] == pytest.approx(gap)
     assert metrics["eval/length_ratio"] == 1.0  # the same model on both sides
     assert metrics["eval/hacking_suspected"] == float(gap > 0.3) == 1.0
-    assert "reward hacking suspected: the RM puts 100%" in result.stderr
+    assert "reward hacking suspected: the RM puts 100%" in result.stdout + result.stderr
     assert info["hacking_suspected"][0].startswith("the RM puts 100% of the policy's answers")
 
 
 def test_ppo_periodic_evaluation_scores_the_judge(warm_train, tiny_sft_model, tmp_path):
-    judge = "eval.judge={kind:function,function:{_target_:rlhf.rewards.functions.char_fraction,chars:的是我你了，。}}"
+    target = "_target_:rlhf.rewards.functions.char_fraction"
+    judge = f"eval.judge={{kind:function,function:{{{target},chars:'的是我你了，。'}}}}"
     result = warm_train(
         ["stage=ppo", f"model.name_or_path={tiny_sft_model}", "reward=char_fraction",
          "logger=none", judge, "eval.judge_threshold=0.1", "ppo.total_updates=2",
