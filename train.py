@@ -3,7 +3,7 @@
 python train.py experiment=insult_ppo              # the whole pipeline
 python train.py stage=sft model=tiny data=insult_zh
 python train.py --cfg job experiment=insult_ppo    # print the composed config
-accelerate launch --config_file conf/accelerate/ddp.yaml --num_processes 4 train.py ...
+accelerate launch --config_file accelerate/ddp.yaml --num_processes 4 train.py ...
 """
 
 import os
@@ -19,6 +19,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from rlhf import app  # noqa: E402
 from rlhf.config import register_schemas  # noqa: E402
+from rlhf.runtime.error_lines import one_line_errors  # noqa: E402
 
 register_schemas()
 # under `accelerate launch`, only the main process keeps a Hydra run folder (see app.py)
@@ -31,5 +32,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    with app.one_line_errors(full_traceback=USER_WANTS_TRACEBACKS):
+    with one_line_errors(full_traceback=USER_WANTS_TRACEBACKS):
         main()

@@ -44,15 +44,15 @@ from rlhf.config import (  # noqa: E402
     PPOConfig,
     RewardConfig,
 )
-from rlhf.data import load_preference_data  # noqa: E402
-from rlhf.models import load_model_and_tokenizer, resolve_model_dir  # noqa: E402
+from rlhf.data.loading import load_preference_data  # noqa: E402
+from rlhf.models.loading import load_model_and_tokenizer, resolve_model_dir  # noqa: E402
 from rlhf.ppo import core  # noqa: E402
-from rlhf.ppo.rollout import EncodedPrompts, joined_inputs  # noqa: E402
 from rlhf.ppo.trainer import PPOTrainer  # noqa: E402
 from rlhf.rewards import build_reward  # noqa: E402
 from rlhf.rewards.processing import ScoreProcessor  # noqa: E402
+from rlhf.runs.tracking import NullBackend, Tracker  # noqa: E402
+from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
 from rlhf.stages.ppo import build_actor_critic  # noqa: E402
-from rlhf.tracking import NullBackend, Tracker  # noqa: E402
 
 SMOLLM2 = ModelConfig(
     name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -73,7 +73,7 @@ def workload_config(name: str, cache_dir: str) -> Config:
     if name == "tiny":
         model = ModelConfig()
         reward = RewardConfig(
-            kind="function", function={"_target_": "rlhf.rewards.functions.char_fraction"}
+            kind="function", function={"_target_": "rlhf.rewards.text_rules.char_fraction"}
         )
     else:
         model = SMOLLM2

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from rlhf.config import ModelConfig
-from rlhf.data import prompt_messages
+from rlhf.data.chat_format import conversations
 from rlhf.errors import DataError, RlhfError
-from rlhf.models import load_model, load_tokenizer, resolve_model_dir
-from rlhf.ppo.rollout import SamplingSettings, sample_answers
-from rlhf.scoring import score_conversations
+from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
+from rlhf.models.scoring import score_conversations
+from rlhf.runtime.generation import SamplingSettings, sample_answers
 
 
 def is_reward_model(folder: Path) -> bool:
@@ -49,12 +49,10 @@ class Chat:
     def reply(self, question: str) -> str:
         return self.replies([question])[0]
 
+    @torch.no_grad()
     def scores(self, questions: list[str], answers: list[str]) -> list[float]:
-        conversations = [
-            prompt_messages(question, self.system) + [{"role": "assistant", "content": answer}]
-            for question, answer in zip(questions, answers, strict=True)
-        ]
-        return score_conversations(self.model, self.tokenizer, conversations).tolist()
+        rendered = conversations(questions, answers, self.system)
+        return score_conversations(self.model, self.tokenizer, rendered).tolist()
 
     def score(self, question: str, answer: str) -> float:
         return self.scores([question], [answer])[0]

@@ -9,16 +9,21 @@ converts the composed config into these objects once with `OmegaConf.to_object`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import dataclasses
+import functools
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
+from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
+from rlhf.stages.table import PIPELINE, STAGES
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+HALF_DTYPES = ("bfloat16", "float16")
 MIXED_PRECISION = ("no", "bf16", "fp16")
-STAGE_NAMES = ("sft", "rm", "ppo", "eval", "pipeline")
 
 
 def _require(condition: bool, key: str, message: str) -> None:
@@ -42,6 +47,7 @@ class LoraSettings:
     bias: str = "none"  # which biases to train: none, all, lora_only
     modules_to_save: list[str] | None = None  # extra modules trained in full (e.g. a score head)
     top_layers: int | None = None  # adapt the last N decoder layers only (faster backward)
+    top_fraction: float | None = None  # or the top share of the layers (0.5: the upper half)
 
     def __post_init__(self) -> None:
         _require(self.r > 0, "model.lora.r", f"must be > 0, got {self.r}")
@@ -49,6 +55,16 @@ class LoraSettings:
             self.top_layers is None or self.top_layers > 0,
             "model.lora.top_layers",
             f"must be > 0 when set, got {self.top_layers}",
+        )
+        _require(
+            self.top_fraction is None or 0 < self.top_fraction <= 1,
+            "model.lora.top_fraction",
+            f"must be in (0, 1] when set, got {self.top_fraction}",
+        )
+        _require(
+            self.top_layers is None or self.top_fraction is None,
+            "model.lora.top_fraction",
+            "set either top_layers (a count) or top_fraction (a share), not both",
         )
         _one_of(self.bias, ("none", "all", "lora_only"), "model.lora.bias")
 
@@ -76,17 +92,28 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     gguf_file: str | None = None  # load this GGUF file (path, or "<python package>:<file>")
     gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
-    dtype: str = "float32"  # weights dtype: auto, float32, bfloat16, float16
+    chat_template: str | None = None  # ours by name (chatml, gemma) in place of the file's
+    eos_token: str | None = None  # the token that ends an answer (e.g. <end_of_turn>); null: EOS
+    dtype: str = "float32"  # weights: auto, float32, bfloat16, float16, float64 (exactness tests)
     trust_remote_code: bool = False  # run modelling code shipped with a hub model
     mixed_precision: str = "no"  # autocast compute in every training stage: no, bf16, fp16
     gradient_checkpointing: bool = False  # recompute activations in backward to save memory
     lora: LoraSettings = field(default_factory=LoraSettings)  # parameter-efficient training
     tiny: TinyModelSpec = field(default_factory=TinyModelSpec)  # used only for "tiny"
 
+    def pointing_to(self, name_or_path: str) -> ModelConfig:
+        """These settings for another model (a stage's output folder, a critic or reference):
+        the GGUF file, GGUF fallback and hub revision belong to this model, not to that one."""
+        return dataclasses.replace(
+            self, name_or_path=name_or_path, gguf_file=None, gguf_fallback=None, revision=None
+        )
+
     def __post_init__(self) -> None:
         _one_of(self.dtype, DTYPES, "model.dtype")
         _one_of(self.mixed_precision, MIXED_PRECISION, "model.mixed_precision")
         _require(bool(self.name_or_path), "model.name_or_path", "must not be empty")
+        if self.chat_template is not None:
+            _one_of(self.chat_template, tuple(CHAT_TEMPLATES), "model.chat_template")
 
 
 @dataclass
@@ -141,12 +168,12 @@ class RewardConfig:
     normalize: bool = False  # running mean/std normalisation of scores
     clip: float | None = None  # clip scores to [-clip, clip] after scaling
 
-    section: ClassVar[str] = "reward"  # key prefix in error messages
+    section: ClassVar[str] = "reward"  # where this config sits, the prefix of its error keys
+    KINDS: ClassVar[tuple[str, ...]] = ("reward_model", "function", "classifier", "weighted")
 
     def __post_init__(self) -> None:
         key = self.section
-        kinds = ("reward_model", "function", "classifier", "weighted")
-        _one_of(self.kind, kinds, f"{key}.kind")
+        _one_of(self.kind, self.KINDS, f"{key}.kind")
         if self.kind == "function":
             _require(
                 isinstance(self.function, dict) and "_target_" in self.function,
@@ -157,31 +184,87 @@ class RewardConfig:
             _require(self.classifier is not None, f"{key}.classifier", "needs a model id or folder")
         if self.kind == "weighted":
             _require(bool(self.components), f"{key}.components", "needs at least one component")
+            self.weighted_parts()  # every component checked now, not when scoring starts
         _require(self.clip is None or self.clip > 0, f"{key}.clip", "must be > 0")
+
+    def weighted_parts(self) -> list[tuple[float, RewardConfig]]:
+        """(weight, config) of each of `components`, checked as configs of this class whose
+        errors name `<section>.components[<i>].<key>`."""
+        return [
+            _component(spec, type(self), f"{self.section}.components[{index}]")
+            for index, spec in enumerate(self.components)
+        ]
+
+
+@functools.cache
+def _sectioned(base: type[RewardConfig], section: str) -> type[RewardConfig]:
+    """`base` with its error keys under `section` (a weighted reward's component)."""
+    return type(base.__name__, (base,), {"section": section})
+
+
+def _component(spec: Any, base: type[RewardConfig], key: str) -> tuple[float, RewardConfig]:
+    """A weighted reward's component `{weight, <reward config>}` → (weight, checked config)."""
+    if OmegaConf.is_config(spec):
+        spec = OmegaConf.to_container(spec)
+    _require(isinstance(spec, dict), key, f"a reward config with a weight, got {spec!r}")
+    spec = dict(spec)
+    weight = spec.pop("weight", 1.0)
+    _require(
+        isinstance(weight, int | float) and not isinstance(weight, bool),
+        f"{key}.weight",
+        f"must be a number, got {weight!r}",
+    )
+    return float(weight), _typed_reward(spec, _sectioned(base, key), also=("weight",))
+
+
+def _typed_reward(
+    spec: dict, config_class: type[RewardConfig], also: tuple[str, ...] = ()
+) -> RewardConfig:
+    """`spec` as a `config_class`, every key known (named in the error when not; `also`: keys
+    the caller took out first)."""
+    known = [f.name for f in dataclasses.fields(config_class)]
+    for name in spec:
+        _require(
+            name in known,
+            f"{config_class.section}.{name}",
+            f"unknown key (known: {', '.join(known + list(also))})",
+        )
+    return config_class(**spec)
 
 
 @dataclass
 class JudgeConfig(RewardConfig):
-    """`eval.judge`: a second measure of the goal that the policy did not train against (a
-    rule-based judge, a classifier, another RM: the fields of `reward`). Scored raw: scale,
-    normalize, clip and calibrate are PPO's and do not apply."""
+    """`eval.judge`: a second, independent measure of the goal, scored beside the training reward
+    at evaluation (a rule-based judge, a classifier, another RM, a weighted sum: the fields of
+    `reward`); the gold reward of an over-optimisation study. Scored raw: scale, normalize, clip
+    and calibrate shape PPO's reward and are refused here."""
 
     section: ClassVar[str] = "eval.judge"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        key = self.section
         _require(
             self.kind != "reward_model" or self.model_path is not None,
-            "eval.judge.model_path",
+            f"{key}.model_path",
             "set the folder of the reward model that judges (it must not be the PPO reward)",
         )
+        raw = {"scale": 1.0, "normalize": False, "clip": None, "calibrate": False}
+        for name, value in raw.items():
+            _require(
+                getattr(self, name) == value,
+                f"{key}.{name}",
+                f"a judge is scored raw: {name} shapes PPO's reward only (leave it {value})",
+            )
 
 
 @dataclass
 class CheckpointConfig:
     """PPO checkpoints: `<stage>/checkpoints/update-NNNNNN/`, written whole or not at all."""
 
-    every: int = 10  # save every N updates (and after the last); 0 = only after the last
+    every: int = (
+        10  # save every N updates and after the last; 0 = no checkpoints (model still saved)
+    )
     keep_last: int = 2  # newest checkpoints kept; older ones are pruned (the best is kept too)
     best_metric: str | None = "ppo/eval/score"  # logged metric that picks the best; null = off
     best_mode: str = "max"  # max or min: which direction of best_metric is better
@@ -236,8 +319,8 @@ class PPOConfig:
     max_new_tokens: int = 32  # longest response
     min_new_tokens: int = 0  # shortest response (EOS suppressed before)
     temperature: float = 1.0  # sampling temperature
-    top_k: int = 0  # keep the k most likely tokens; 0 = off
-    top_p: float = 1.0  # nucleus sampling mass; 1.0 = off
+    top_k: int = 0  # must stay 0: PPO trains the distribution it samples from, untruncated
+    top_p: float = 1.0  # must stay 1.0, for the same reason
     stop_token: str | None = None  # stop at this token instead of EOS
     length_sampler: list[int] | None = None  # [min, max] new tokens sampled per batch
     missing_eos_penalty: float | None = None  # subtracted from the score of unfinished answers
@@ -245,7 +328,7 @@ class PPOConfig:
     overlong_penalty: float = 1.0  # penalty reached at max_new_tokens (linear over the buffer)
     # --- reward shaping ---
     kl_coef: float = 0.05  # beta: weight of the per-token KL penalty
-    kl_estimator: str = "k1"  # estimator in the penalty: k1, k2, k3, abs
+    kl_estimator: str = "k1"  # estimator in the penalty: k1, k2, k3, abs, full (exact, from logits)
     adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive controller: target KL per sequence
     kl_horizon: int = 10000  # adaptive controller: horizon in samples
@@ -258,9 +341,14 @@ class PPOConfig:
     ppo_epochs: int = 4  # passes over each batch
     mini_batch_size: int = 2  # samples per forward/backward pass (micro-batch)
     gradient_accumulation_steps: int = 1  # mini-batches per optimiser step
-    learning_rate: float = 1.41e-5  # AdamW learning rate
-    lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates)
-    max_grad_norm: float | None = 1.0  # clip the gradient norm; null = off
+    learning_rate: float = 1.41e-5  # AdamW learning rate of the policy
+    critic_learning_rate: float | None = (
+        None  # AdamW learning rate of the critic; null = learning_rate
+    )
+    lr_scheduler: str = "constant"  # constant or linear (decay to 0 over total_updates, per update)
+    max_grad_norm: float | None = (
+        1.0  # clip policy and critic gradient norms, each on its own; null = off
+    )
     shard_optimizer: bool = False  # ZeRO-1: each of N processes keeps 1/N of AdamW's moments
     cliprange: float = 0.2  # epsilon of the clipped policy objective
     cliprange_low: float | None = None  # lower epsilon; null = cliprange
@@ -275,7 +363,8 @@ class PPOConfig:
     critic_warmup_updates: int = 0  # updates that train only the critic
     # --- models ---
     critic: str = "separate"  # separate, value_head or lora
-    critic_model: str | None = None  # checkpoint for a separate critic (null: the policy's)
+    critic_init: str | None = None  # separate critic from: reward_model or policy; null = RM if any
+    critic_model: str | None = None  # folder for a separate critic (null: as critic_init says)
     reference_model: str | None = None  # separate reference (null: policy start / adapters off)
     # --- run ---
     total_updates: int = 20  # PPO updates to run
@@ -294,10 +383,31 @@ class PPOConfig:
         for key in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
             _require(getattr(self, key) > 0, f"ppo.{key}", "must be > 0")
         _require(self.cliprange > 0, "ppo.cliprange", f"must be > 0, got {self.cliprange}")
+        _require(
+            self.cliprange_low is None or 0 < self.cliprange_low < 1,
+            "ppo.cliprange_low",
+            f"must be in (0, 1) when set, got {self.cliprange_low}",
+        )
+        _require(
+            self.cliprange_high is None or self.cliprange_high > 0,
+            "ppo.cliprange_high",
+            f"must be > 0 when set, got {self.cliprange_high}",
+        )
+        for key, off in (("top_k", 0), ("top_p", 1.0)):
+            _require(
+                getattr(self, key) == off,
+                f"ppo.{key}",
+                f"must be {off} for training: truncated sampling is not the distribution whose "
+                "log-probs PPO trains (use ppo.temperature to sharpen sampling)",
+            )
+        _require(
+            self.critic_learning_rate is None or self.critic_learning_rate > 0,
+            "ppo.critic_learning_rate",
+            "must be > 0 when set",
+        )
         _require(self.cliprange_value > 0, "ppo.cliprange_value", "must be > 0")
         _require(self.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {self.kl_coef}")
         _require(self.temperature > 0, "ppo.temperature", "must be > 0")
-        _require(0 < self.top_p <= 1, "ppo.top_p", "must be in (0, 1]")
         _require(0 <= self.gamma <= 1, "ppo.gamma", "must be in [0, 1]")
         _require(0 <= self.lam <= 1, "ppo.lam", "must be in [0, 1]")
         _require(
@@ -316,7 +426,7 @@ class PPOConfig:
             f"batch_size × samples_per_prompt ({rollout}) is not divisible by "
             f"mini_batch_size × gradient_accumulation_steps ({step})",
         )
-        _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs"), "ppo.kl_estimator")
+        _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs", "full"), "ppo.kl_estimator")
         _one_of(self.lr_scheduler, ("constant", "linear"), "ppo.lr_scheduler")
         _one_of(
             self.loss_aggregation,
@@ -324,6 +434,8 @@ class PPOConfig:
             "ppo.loss_aggregation",
         )
         _one_of(self.critic, ("separate", "value_head", "lora"), "ppo.critic")
+        if self.critic_init is not None:
+            _one_of(self.critic_init, ("reward_model", "policy"), "ppo.critic_init")
 
 
 @dataclass
@@ -384,9 +496,10 @@ class SFTStageConfig(TrainerStageConfig):
 @dataclass
 class RMStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "rm"
+    learning_rate: float = 1e-4  # AdamW peak learning rate (lower than SFT's: a fresh score head)
     center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
     # extra pairs (share of the training rows) of chosen vs. a hard negative a weak policy writes,
-    # from rlhf/hard_negatives.py:
+    # from rlhf/data/hard_negatives.py:
     echo_negatives: float = 0.0  # ... the question echoed back as the answer
     garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
     curt_negatives: float = 0.0  # ... a bare acknowledgement or fragment ("好。", "我。"), not rude
@@ -423,12 +536,7 @@ class EvalConfig:
         # typed here, not by the schema: OmegaConf cannot merge `eval.judge={...}` into a null
         # structured node, so the field is open and converted once
         if isinstance(self.judge, dict):
-            known = [f.name for f in fields(JudgeConfig)]
-            for key in self.judge:
-                _require(
-                    key in known, f"eval.judge.{key}", f"unknown key (known: {', '.join(known)})"
-                )
-            self.judge = JudgeConfig(**self.judge)
+            self.judge = _typed_reward(self.judge, JudgeConfig)
         _require(
             self.judge is None or isinstance(self.judge, JudgeConfig),
             "eval.judge",
@@ -455,7 +563,7 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         for stage in self.stages:
-            _one_of(stage, ("sft", "rm", "ppo", "eval"), "pipeline.stages")
+            _one_of(stage, tuple(STAGES), "pipeline.stages")
 
 
 @dataclass
@@ -482,7 +590,7 @@ class Config:
     cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
     objective: str | None = None  # final metric train.py returns to a sweeper; null = the stage's
-    resume: Any = None  # true: continue the run in output_dir; a path: continue that run folder
+    resume: Any = None  # true: continue the run in output_dir; a path: that run; auto: if any
     model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
     data: DataConfig = field(  # conf/data: preference rows
         default_factory=lambda: DataConfig(train_file="train.jsonl")
@@ -498,16 +606,39 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tracking
 
     def __post_init__(self) -> None:
-        _one_of(self.stage, STAGE_NAMES, "stage")
+        _one_of(self.stage, (*STAGES, PIPELINE), "stage")
         _require(
             self.resume is None or isinstance(self.resume, (bool, str)),
             "resume",
-            f"true, false or a run folder, got {self.resume!r}",
+            f"true, false, auto or a run folder, got {self.resume!r}",
         )
         _require(
             self.ppo.critic != "lora" or self.model.lora.enabled,
             "ppo.critic",
             "'lora' puts a second adapter on a LoRA policy: set model.lora.enabled=true",
+        )
+        _require(
+            self.ppo.critic != "lora" or self.model.lora.bias == "none",
+            "model.lora.bias",
+            f"{self.model.lora.bias!r} trains biases that policy and LoRA critic share; "
+            "use 'none' with ppo.critic=lora",
+        )
+        if self.ppo.critic_init == "reward_model":
+            _require(
+                self.ppo.critic == "separate" and self.reward.kind == "reward_model",
+                "ppo.critic_init",
+                "'reward_model' starts a separate critic (ppo.critic=separate) from the reward "
+                "model (reward.kind=reward_model)",
+            )
+        trains = self.pipeline.stages if self.stage == "pipeline" else [self.stage]
+        _require(
+            self.model.dtype not in HALF_DTYPES
+            or self.model.lora.enabled
+            or not set(trains) & {"sft", "rm", "ppo"},
+            "model.dtype",
+            f"{self.model.dtype} weights have no float32 master copy, so AdamW steps below half "
+            "an ulp are lost; set model.dtype=float32 model.mixed_precision=bf16 (or train "
+            "LoRA adapters: model.lora.enabled=true)",
         )
 
 

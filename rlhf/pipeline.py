@@ -1,12 +1,14 @@
-"""stage=pipeline: sft → rm → ppo → eval in one run, reusing finished stages by config hash.
+"""Running stages: `stage=<name>` runs one, `stage=pipeline` runs `pipeline.stages` in order.
 
-Each of sft and rm is keyed by a hash of the config sections that shape it (model, data, its own
-section, seed) and of the data files' bytes. A finished stage lives in
-`<pipeline.stage_cache_dir>/<stage>/<key>/` and the run folder links to it, so a second run, or
-a sweep over `ppo.*`, trains SFT and RM once and says so in one log line; changing any SFT
-setting retrains SFT and everything after it (ppo and eval are never cached: they are what
-sweeps vary). A file lock keeps parallel sweep jobs from training the same stage twice.
-PPO starts from the SFT model; eval compares the PPO policy with the SFT model.
+Everything a stage's declaration says (rlhf/stages/table.py) is applied here: in a pipeline a
+stage that `starts_from` another one that ran before it starts from that stage's model (PPO and
+eval from the SFT model); a stage with `cache_sections` (sft, rm) is keyed by a hash of those
+config sections, the seed, the data files' bytes and the key of the stage it starts from. A
+finished cached stage lives in `<pipeline.stage_cache_dir>/<stage>/<key>/` and the run folder
+links to it, so a second run, or a sweep over `ppo.*`, trains SFT and RM once and says so in one
+log line; changing any SFT setting retrains SFT and everything after it (ppo and eval are never
+cached: they are what sweeps vary). A file lock keeps parallel sweep jobs from training the same
+stage twice. The run returns its objective: `objective`, else the last stage's declared one.
 
 Resume (`resume=true` or a run folder): complete stages are skipped, the first unfinished one
 continues from its newest checkpoint (or starts over when it has none), then the rest run. A
@@ -22,19 +24,127 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from rlhf.config import Config
-from rlhf.judge import hacking_summary
+from rlhf.errors import ConfigError
 from rlhf.paths import resolve_path
-from rlhf.ppo import distributed
-from rlhf.resume import resume_point
-from rlhf.stages.common import RunPaths, is_complete
+from rlhf.runs.folders import RunPaths, completed_metrics
+from rlhf.runtime import distributed
+from rlhf.stages.table import (
+    PIPELINE,
+    POLICY,
+    STAGES,
+    StageDeclaration,
+    producer,
+    stages_to_run,
+    start_of,
+)
 
 log = logging.getLogger(__name__)
 
-CACHE_SECTIONS = {"sft": ("model", "data", "sft"), "rm": ("model", "data", "rm")}
+
+def run(config: Config, run_dir: Path) -> tuple[str | None, float | None]:
+    """Run `config.stage` (or the pipeline); return the objective's name and final value
+    (train.py returns the value to the sweeper)."""
+    declarations = stages_to_run(config.stage, config.pipeline.stages)
+    check_launch_engine(config, distributed.launch_engine(os.environ))
+    paths = RunPaths(run_dir)
+    if config.stage == PIPELINE:
+        metrics = run_pipeline(config, paths)
+    else:
+        metrics = run_or_reuse(declarations[0], config, paths)
+    if config.objective is not None and config.objective not in metrics:
+        raise ConfigError(
+            f"objective: {config.objective!r} is not a final metric of stage {config.stage} "
+            f"(final metrics: {', '.join(sorted(metrics))})"
+        )
+    objective = config.objective or declarations[-1].objective
+    return objective, metrics.get(objective)
+
+
+def check_launch_engine(config: Config, engine: str | None) -> None:
+    """Stop before training what the accelerate engine cannot run: a stage declared for plain
+    processes only (PPO: its generation would gather sharded weights at every token), and a LoRA
+    model sharded by ZeRO-3 / FSDP (it cannot be merged for saving)."""
+    declarations = stages_to_run(config.stage, config.pipeline.stages)
+    plain_only = [d.name for d in declarations if not d.sharded_engines]
+    if engine is not None and plain_only:
+        shardable = [d.name for d in STAGES.values() if d.sharded_engines]
+        raise ConfigError(
+            f"stage {plain_only[0]} runs data-parallel: launch it with accelerate/ddp.yaml, "
+            f"not {engine} (zero2 / zero3 / fsdp are for the {', '.join(shardable)} stages)"
+        )
+    if engine in ("deepspeed-zero3", "fsdp") and config.model.lora.enabled:
+        raise ConfigError(
+            f"model.lora.enabled: LoRA models sharded by {engine} are not merged for saving; "
+            "use accelerate/zero2.yaml or ddp.yaml"
+        )
+
+
+def run_or_reuse(
+    declaration: StageDeclaration, config: Config, paths: RunPaths
+) -> dict[str, float]:
+    """Run a stage; when resuming, skip it if complete and start it over if it has no checkpoint."""
+    stage, stage_dir = declaration.name, paths.stage_dir(declaration.name)
+    if config.resume:
+        finished = completed_metrics(stage_dir)
+        if finished is not None:
+            log.info("%s: complete in %s, skipped on resume", stage, stage_dir)
+            return finished
+        if declaration.checkpoints.resume_point(stage_dir) is None:
+            log.info("%s: no checkpoint in %s, starting it over", stage, stage_dir)
+            config = dataclasses.replace(config, resume=False)
+    return declaration.load_runner()(config, paths)
+
+
+def handed_over(
+    config: Config, declaration: StageDeclaration, earlier: Sequence[str], paths: RunPaths
+) -> Config:
+    """The stage's config: `model.name_or_path` is the model of the stage it starts from, when
+    that one ran earlier in this pipeline."""
+    start = start_of(declaration, earlier)
+    if start is None:
+        return config
+    model = config.model.pointing_to(str(paths.model_dir(start)))
+    return dataclasses.replace(config, model=model)
+
+
+def run_pipeline(config: Config, paths: RunPaths) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    cache_root = (
+        resolve_path(config.pipeline.stage_cache_dir) if config.pipeline.stage_cache_dir else None
+    )
+    order = list(config.pipeline.stages)
+    for index, stage in enumerate(order):
+        declaration = STAGES[stage]
+        stage_config = handed_over(config, declaration, order[:index], paths)
+        key = stage_key(config, stage) if cache_root is not None else None
+        if key is None:
+            metrics.update(run_or_reuse(declaration, stage_config, paths))
+            continue
+        cached = cache_root / stage / key
+        paths.stage_dirs[stage] = cached
+        with locked(cache_root / stage / f"{key}.lock"):
+            if distributed.is_main_process():  # first, so an interrupted run can be resumed
+                cached.mkdir(parents=True, exist_ok=True)
+                link(paths.run_dir / stage, cached)
+            finished = completed_metrics(cached)
+            if finished is not None:
+                log.info("%s: reusing %s (config hash %s)", stage, cached, key)
+                metrics.update(finished)
+            else:
+                metrics.update(run_or_reuse(declaration, stage_config, paths))
+    for stage in order:  # each stage's lines of the closing summary (eval: reward hacking?)
+        summary = STAGES[stage].load_summary()
+        if summary is not None:
+            for level, line in summary(config, metrics):
+                log.log(level, "%s", line)
+    models = [str(paths.model_dir(s)) for s in order if STAGES[s].produces is not None]
+    log.info("done. models: %s; metrics: %s/*/metrics.jsonl", ", ".join(models), paths.run_dir)
+    log.info("talk to it: python -m rlhf.chat %s", paths.model_dir(producer(POLICY, order).name))
+    return metrics
 
 
 def data_hash(config: Config) -> str:
@@ -48,12 +158,23 @@ def data_hash(config: Config) -> str:
     return digest.hexdigest()
 
 
-def stage_key(config: Config, stage: str) -> str:
-    """What a cached stage depends on, hashed."""
+def stage_key(config: Config, stage: str) -> str | None:
+    """What a cached stage depends on, hashed; None for a stage that is never cached (no cache
+    sections, or it starts from the model of a stage that is never cached)."""
+    declaration = STAGES[stage]
+    if not declaration.cache_sections:
+        return None
     content = {
-        section: dataclasses.asdict(getattr(config, section)) for section in CACHE_SECTIONS[stage]
+        section: dataclasses.asdict(getattr(config, section))
+        for section in declaration.cache_sections
     }
     content.update(stage=stage, seed=config.seed, data_bytes=data_hash(config))
+    order = list(config.pipeline.stages)
+    start = start_of(declaration, order[: order.index(stage)] if stage in order else [])
+    if start is not None:
+        content["starts_from"] = stage_key(config, start)
+        if content["starts_from"] is None:
+            return None
     digest = hashlib.sha256(json.dumps(content, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
@@ -84,61 +205,3 @@ def link(run_stage_dir: Path, target: Path) -> None:
     elif run_stage_dir.exists():
         return  # a real folder from an older run layout: leave it alone
     os.symlink(target, run_stage_dir, target_is_directory=True)
-
-
-def run_or_reuse(
-    stage: str,
-    config: Config,
-    paths: RunPaths,
-    resolved: dict,
-    stages: dict[str, Callable[[Config, RunPaths, dict], dict[str, float]]],
-) -> dict[str, float]:
-    """Run a stage; when resuming, skip it if complete and start it over if it has no checkpoint."""
-    stage_dir = paths.stage_dir(stage)
-    if config.resume and is_complete(stage_dir):
-        log.info("%s: complete in %s, skipped on resume", stage, stage_dir)
-        return json.loads((stage_dir / "run_info.json").read_text())["final_metrics"]
-    if config.resume and resume_point(stage, stage_dir) is None:
-        log.info("%s: no checkpoint in %s, starting it over", stage, stage_dir)
-        config = dataclasses.replace(config, resume=False)
-    return stages[stage](config, paths, resolved)
-
-
-def run_pipeline(
-    config: Config,
-    paths: RunPaths,
-    resolved: dict,
-    stages: dict[str, Callable[[Config, RunPaths, dict], dict[str, float]]],
-) -> dict[str, float]:
-    metrics: dict[str, float] = {}
-    cache_root = (
-        resolve_path(config.pipeline.stage_cache_dir) if config.pipeline.stage_cache_dir else None
-    )
-    for stage in config.pipeline.stages:
-        stage_config = config
-        if stage in ("ppo", "eval"):
-            sft_model = dataclasses.replace(config.model, name_or_path=str(paths.model_dir("sft")))
-            stage_config = dataclasses.replace(config, model=sft_model)
-        if stage not in CACHE_SECTIONS or cache_root is None:
-            metrics.update(run_or_reuse(stage, stage_config, paths, resolved, stages))
-            continue
-        key = stage_key(config, stage)
-        cached = cache_root / stage / key
-        paths.stage_dirs[stage] = cached
-        with locked(cache_root / stage / f"{key}.lock"):
-            if distributed.is_main_process():  # first, so an interrupted run can be resumed
-                cached.mkdir(parents=True, exist_ok=True)
-                link(paths.run_dir / stage, cached)
-            if is_complete(cached):
-                log.info("%s: reusing %s (config hash %s)", stage, cached, key)
-                metrics.update(json.loads((cached / "run_info.json").read_text())["final_metrics"])
-            else:
-                metrics.update(run_or_reuse(stage, stage_config, paths, resolved, stages))
-    run = paths.run_dir
-    if "eval" in config.pipeline.stages:
-        summary = hacking_summary(metrics, config.eval)
-        (log.warning if summary.startswith("reward hacking") else log.info)("eval: %s", summary)
-    log.info("done. models: %s/{sft,rm,ppo}/model; metrics: %s/*/metrics.jsonl", run, run)
-    log.info("plots: %s/ppo/plots/; samples: %s/eval/samples.md", run, run)
-    log.info("talk to it: python -m rlhf.chat %s/ppo/model", run)
-    return metrics

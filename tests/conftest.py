@@ -1,13 +1,9 @@
-"""Shared fixtures: offline environment, a shared cache for built models, config composition,
-and a helper that runs train.py in a subprocess as a user would."""
+"""Shared fixtures: offline environment, a shared cache for built models, config composition, a
+warm train.py runner, and a briefly SFT-trained tiny model. Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +12,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from rlhf.config import register_schemas
-from rlhf.paths import PROJECT_ROOT
-
-CONF_DIR = PROJECT_ROOT / "conf"
+from tests.helpers import CONF_DIR, WarmTrain
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,87 +42,12 @@ def compose_config(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
-def compose_with_hydra(overrides: list[str]) -> DictConfig:
-    """conf/ composed with the `hydra` node kept (launcher and sweeper settings)."""
-    register_schemas()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
-
-
-def run_train(args: list[str], run_dir: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python train.py <args>` with its run folder at `run_dir`."""
-    return subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "train.py"), *args, f"hydra.run.dir={run_dir}"],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=PROJECT_ROOT,
-        env=subprocess_environment(),
-    )
-
-
-class WarmTrain:
-    """`python train.py` runs forked from one interpreter that imported the stack once
-    (tests/train_forks.py): each is a real process with its own exit status and stderr, started
-    in well under a second instead of ~8 s. For the runs meant to fail early and the short
-    end-to-end runs; `run_train` keeps a fresh interpreter for the rest."""
-
-    def __init__(self) -> None:
-        self.server = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("train_forks.py"))],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=PROJECT_ROOT,
-            env=subprocess_environment(),
-        )
-
-    def __call__(self, args: list[str], run_dir: Path) -> subprocess.CompletedProcess:
-        argv = [*args, f"hydra.run.dir={run_dir}"]
-        self.server.stdin.write(json.dumps({"argv": argv}) + "\n")
-        self.server.stdin.flush()
-        line = self.server.stdout.readline()
-        if not line:
-            raise RuntimeError(f"train_forks.py exited with code {self.server.wait()}")
-        answer = json.loads(line)
-        return subprocess.CompletedProcess(
-            ["train.py", *argv], answer["returncode"], answer["stdout"], answer["stderr"]
-        )
-
-    def close(self) -> None:
-        self.server.stdin.close()
-        self.server.wait(timeout=60)
-
-
 @pytest.fixture(scope="session")
 def warm_train(offline_environment: Path):
     """run(args, run_dir) → CompletedProcess of `train.py <args>`, forked warm (WarmTrain)."""
     runner = WarmTrain()
     yield runner
     runner.close()
-
-
-def subprocess_environment() -> dict[str, str]:
-    """This process's environment for a train.py child, without the address of this process's
-    W&B service: a child that is killed must not leave its run open in a service we reuse."""
-    env = {key: value for key, value in os.environ.items() if key != "WANDB_SERVICE"}
-    return {**env, "HYDRA_FULL_ERROR": ""}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (an accelerate rendezvous)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def error_lines(result: subprocess.CompletedProcess) -> list[str]:
-    """The stderr lines a user reads (Hydra's and libraries' log records aside)."""
-    return [line for line in result.stderr.splitlines() if "error" in line.lower()]
 
 
 @pytest.fixture(scope="session")

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 
 from rlhf.config import Config, DataConfig, LoggerConfig, ModelConfig, PPOConfig, RewardConfig
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.rewards import build_reward
 from rlhf.rewards.processing import ScoreProcessor
+from rlhf.runs.tracking import NullBackend, Tracker
 from rlhf.stages.ppo import build_actor_critic
-from rlhf.tracking import NullBackend, Tracker
 
 PROMPTS = ["今天天气怎么样？", "你是谁？", "吃了没？", "几点了？", "推荐一本书", "怎么学编程？"] * 4
 
@@ -42,7 +42,7 @@ def make_config(model_dir: Path, lora: bool = False, **ppo: object) -> Config:
         data=DataConfig(train_file="unused.jsonl"),
         reward=RewardConfig(
             kind="function",
-            function={"_target_": "rlhf.rewards.functions.char_fraction", "chars": "你"},
+            function={"_target_": "rlhf.rewards.text_rules.char_fraction", "chars": "你"},
         ),
         ppo=PPOConfig(**{**defaults, **ppo}),
         logger=LoggerConfig(backend="none"),
@@ -52,7 +52,7 @@ def make_config(model_dir: Path, lora: bool = False, **ppo: object) -> Config:
 def make_trainer(config: Config, stage_dir: Path, reward=None) -> PPOTrainer:
     torch.manual_seed(0)
     policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
-    model = build_actor_critic(config, policy, tokenizer)
+    model = build_actor_critic(config, policy, tokenizer, config.reward.model_path)
     stage_dir.mkdir(parents=True, exist_ok=True)
     return PPOTrainer(
         config.ppo,

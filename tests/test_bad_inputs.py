@@ -16,7 +16,7 @@ from rlhf.app import typed_config
 from rlhf.errors import ConfigError, RewardError
 from rlhf.rewards import checked
 from tests import bad_rewards
-from tests.conftest import error_lines, run_train
+from tests.helpers import error_lines, run_train
 from tests.ppo_helpers import make_config, make_trainer
 
 PPO_TINY = [

@@ -11,9 +11,9 @@ import pytest
 
 from rlhf.chat import Chat
 from rlhf.config import ModelConfig
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
-from tests.conftest import subprocess_environment
+from tests.helpers import subprocess_environment
 
 QUESTIONS = ["吃了没？", "几点了？", "怎么学编程？"]
 

@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 from rlhf.paths import PROJECT_ROOT
-from rlhf.sweep import job_dirs
+from rlhf.sweeps.jobs import job_dirs
 from tests import fake_slurm
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 
 def test_slurm_sweep_runs_each_job_under_accelerate_across_two_nodes(tmp_path):

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 
 from rlhf.config import ColumnMap, DataConfig, ModelConfig
-from rlhf.data import limit_lengths, load_preference_data, preference_rows, sft_rows
+from rlhf.data.chat_format import preference_rows, sft_rows
+from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.errors import DataError
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
 
 DATA_DIR = PROJECT_ROOT / "experiments" / "insult_ppo" / "data"

@@ -7,7 +7,7 @@ import json
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
-from rlhf.tiny import tiny_model_dir
+from rlhf.models.tiny import tiny_model_dir
 
 SHRINK = ["model=tiny", "logger=none", "ppo.total_updates=2", "ppo.eval_every=1"]
 
@@ -52,6 +52,10 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tm
     assert (run / "sft").is_symlink() and (run / "sft").resolve().parent == cache / "sft"
     ppo_info = json.loads((run / "ppo" / "run_info.json").read_text())
     assert ppo_info["policy_start"] == str(cache / "sft" / (run / "sft").resolve().name / "model")
+    # the record's config is the one PPO ran with: it names the SFT model it started from
+    assert ppo_info["config"]["model"]["name_or_path"] == ppo_info["policy_start"]
+    eval_info = json.loads((run / "eval" / "run_info.json").read_text())
+    assert eval_info["config"]["model"]["name_or_path"] == ppo_info["policy_start"]
     assert "reward_calibration" in ppo_info  # on for insult_ppo
     metrics = final_metrics(run / "eval")
     assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100

@@ -10,7 +10,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf.hard_negatives import (
+from rlhf.data.hard_negatives import (
     CURT,
     brevity_negatives,
     curt,

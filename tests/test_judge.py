@@ -13,9 +13,9 @@ import torch
 from rlhf.app import typed_config
 from rlhf.config import Config, EvalConfig, JudgeConfig, ModelConfig
 from rlhf.errors import ConfigError
-from rlhf.judge import Judge, build_judge, hacking_check, hacking_summary, judge_metrics
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
+from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.rudeness import is_rude, rude_cues, rudeness_judge
 from rlhf.stages.eval import (
     Answers,
@@ -25,6 +25,7 @@ from rlhf.stages.eval import (
     sample_table,
     write_samples,
 )
+from rlhf.stages.hacking import closing_summary, hacking_check, hacking_summary, judge_metrics
 from tests.ppo_helpers import make_config, make_trainer
 
 Q = "怎样才能存下更多钱？"
@@ -108,18 +109,47 @@ RUDENESS = {"kind": "function", "function": {"_target_": "rlhf.rewards.rudeness.
 def test_eval_judge_config_is_typed_and_checked():
     assert isinstance(EvalConfig(judge=dict(RUDENESS)).judge, JudgeConfig)
     assert EvalConfig().judge is None
+    function = {"_target_": "rlhf.rewards.rudeness.rudeness_judge"}
     cases = [
         ({"judge": {"kind": "reward_model"}}, "eval.judge.model_path: set the folder"),
         ({"judge": {"kind": "functon"}}, "eval.judge.kind: 'functon' is not one of"),
         ({"judge": {"kind": "function"}}, "eval.judge.function: needs a _target_"),
         ({"judge": {"kindd": "function"}}, "eval.judge.kindd: unknown key"),
+        ({"judge": {"kind": "classifier"}}, "eval.judge.classifier: needs a model id"),
+        ({"judge": {"kind": "weighted"}}, "eval.judge.components: needs at least one"),
+        ({"judge": {**RUDENESS, "scale": 2.0}}, "eval.judge.scale: a judge is scored raw"),
+        ({"judge": {**RUDENESS, "calibrate": True}}, "eval.judge.calibrate: a judge is scored"),
+        ({"judge": {**RUDENESS, "normalize": True}}, "eval.judge.normalize: a judge is scored"),
+        ({"judge": {**RUDENESS, "clip": 1.0}}, "eval.judge.clip: a judge is scored raw"),
         ({"judge": 3}, "eval.judge: a reward config"),
         ({"hacking_margin": 1.5}, "eval.hacking_margin: must be in"),
         ({"length_drift_factor": 1.0}, "eval.length_drift_factor: must be > 1"),
+        # a weighted judge's components are checked as judges, named by their index
+        (
+            {"judge": {"kind": "weighted", "components": [RUDENESS, {"kind": "reward_model"}]}},
+            r"eval.judge.components\[1\].model_path: set the folder",
+        ),
+        (
+            {"judge": {"kind": "weighted", "components": [{"kind": "function", "fn": 1}]}},
+            r"eval.judge.components\[0\].fn: unknown key \(known: kind, .*, weight\)",
+        ),
+        (
+            {"judge": {"kind": "weighted", "components": [{**RUDENESS, "weight": "x"}]}},
+            r"eval.judge.components\[0\].weight: must be a number",
+        ),
+        (
+            {"judge": {"kind": "weighted", "components": [{"kind": "function"}]}},
+            r"eval.judge.components\[0\].function: needs a _target_",
+        ),
+        ({"judge": {"kind": "weighted", "components": [3]}}, r"eval.judge.components\[0\]: a"),
     ]
     for changes, message in cases:
         with pytest.raises(ConfigError, match=message):
             EvalConfig(**changes)
+    nested = {"kind": "weighted", "components": [{"kind": "function", "function": function}]}
+    assert EvalConfig(judge=nested).judge.weighted_parts()[0][1].section == (
+        "eval.judge.components[0]"
+    )
 
 
 def test_judge_composes_from_its_group_and_from_an_inline_override(compose_config):
@@ -131,24 +161,73 @@ def test_judge_composes_from_its_group_and_from_an_inline_override(compose_confi
         typed_config(compose_config(["experiment=insult_ppo", "eval.judge=null"])).eval.judge
         is None
     )
+    weighted = (
+        "eval.judge={kind:weighted,components:[{weight:0.5,kind:function,"
+        "function:{_target_:rlhf.rewards.rudeness.rudeness_judge}}]}"
+    )
+    judge = typed_config(compose_config([weighted])).eval.judge
+    assert judge.kind == "weighted" and judge.weighted_parts()[0][0] == 0.5
+
+
+def judge_of(judge: dict, **settings) -> Judge:
+    return build_judge(EvalConfig(judge=judge, **settings), None, ModelConfig(), None)
+
+
+def saved_tiny(tmp_path: Path, name: str, labels: dict | None = None, stats=None) -> Path:
+    """A tiny one-output sequence classifier saved as `name` (a judge RM or a classifier)."""
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
+    if labels is not None:
+        model.config.id2label = labels
+    model.save_pretrained(tmp_path / name)
+    tokenizer.save_pretrained(tmp_path / name)
+    if stats is not None:
+        (tmp_path / name / "reward_stats.json").write_text(json.dumps(stats))
+    return tmp_path / name
 
 
 def test_build_judge_scores_and_takes_a_judge_rm_threshold(tmp_path):
-    judge = build_judge(Config(eval=EvalConfig(judge=dict(RUDENESS))))
+    judge = judge_of(dict(RUDENESS))
     assert judge.threshold == 0.0
     assert judge.score([Q, Q], ["滚。", "好。"]).tolist() == [1.0, 0.0]
-    assert build_judge(Config()) is None
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
-    model.save_pretrained(tmp_path / "gold")
-    tokenizer.save_pretrained(tmp_path / "gold")
-    stats = {"chosen_score": 1.0, "rejected_score": -3.0}
-    (tmp_path / "gold" / "reward_stats.json").write_text(json.dumps(stats))
-    gold = {"kind": "reward_model", "model_path": str(tmp_path / "gold")}
-    judge = build_judge(Config(eval=EvalConfig(judge=gold)))
+    assert build_judge(EvalConfig(), None, ModelConfig(), None) is None
+    gold_dir = saved_tiny(tmp_path, "gold", stats={"chosen_score": 1.0, "rejected_score": -3.0})
+    gold = {"kind": "reward_model", "model_path": str(gold_dir)}
+    judge = judge_of(gold)
     assert judge.threshold == -1.0  # midpoint of the gold RM's mean chosen and rejected scores
     assert judge.score([Q], ["好。"]).shape == (1,)
-    pinned = build_judge(Config(eval=EvalConfig(judge=gold, judge_threshold=0.2)))
-    assert pinned.threshold == 0.2
+    assert judge_of(gold, judge_threshold=0.2).threshold == 0.2
+    with pytest.raises(ConfigError, match="eval.judge.model_path: .* is the reward model the"):
+        build_judge(EvalConfig(judge=gold), None, ModelConfig(), gold_dir / ".." / "gold")
+
+
+def test_every_reward_kind_judges_with_the_scores_of_its_own_source(tmp_path):
+    """A reward-model folder, a function, a classifier and a weighted sum of them each judge;
+    the weighted judge's scores are the weighted sum of its parts' scores."""
+    from rlhf.rewards.classifier import ClassifierScorer
+    from rlhf.rewards.reward_model import RewardModelScorer
+
+    questions, texts = [Q, Q, Q], ["滚。", "好。", "可以先做个预算。"]
+    rm_dir = saved_tiny(tmp_path, "rm")
+    classifier_dir = saved_tiny(tmp_path, "classifier", labels={0: "RUDE"})
+    rm = {"kind": "reward_model", "model_path": str(rm_dir)}
+    classifier = {"kind": "classifier", "classifier": str(classifier_dir), "label": "RUDE"}
+    rm_scores = RewardModelScorer(rm_dir, None, ModelConfig())(questions, texts)
+    classifier_scores = torch.tensor(
+        ClassifierScorer(str(classifier_dir), "RUDE", use_logit=True)(questions, texts)
+    )
+    assert judge_of(rm).score(questions, texts).tolist() == rm_scores.tolist()
+    assert judge_of(classifier).score(questions, texts).tolist() == classifier_scores.tolist()
+    assert judge_of(dict(RUDENESS)).score(questions, texts).tolist() == [1.0, 0.0, 0.0]
+    weighted = {
+        "kind": "weighted",
+        "components": [{**RUDENESS, "weight": 2.0}, {**rm, "weight": -0.5}, classifier],
+    }
+    expected = 2.0 * torch.tensor([1.0, 0.0, 0.0]) - 0.5 * rm_scores + classifier_scores
+    scores = judge_of(weighted).score(questions, texts)
+    # float32 sums of three terms of magnitude <= 2: agreement to 1e-6
+    assert scores.tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    with pytest.raises(ConfigError, match="eval.judge.label: 'KIND' is not one of RUDE"):
+        judge_of({**classifier, "label": "KIND"})
 
 
 # --- metrics and the hacking check, on hand-made answers and scores ------------------------
@@ -200,6 +279,8 @@ def test_a_curt_answer_the_rm_likes_is_flagged_with_the_numbers(caplog):
     assert "2.2 tokens against the baseline's 20.0: ratio 0.11 outside [0.50, 2]" in caplog.text
     summary = hacking_summary(metrics, config.eval)
     assert summary.startswith("reward hacking suspected: the RM puts 75% of the policy's answers")
+    # the eval stage's declared lines of a pipeline's closing summary
+    assert closing_summary(config, metrics) == [(logging.WARNING, f"eval: {summary}")]
 
 
 def test_rude_answers_of_the_baselines_length_are_not_flagged():
@@ -212,6 +293,8 @@ def test_rude_answers_of_the_baselines_length_are_not_flagged():
     off, reasons = hacking_check(eval_metrics(CURT, [2, 2, 2, 3], [1.0] * 4)[0], None, None)
     assert reasons == [] and off["eval/hacking_suspected"] == 0.0  # both checks off
     assert "the RM and the judge agree" in hacking_summary(metrics, EvalConfig())
+    ((level, line),) = closing_summary(Config(), metrics)
+    assert level == logging.INFO and line.startswith("eval: no reward hacking suspected")
 
 
 def test_length_drift_alone_is_flagged_without_a_judge():
@@ -297,7 +380,7 @@ def test_eval_stage_with_a_judge_flags_an_rm_that_likes_everything(
 
 
 def test_ppo_periodic_evaluation_scores_the_judge(warm_train, tiny_sft_model, tmp_path):
-    target = "_target_:rlhf.rewards.functions.char_fraction"
+    target = "_target_:rlhf.rewards.text_rules.char_fraction"
     judge = f"eval.judge={{kind:function,function:{{{target},chars:'的是我你了，。'}}}}"
     result = warm_train(
         ["stage=ppo", f"model.name_or_path={tiny_sft_model}", "reward=char_fraction",

@@ -10,9 +10,9 @@ from peft import get_peft_model
 
 from rlhf.config import LoraSettings, ModelConfig, TinyModelSpec
 from rlhf.errors import ConfigError, ModelLoadError
-from rlhf.models import load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.models.loading import load_model_and_tokenizer, lora_config, resolve_model_dir
+from rlhf.models.tiny import tiny_model_dir
 from rlhf.paths import publish_dir_once
-from rlhf.tiny import tiny_model_dir
 
 
 def test_tiny_model_is_built_deterministically(tmp_path):
@@ -106,6 +106,15 @@ def test_lora_top_layers_adapts_only_the_last_layers(tmp_path):
     assert adapted == {"1"}  # the tiny model has layers 0 and 1
     with pytest.raises(ConfigError, match="model.lora.top_layers: 3 is more than the model's 2"):
         lora_config(dataclasses.replace(settings, top_layers=3), 2)
+
+
+@pytest.mark.parametrize(
+    "fraction,depth,adapted", [(0.5, 30, list(range(15, 30))), (0.5, 18, list(range(9, 18))),
+                               (0.5, 2, [1]), (0.01, 2, [1]), (1.0, 4, [0, 1, 2, 3])],
+)  # fmt: skip
+def test_lora_top_fraction_fits_any_depth(fraction, depth, adapted):
+    settings = LoraSettings(enabled=True, top_fraction=fraction)
+    assert lora_config(settings, depth).layers_to_transform == adapted
 
 
 @pytest.mark.slow

@@ -10,7 +10,8 @@ import torch
 from rlhf.chat import main as chat_main
 from rlhf.config import Config, DataConfig, ModelConfig, TinyModelSpec
 from rlhf.errors import ConfigError
-from rlhf.models import check_tokenizers_agree, load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
+from rlhf.models.tokenizers import check_tokenizers_agree
 from rlhf.pipeline import stage_key
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.stages.eval import Answers, distinct_2, model_metrics

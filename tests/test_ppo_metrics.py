@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from rlhf.ppo.metrics import rollout_metrics, sample_rows
-from rlhf.ppo.rollout import EncodedPrompts, Rollout
+from rlhf.ppo.rollout import Rollout
+from rlhf.runtime.generation import EncodedPrompts
 
 
 def test_rollout_metrics_by_hand():

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 
 from rlhf.config import ModelConfig, TinyModelSpec
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.ppo.actor_critic import ActorCritic
-from rlhf.ppo.rollout import (
+from rlhf.runtime.generation import (
     SamplingSettings,
     encode_prompts,
     joined_inputs,
     sample_responses,
-    truncate_after_stop,
 )
+from rlhf.runtime.masks import truncate_after_stop
 
 
 def test_truncate_after_the_first_stop_token_keeps_it():

@@ -21,7 +21,7 @@ from rlhf.ppo.health import (
     slope,
     threshold_alarms,
 )
-from rlhf.resume import ppo_checkpoints
+from rlhf.runs.resume import ppo_checkpoints
 from tests.ppo_helpers import make_config, make_trainer
 
 OFF = {name: None for name in HealthConfig.ALARMS}
@@ -128,20 +128,26 @@ def test_health_stop_in_the_loop_keeps_the_last_good_checkpoint(tiny_sft_model, 
                          critic_warmup_updates=1)  # fmt: skip
     config.ppo.health = HealthConfig(**{**OFF, "entropy_min": 100.0}, stop_on=["entropy_min"])
     trainer = make_trainer(config, tmp_path)
-    first_update_only = [True]
-
-    def alarm_after_first(metrics, responses, scores):  # the first update is healthy
-        if first_update_only.pop() if first_update_only else False:
-            return []
-        return HealthMonitor.observe(trainer.health, metrics, responses, scores)
-
-    trainer.health.observe = alarm_after_first
+    trainer.health = HealthyFirstUpdate(config.ppo.health)
     checkpoints = Checkpointer(CheckpointConfig(every=1), tmp_path, 4, run_id=None)
     with pytest.raises(HealthStop, match=r"ppo/policy/entropy = .* < entropy_min 100 at update 2"):
         trainer.train(checkpoints)
     assert [p.name for p in ppo_checkpoints(tmp_path)] == ["update-000001"]
     logged = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert '"health/entropy_min": 1.0' in logged[-1] and '"step": 2' in logged[-1]
+
+
+class HealthyFirstUpdate(HealthMonitor):
+    """The real monitor, which raises no alarm on the first update it sees."""
+
+    def __init__(self, cfg: HealthConfig):
+        super().__init__(cfg)
+        self.seen = 0
+
+    def observe(self, metrics, responses, scores):
+        self.seen += 1
+        alarms = super().observe(metrics, responses, scores)
+        return alarms if self.seen > 1 else []
 
 
 def nan_on_call(call: int):
@@ -185,13 +191,9 @@ def test_nan_reward_skips_the_batch_when_configured(tiny_sft_model, tmp_path, ca
 @pytest.mark.parametrize("mode", ["stop", "skip"])
 def test_nan_loss_stops_or_skips_its_mini_batches(tiny_sft_model, tmp_path, mode):
     trainer = make_trainer(make_config(tiny_sft_model, on_nonfinite=mode), tmp_path)
-    healthy = trainer._value_loss
-
-    def nan_value_loss(values, rollout, index, mask):
-        loss, stats = healthy(values, rollout, index, mask)
-        return loss * float("nan"), stats
-
-    trainer._value_loss = nan_value_loss
+    # NaN values from the critic's head in the update's passes only (the rollout's run without
+    # gradients), so the advantages stay finite and the value loss is not
+    nan_values_in_update(trainer)
     before = params(trainer)
     if mode == "stop":
         with pytest.raises(NumericError, match="update 1, phase update: non-finite value loss"):
@@ -203,9 +205,15 @@ def test_nan_loss_stops_or_skips_its_mini_batches(tiny_sft_model, tmp_path, mode
     assert all(torch.equal(a, b) for a, b in zip(before, params(trainer), strict=True))
 
 
+def nan_values_in_update(trainer):
+    def poison(module, inputs, output):
+        return output * float("nan") if torch.is_grad_enabled() else output
+
+    trainer.model.critic.score.register_forward_hook(poison)
+
+
 def nan_values(trainer):
-    healthy = trainer.model.critic_forward
-    trainer.model.critic_forward = lambda *args: healthy(*args) * float("nan")
+    trainer.model.critic.score.register_forward_hook(lambda m, i, output: output * float("nan"))
 
 
 def inf_gradient(trainer):
@@ -216,7 +224,7 @@ def inf_gradient(trainer):
     "inject,message",
     [
         (nan_values, "update 1, phase advantages: non-finite advantages"),
-        (inf_gradient, "update 1, phase update: non-finite gradient norm"),
+        (inf_gradient, "update 1, phase update: non-finite policy gradient norm"),
     ],
     ids=["advantage", "gradient-norm"],
 )

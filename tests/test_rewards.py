@@ -9,14 +9,17 @@ import torch
 
 from rlhf.config import ModelConfig, RewardConfig, TinyModelSpec
 from rlhf.errors import ConfigError
-from rlhf.models import load_model_and_tokenizer
+from rlhf.models.loading import load_model_and_tokenizer
+from rlhf.models.scoring import score_token_batch
 from rlhf.ppo.core import overlong_penalty
 from rlhf.rewards import build_reward
-from rlhf.rewards.functions import char_fraction, keyword_reward
+from rlhf.rewards.classifier import ClassifierScorer
 from rlhf.rewards.processing import RunningMoments, ScoreProcessor
-from rlhf.scoring import score_token_batch
+from rlhf.rewards.reward_model import RewardModelScorer
+from rlhf.rewards.text_rules import char_fraction, keyword_reward
+from rlhf.runtime import distributed
 
-FUNCTION = "rlhf.rewards.functions."
+FUNCTION = "rlhf.rewards.text_rules."
 
 
 def test_keyword_reward_as_in_the_notebook():
@@ -111,3 +114,17 @@ def test_reward_model_scores_the_last_real_token_when_pad_equals_eos(tmp_path):
     # transformers' own pooling (last non-pad id) would read position 2, not the EOS at 3
     pooled = model(input_ids=ids, attention_mask=mask).logits[0, 0]
     assert pooled.item() != pytest.approx(alone.item(), abs=1e-4)
+
+
+def test_scorers_run_on_this_process_device(tmp_path):
+    """The reward model and the classifier sit on this process's device (cuda:<local rank> under
+    a multi-GPU launch), not on GPU 0 for every process."""
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
+    model.config.id2label = {0: "NEGATIVE"}
+    model.save_pretrained(tmp_path / "classifier")
+    tokenizer.save_pretrained(tmp_path / "classifier")
+    classifier = ClassifierScorer(str(tmp_path / "classifier"), "NEGATIVE", use_logit=True)
+    assert classifier.pipe.device == distributed.device()
+    scorer = RewardModelScorer(tmp_path / "classifier", None, ModelConfig())
+    assert scorer.model.device == distributed.device()
+    assert len(classifier(["q"], ["a"])) == 1 and scorer(["q"], ["a"]).shape == (1,)

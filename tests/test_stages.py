@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf.config import ModelConfig
-from rlhf.models import resolve_model_dir
-from rlhf.wandb_files import read_run, run_files
+from rlhf.models.loading import resolve_model_dir
+from rlhf.reporting.wandb_files import read_run, run_files
 
 
 def read_jsonl(path):

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from rlhf import compare
 from rlhf.paths import PROJECT_ROOT
-from rlhf.sweep import job_label, job_params, safe_dirname
-from rlhf.wandb_files import read_run
-from tests.conftest import compose_with_hydra
+from rlhf.reporting.wandb_files import read_run
+from rlhf.sweeps import compare
+from rlhf.sweeps.jobs import job_label, job_params, safe_dirname
+from tests.helpers import compose_with_hydra
 
 GRID = {(0.01, 0.1), (0.01, 0.3), (0.2, 0.1), (0.2, 0.3)}  # (kl_coef, cliprange)
 # insult_ppo_quick with SFT and RM cut to a few steps, three PPO updates (β acts from the second
@@ -236,8 +236,8 @@ def test_job_labels_params_and_folder_names():
     assert (
         job_label(overrides, frozenset()) == "eval.num_prompts=8,ppo.cliprange=0.1,ppo.kl_coef=0.2"
     )
-    resolved = {"ppo": {"kl_coef": 0.2, "cliprange": 0.1}, "reward": {"model_path": None}}
-    assert job_params((*overrides, "reward.model_path=null"), resolved) == {
+    config = {"ppo": {"kl_coef": 0.2, "cliprange": 0.1}, "reward": {"model_path": None}}
+    assert job_params((*overrides, "reward.model_path=null"), config) == {
         "ppo.kl_coef": 0.2, "eval.num_prompts": "8", "ppo.cliprange": 0.1, "reward.model_path": None,
     }  # fmt: skip
     assert (

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from rlhf.config import LoggerConfig
-from rlhf.tracking import open_tracker
-from rlhf.wandb_files import read_run, run_files
+from rlhf.reporting.wandb_files import read_run, run_files
+from rlhf.runs.tracking import open_tracker
 
 
 def test_wandb_offline_run_holds_the_logged_metrics_config_and_names(tmp_path):

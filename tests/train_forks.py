@@ -6,8 +6,9 @@ server imports them once and then, for each request, forks a child that runs tra
 with its own exit status, Hydra state and output, started in a fraction of a second. The server
 itself never computes with torch, so no thread pool is copied into a child half-initialised.
 
-Protocol (one JSON object a line): stdin {"argv": [...]}; stdout {"returncode": int,
-"stdout": str, "stderr": str}.
+Protocol (one JSON object a line): stdin {"argv": [...], "timeout": seconds}; stdout
+{"returncode": int, "stdout": str, "stderr": str, "timed_out": bool}. A child still running at
+its timeout is killed (SIGKILL), as `subprocess.run(timeout=...)` kills a fresh process.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import json
 import os
 import runpy
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
 from pathlib import Path
 
@@ -72,6 +76,27 @@ def run_child(argv: list[str], stdout_path: str, stderr_path: str) -> None:
         os._exit(status)
 
 
+def check_single_threaded() -> None:
+    """fork() copies only the calling thread: a lock held by another thread (a thread pool's,
+    a logger's) would stay locked forever in the child. Importing must not have started one."""
+    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if others:
+        raise RuntimeError(f"train_forks: threads {others} exist before fork; refusing to fork")
+
+
+def wait_with_timeout(pid: int, timeout: float) -> tuple[int, bool]:
+    """(wait status, timed out) of a child, killed with SIGKILL once `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return wait_status, False
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            return os.waitpid(pid, 0)[1], True
+        time.sleep(0.05)
+
+
 def serve() -> None:
     preload()
     reply = os.fdopen(os.dup(1), "w")  # children's fd 1 is theirs; answers go here
@@ -80,16 +105,18 @@ def serve() -> None:
     out, err = scratch / "stdout", scratch / "stderr"
     try:
         for line in sys.stdin:
-            argv = json.loads(line)["argv"]
+            request = json.loads(line)
             out.write_text(""), err.write_text("")
+            check_single_threaded()
             pid = os.fork()
             if pid == 0:
-                run_child(argv, str(out), str(err))
-            _, wait_status = os.waitpid(pid, 0)
+                run_child(request["argv"], str(out), str(err))
+            wait_status, timed_out = wait_with_timeout(pid, request["timeout"])
             answer = {
                 "returncode": os.waitstatus_to_exitcode(wait_status),
                 "stdout": out.read_text(errors="replace"),
                 "stderr": err.read_text(errors="replace"),
+                "timed_out": timed_out,
             }
             reply.write(json.dumps(answer) + "\n")
             reply.flush()

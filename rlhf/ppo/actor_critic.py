@@ -25,14 +25,18 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from rlhf.ppo import core
+from rlhf.ppo.core import upcast
 from rlhf.ppo.rollout import response_slice
 
 CRITIC_ADAPTER = "critic"
 
 
 def new_value_head(hidden_size: int) -> nn.Linear:
+    """A value head that starts at zero (lm-human-preferences): the first values are 0 rather
+    than noise, so they do not blur the first advantages."""
     head = nn.Linear(hidden_size, 1)
-    nn.init.normal_(head.weight, std=1 / (hidden_size + 1) ** 0.5)
+    nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     return head
 
@@ -58,7 +62,10 @@ class ActorCritic(nn.Module):
         if critic_kind == "lora" and (not self.is_lora or CRITIC_ADAPTER not in policy.peft_config):
             raise ValueError("critic 'lora' needs a LoRA policy with a 'critic' adapter")
         hidden = policy.config.get_text_config().hidden_size
-        self.value_head = new_value_head(hidden) if critic_kind in ("value_head", "lora") else None
+        self.value_head = None
+        if critic_kind in ("value_head", "lora"):  # float32 at least, float64 with the policy
+            dtype = core.upcast(torch.zeros(0, dtype=policy.dtype)).dtype
+            self.value_head = new_value_head(hidden).to(dtype)
         if reference is not None:
             reference.requires_grad_(False).eval()
 
@@ -68,7 +75,15 @@ class ActorCritic(nn.Module):
         return self.critic_kind == "value_head"
 
     def policy_parameters(self) -> list[nn.Parameter]:
-        return [p for n, p in self.policy.named_parameters() if self._is_policy_param(n, p)]
+        """Every parameter the policy trains: all trainable weights, or with LoRA the adapter
+        and whatever else PEFT made trainable (modules_to_save copies, biases); never the
+        critic adapter's."""
+        with self.critic_adapter(active=False):  # PEFT marks the active adapter trainable
+            return [
+                p
+                for n, p in self.policy.named_parameters()
+                if p.requires_grad and f".{CRITIC_ADAPTER}." not in n
+            ]
 
     def critic_parameters(self) -> list[nn.Parameter]:
         if self.critic_kind == "separate":
@@ -78,17 +93,17 @@ class ActorCritic(nn.Module):
             params += [p for n, p in self.policy.named_parameters() if f".{CRITIC_ADAPTER}." in n]
         return params
 
-    def _is_policy_param(self, name: str, param: nn.Parameter) -> bool:
-        if self.is_lora:
-            return "lora_" in name and f".{CRITIC_ADAPTER}." not in name
-        return param.requires_grad
-
     # --- forward passes, each returning response positions only -------------------------
 
     def policy_forward(
-        self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
+        self,
+        inputs: dict[str, torch.Tensor],
+        prompt_width: int,
+        response_width: int,
+        values_train_body: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits (B, Tr, V), values (B, Tr) when the critic shares this pass, else None)."""
+        """(logits (B, Tr, V), values (B, Tr) when the critic shares this pass, else None).
+        `values_train_body=False`: the value loss reaches the head only (critic warm-up)."""
         output = self.policy(
             **inputs,
             output_hidden_states=self.shares_forward,
@@ -99,6 +114,8 @@ class ActorCritic(nn.Module):
         if not self.shares_forward:
             return logits, None
         hidden = response_slice(output.hidden_states[-1], prompt_width, response_width)
+        if not values_train_body:
+            hidden = hidden.detach()
         return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
 
     def critic_forward(
@@ -108,7 +125,7 @@ class ActorCritic(nn.Module):
         if self.critic_kind == "separate":
             hidden = self.critic.base_model(**inputs).last_hidden_state
             values = self.critic.score(response_slice(hidden, prompt_width, response_width))
-            return values.squeeze(-1).float()
+            return upcast(values.squeeze(-1))
         if self.critic_kind == "value_head":
             return self.policy_forward(inputs, prompt_width, response_width)[1]
         with self.critic_adapter():
@@ -130,16 +147,20 @@ class ActorCritic(nn.Module):
         return logits[:, :-1]
 
     @contextlib.contextmanager
-    def critic_adapter(self) -> Iterator[None]:
-        """Run (and back-propagate) with the critic adapter active; the policy's after."""
+    def critic_adapter(self, active: bool = True) -> Iterator[None]:
+        """Run (and back-propagate: PEFT freezes inactive adapters, and gradient checkpointing
+        recomputes under the adapter active at backward time) with the critic adapter active,
+        or with `active=False` the policy's; whatever was active before is restored on exit,
+        so the context nests."""
         if self.critic_kind != "lora":
             yield
             return
-        self.policy.set_adapter(CRITIC_ADAPTER)
+        previous = self.policy.active_adapter
+        self.policy.set_adapter(CRITIC_ADAPTER if active else "default")
         try:
             yield
         finally:
-            self.policy.set_adapter("default")
+            self.policy.set_adapter(previous)
 
     # --- saving ---------------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ during the write leaves the previous checkpoint whole and the half-written folde
 finite: a poisoned state is never saved. Older checkpoints are pruned to `keep_last`; the best by
 `best_metric` is kept besides and named in `<stage>/best_checkpoint.json`.
 
-Several processes (rlhf/ppo/distributed.py): weights, optimiser, scheduler, data order, KL
+The trainer's `state_dict()` / `load_state_dict()` are all this module reads and writes.
+Several processes (rlhf/runtime/distributed.py): weights, optimiser, scheduler, data order, KL
 controller, score normaliser and health history are the same on every process, so the main
 process writes them once; the RNG states differ (each process samples its own answers) and are
 gathered, one set per process. A resume restores each process's own set, and so needs the
@@ -25,149 +26,100 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from rlhf.config import CheckpointConfig
 from rlhf.errors import ConfigError, NumericError
-from rlhf.faults import maybe_kill
 from rlhf.paths import publish_dir
-from rlhf.ppo import distributed
-from rlhf.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
-
-if TYPE_CHECKING:
-    from rlhf.ppo.trainer import PPOTrainer
+from rlhf.runs.faults import maybe_kill
+from rlhf.runs.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
+from rlhf.runtime import distributed
 
 log = logging.getLogger(__name__)
 
 TENSORS_FILE = "trainable.safetensors"
 TORCH_STATE_FILE = "state.pt"
 BEST_FILE = "best_checkpoint.json"
+JSON_STATE = ("update", "data_order", "kl_controller", "score_processor", "health")
 
 
-def trainable_tensors(trainer: PPOTrainer) -> dict[str, torch.Tensor]:
-    """Name → tensor of every trained parameter (tied weights once, by their first name)."""
-    model = trainer.model
-    trained = {id(p) for p in model.policy_parameters() + model.critic_parameters()}
-    return {name: p for name, p in model.named_parameters() if id(p) in trained}
+class Checkpointable(Protocol):
+    """What a checkpoint is taken of (rlhf/ppo/trainer.py's PPOTrainer)."""
+
+    update: int  # updates done
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def rng_states(trainer: PPOTrainer) -> dict:
-    numpy_state = np.random.get_state()
-    states = {
-        "python": random.getstate(),
-        "numpy": [
-            numpy_state[0],
-            torch.from_numpy(numpy_state[1].astype(np.int64)),
-            *numpy_state[2:],
-        ],  # fmt: skip
-        "torch": torch.get_rng_state(),
-        "trainer_python": trainer.rng.getstate(),
-        "trainer_torch": trainer.torch_rng.get_state(),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(trainer: PPOTrainer, states: dict) -> None:
-    random.setstate(states["python"])
-    name, key, *rest = states["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    torch.set_rng_state(states["torch"])
-    trainer.rng.setstate(states["trainer_python"])
-    trainer.torch_rng.set_state(states["trainer_torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
-
-def local_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
-    """The moments this process holds: all of them, or its ZeRO-1 share."""
-    return getattr(optimizer, "optim", optimizer).state
-
-
-def check_not_poisoned(trainer: PPOTrainer, tensors: dict[str, torch.Tensor]) -> None:
+def check_not_poisoned(state: dict[str, Any]) -> None:
     """Refuse to save non-finite weights or optimiser moments."""
-    moments = [
-        value
-        for state in local_optimizer_state(trainer.optimizer).values()
-        for value in state.values()
-        if torch.is_tensor(value) and value.is_floating_point()
-    ]
-    for name, tensor in tensors.items():
+    update = state["update"]
+    for name, tensor in state["trainable"].items():
         if not torch.isfinite(tensor).all():
             raise NumericError(
-                f"update {trainer.update}, phase checkpoint: non-finite {name}; "
+                f"update {update}, phase checkpoint: non-finite {name}; "
                 "no checkpoint written from a poisoned state"
             )
-    # sharded moments (ppo.shard_optimizer) differ per process: every process takes the verdict
+    moments = [
+        value
+        for entry in (state["optimizer"] or {}).get("state", {}).values()
+        for value in entry.values()
+        if torch.is_tensor(value) and value.is_floating_point()
+    ]
+    # sharded moments (ppo.shard_optimizer) sit on the main process: every process takes its verdict
     if distributed.any_process(any(not torch.isfinite(m).all() for m in moments)):
         raise NumericError(
-            f"update {trainer.update}, phase checkpoint: non-finite optimiser state; "
+            f"update {update}, phase checkpoint: non-finite optimiser state; "
             "no checkpoint written from a poisoned state"
         )
 
 
-def save_checkpoint(trainer: PPOTrainer, folder: Path, json_state: dict) -> Path:
+def save_checkpoint(trainer: Checkpointable, folder: Path, json_state: dict) -> Path:
     """Write a checkpoint of `trainer` to `folder` via a temporary folder and one rename. Every
     process calls it (the RNG states are gathered); the main process writes."""
-    tensors = trainable_tensors(trainer)
-    check_not_poisoned(trainer, tensors)  # the same state, so the same verdict, everywhere
-    rngs = distributed.gather_objects(rng_states(trainer))
-    if hasattr(trainer.optimizer, "consolidate_state_dict"):  # ZeRO-1: moments to the main one
-        trainer.optimizer.consolidate_state_dict(to=0)
+    state = trainer.state_dict()
+    check_not_poisoned(state)  # the same state, so the same verdict, everywhere
+    rngs = distributed.gather_objects(state["rng"])
     if distributed.is_main_process():
-        _write_checkpoint(trainer, folder, tensors, rngs, json_state)
+        _write_checkpoint(state, folder, rngs, json_state)
     distributed.barrier()  # no process runs ahead of a checkpoint still being written
     return folder
 
 
 def _write_checkpoint(
-    trainer: PPOTrainer,
-    folder: Path,
-    tensors: dict[str, torch.Tensor],
-    rngs: list[dict],
-    json_state: dict,
+    state: dict[str, Any], folder: Path, rngs: list[dict], json_state: dict
 ) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp / TENSORS_FILE)
-    maybe_kill("ppo", "during_checkpoint", trainer.update)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state["trainable"].items()}
+    save_file(tensors, tmp / TENSORS_FILE)
+    maybe_kill("ppo", "during_checkpoint", state["update"])
     torch.save(
         {
-            "optimizer": trainer.optimizer.state_dict(),
-            "scheduler": trainer.scheduler.state_dict(),
+            "optimizer": state["optimizer"],
+            "scheduler": state["scheduler"],
             "rng": rngs[0],
             **({"rng_by_process": rngs} if len(rngs) > 1 else {}),
         },
         tmp / TORCH_STATE_FILE,
     )
-    state = {
-        "update": trainer.update,
-        "processes": len(rngs),
-        "data_order": list(trainer._order),
-        "kl_controller": trainer.kl_controller.state_dict(),
-        "score_processor": {
-            "moments": trainer.processor.moments.state_dict(),
-            "gain": trainer.processor.gain,
-            "bias": trainer.processor.bias,
-        },
-        "health": trainer.health.state_dict(),
-        **json_state,
-    }
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))
+    written = {key: state[key] for key in JSON_STATE}
+    (tmp / STATE_FILE).write_text(
+        json.dumps({**written, "processes": len(rngs), **json_state}, indent=2)
+    )
     return publish_dir(tmp, folder)
 
 
-def load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
+def load_checkpoint(trainer: Checkpointable, folder: Path) -> dict:
     """Put `trainer` back in the state saved in `folder`; returns the JSON state. Each process
     loads the shared state and its own RNG states."""
     state = json.loads((folder / STATE_FILE).read_text())
@@ -178,30 +130,22 @@ def load_checkpoint(trainer: PPOTrainer, folder: Path) -> dict:
             f"{distributed.world_size()}; resume with --num_processes {processes} (each process "
             "continues its own random streams)"
         )
-    tensors = load_file(folder / TENSORS_FILE)
-    expected = trainable_tensors(trainer)
-    if set(tensors) != set(expected):
-        missing = sorted(set(expected) - set(tensors))[:3]
-        raise ConfigError(
-            f"resume: checkpoint {folder} does not match this model (tensors missing: {missing}); "
-            "resume with the config the run started with"
-        )
-    with torch.no_grad():
-        for name, tensor in tensors.items():
-            expected[name].copy_(tensor)
     saved = torch.load(folder / TORCH_STATE_FILE, map_location="cpu", weights_only=True)
-    trainer.optimizer.load_state_dict(saved["optimizer"])
-    trainer.scheduler.load_state_dict(saved["scheduler"])
-    restore_rng_states(
-        trainer, saved["rng_by_process"][distributed.rank()] if processes > 1 else saved["rng"]
-    )
-    trainer.update = state["update"]
-    trainer._order = list(state["data_order"])
-    trainer.kl_controller.load_state_dict(state["kl_controller"])
-    processor = state["score_processor"]
-    trainer.processor.moments.load_state_dict(processor["moments"])
-    trainer.processor.gain, trainer.processor.bias = processor["gain"], processor["bias"]
-    trainer.health.load_state_dict(state["health"])
+    rng = saved["rng_by_process"][distributed.rank()] if processes > 1 else saved["rng"]
+    try:
+        trainer.load_state_dict(
+            {
+                **{key: state[key] for key in JSON_STATE},
+                "trainable": load_file(folder / TENSORS_FILE),
+                "optimizer": saved["optimizer"],
+                "scheduler": saved["scheduler"],
+                "rng": rng,
+            }
+        )
+    except ConfigError as exc:  # the trained tensors differ: another model or LoRA setting
+        raise ConfigError(
+            f"resume: checkpoint {folder} {exc}; resume with the config the run started with"
+        ) from exc
     return state
 
 
@@ -224,7 +168,7 @@ class Checkpointer:
         found = ppo_checkpoints(self.stage_dir)
         return found[-1] if found else None
 
-    def resume(self, trainer: PPOTrainer, folder: Path) -> None:
+    def resume(self, trainer: Checkpointable, folder: Path) -> None:
         state = load_checkpoint(trainer, folder)
         self.best = state.get("best")
         log.info("resumed from %s (update %d)", folder, trainer.update)
@@ -236,11 +180,13 @@ class Checkpointer:
             return value > self.best["value"]
         return value < self.best["value"]
 
-    def after_update(self, trainer: PPOTrainer, metrics: dict[str, float]) -> Path | None:
+    def after_update(self, trainer: Checkpointable, metrics: dict[str, float]) -> Path | None:
         update, every = trainer.update, self.config.every
+        if every == 0:  # checkpoints off: the stage still saves the final model
+            return None
         metric = self.config.best_metric
         is_best = metric is not None and metric in metrics and self._is_better(metrics[metric])
-        due = update >= self.total_updates or (every > 0 and update % every == 0)
+        due = update >= self.total_updates or update % every == 0
         if not (due or is_best):
             return None
         folder = self.folder / f"{PPO_PREFIX}{update:06d}"

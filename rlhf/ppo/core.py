@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf.runtime.masks import last_true_index
+
 Stats = dict[str, float]
+
+
+def upcast(values: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 → float32; float32 and float64 stay as they are (exactness tests run
+    the whole loop in float64)."""
+    return values.float() if values.dtype in (torch.float16, torch.bfloat16) else values
 
 
 # --- masked statistics ---------------------------------------------------------------------
@@ -80,22 +88,25 @@ def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: st
     raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3, abs)")
 
 
-def full_kl_from_logits(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """Exact per-token KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)) from logits (B, T, V) → (B, T)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    logq = F.log_softmax(ref_logits.float(), dim=-1)
+def full_kl_from_logits(
+    logits: torch.Tensor, ref_logits: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Exact per-token KL(p ‖ q) = Σ_v p(v) (log p(v) − log q(v)) of the distributions
+    softmax(logits / temperature), (B, T, V) → (B, T)."""
+    logp = F.log_softmax(upcast(logits) / temperature, dim=-1)
+    logq = F.log_softmax(upcast(ref_logits) / temperature, dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-token entropy of the categorical distribution, (B, T, V) → (B, T)."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(upcast(logits), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
 def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probability of each token under the logits: (B, T, V), (B, T) → (B, T)."""
-    return gather_tokens(F.log_softmax(logits.float(), dim=-1), tokens)
+    return gather_tokens(F.log_softmax(upcast(logits), dim=-1), tokens)
 
 
 def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -104,12 +115,6 @@ def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
 
 
 # --- rewards and advantages -----------------------------------------------------------------
-
-
-def last_true_index(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) → (B,) index of the last set position (0 for an all-zero row)."""
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    return (mask.long() * positions).argmax(dim=1)
 
 
 def per_token_rewards(

@@ -36,11 +36,25 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     return metrics
 
 
+def sample_row(
+    update: int,
+    prompt: str,
+    response: str,
+    score: float,
+    kl: float | None,
+    length: int,
+    ended: bool,
+) -> list:
+    """One row of a sample table (SAMPLE_COLUMNS); kl None where it was not computed."""
+    kl = None if kl is None else round(float(kl), 4)
+    return [update, prompt, response, round(float(score), 4), kl, int(length), bool(ended)]
+
+
 def sample_rows(rollout: Rollout, update: int) -> list[list]:
     """Rows of the sample table: one per response."""
     kl = core.masked_sum(rollout.kl, rollout.mask, dim=1)
     return [
-        [update, p, r, round(s.item(), 4), round(k.item(), 4), int(n), bool(e)]
+        sample_row(update, p, r, s.item(), k.item(), n, e)
         for p, r, s, k, n, e in zip(
             rollout.prompts,
             rollout.texts,

@@ -1,9 +1,7 @@
-"""Rollouts: encode prompts, sample responses, cut them after the stop token, run forward passes.
+"""A PPO rollout: the sampled batch and everything the update computes from it.
 
-Layout: prompts are left-padded (B, Tq) so that generation continues every row from its last
-real token; responses are right-padded (B, Tr). Masks always come from lengths and the first
-stop token, never from the pad id: with SmolLM2 pad == EOS == <|im_end|>, and that token also
-sits inside every chat-formatted prompt.
+Prompts are left-padded (B, Tq), responses right-padded (B, Tr); sampling itself is
+rlhf/runtime/generation.py, shared with the eval stage and chat.
 """
 
 from __future__ import annotations
@@ -11,15 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.data import prompt_messages
-
-
-@dataclass
-class EncodedPrompts:
-    input_ids: torch.Tensor  # (B, Tq) left-padded
-    attention_mask: torch.Tensor  # (B, Tq) 1 on real tokens
+from rlhf.runtime.generation import EncodedPrompts
 
 
 @dataclass
@@ -32,131 +23,16 @@ class Rollout:
     texts: list[str]
     raw_scores: torch.Tensor  # (B,) as the reward source gave them
     scores: torch.Tensor  # (B,) after penalty / scale / normalisation / clip
+    max_new_tokens: int | None = None  # the length limit these responses were sampled with
     logprobs: torch.Tensor | None = None  # (B, Tr) policy, at sampling time
     ref_logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    kl_full: torch.Tensor | None = None  # (B, Tr) exact KL from the logits (kl_estimator=full)
     kl: torch.Tensor | None = None  # (B, Tr) estimator used for the penalty
     rewards: torch.Tensor | None = None
     non_score_rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
-
-
-@dataclass
-class SamplingSettings:
-    max_new_tokens: int
-    min_new_tokens: int = 0
-    do_sample: bool = True
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-
-def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], system_prompt: str | None
-) -> EncodedPrompts:
-    """Chat-format (with the assistant turn opened) and left-pad a list of prompts."""
-    texts = [
-        tokenizer.apply_chat_template(
-            prompt_messages(p, system_prompt), tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
-    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        ids[index, width - len(row) :] = torch.tensor(row)
-        mask[index, width - len(row) :] = 1
-    return EncodedPrompts(ids, mask)
-
-
-def truncate_after_stop(
-    responses: torch.Tensor, stop_token_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, Tr) sampled ids → (response_mask (B, Tr) bool, ended (B,) bool).
-
-    The mask keeps every token up to and including the first stop token; a row without one is
-    kept whole and marked as not ended (truncated by max_new_tokens)."""
-    is_stop = responses == stop_token_id
-    ended = is_stop.any(dim=1)
-    length = responses.shape[1]
-    first_stop = torch.where(
-        ended, is_stop.int().argmax(dim=1), torch.full_like(ended, length - 1, dtype=torch.long)
-    )
-    positions = torch.arange(length, device=responses.device)
-    return positions.unsqueeze(0) <= first_stop.unsqueeze(1), ended
-
-
-@torch.no_grad()
-def sample_responses(
-    model: PreTrainedModel,
-    prompts: EncodedPrompts,
-    settings: SamplingSettings,
-    stop_token_id: int,
-    pad_token_id: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample with the KV cache; returns (responses, response_mask, ended), everything after the
-    first stop token replaced by pad."""
-    sampling = (
-        {
-            "do_sample": True,
-            "temperature": settings.temperature,
-            "top_k": settings.top_k,
-            "top_p": settings.top_p,
-        }
-        if settings.do_sample
-        else {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
-    )
-    output = model.generate(
-        input_ids=prompts.input_ids,
-        attention_mask=prompts.attention_mask,
-        max_new_tokens=settings.max_new_tokens,
-        min_new_tokens=settings.min_new_tokens,
-        eos_token_id=stop_token_id,
-        pad_token_id=pad_token_id,
-        use_cache=True,
-        **sampling,
-    )
-    responses = output[:, prompts.input_ids.shape[1] :]
-    mask, ended = truncate_after_stop(responses, stop_token_id)
-    return responses.masked_fill(~mask, pad_token_id), mask, ended
-
-
-def sample_answers(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str],
-    system_prompt: str | None,
-    settings: SamplingSettings,
-    stop_token_id: int | None = None,
-) -> tuple[EncodedPrompts, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """Prompts → (encoded prompts, responses, response mask, ended, decoded answers), on the
-    model's device; stops at `stop_token_id` (EOS by default)."""
-    encoded = encode_prompts(tokenizer, prompts, system_prompt)
-    device = model.device
-    encoded = EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device))
-    stop = tokenizer.eos_token_id if stop_token_id is None else stop_token_id
-    responses, mask, ended = sample_responses(
-        model, encoded, settings, stop, tokenizer.pad_token_id
-    )
-    texts = tokenizer.batch_decode(responses, skip_special_tokens=True)  # pad after the stop
-    return encoded, responses, mask, ended, texts
-
-
-def joined_inputs(
-    prompts: EncodedPrompts, responses: torch.Tensor, response_mask: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """input_ids, attention_mask and position_ids of prompt + response; positions count real
-    tokens only, so a left-padded row sees the same positions as it would unpadded."""
-    attention_mask = torch.cat([prompts.attention_mask, response_mask.long()], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {
-        "input_ids": torch.cat([prompts.input_ids, responses], dim=1),
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-    }
 
 
 def response_slice(

@@ -16,7 +16,7 @@
 8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
 Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
 the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several
-processes (rlhf/ppo/distributed.py) the guards and health alarms see every process's values, so
+processes (rlhf/runtime/distributed.py) the guards and health alarms see every process's values, so
 all processes stop or skip alike.
 
 Implementation details, with where they come from (Huang et al. 2024, "The N+ implementation
@@ -41,7 +41,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -49,38 +49,45 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError, NumericError
-from rlhf.ppo import core, distributed
+from rlhf.ppo import core
 from rlhf.ppo.actor_critic import ActorCritic
-from rlhf.ppo.compute import MixedPrecision, checkpointing_in_eval
+from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
-from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_rows
-from rlhf.ppo.rollout import (
+from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
+from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
+from rlhf.ppo.rollout import Rollout
+from rlhf.rewards import RewardFunction, with_tokens_argument
+from rlhf.rewards.processing import ScoreProcessor, calibration
+from rlhf.rewards.tokens import ResponseTokens
+from rlhf.runs.tracking import Tracker
+from rlhf.runtime import distributed
+from rlhf.runtime.generation import (
     EncodedPrompts,
-    Rollout,
     SamplingSettings,
     joined_inputs,
+    row_seeds,
     sample_answers,
 )
-from rlhf.rewards import RewardFunction
-from rlhf.rewards.processing import ScoreProcessor, calibration
-from rlhf.tracking import Tracker
+from rlhf.runtime.rng import global_rng_states, restore_global_rng_states
 
 if TYPE_CHECKING:
-    from rlhf.judge import Judge
     from rlhf.ppo.checkpoint import Checkpointer
+    from rlhf.rewards.judge import Judge
 
 log = logging.getLogger(__name__)
 
 
 def make_optimizer(
-    groups: list[list[torch.nn.Parameter]], lr: float, shard: bool = False
+    groups: list[tuple[list[torch.nn.Parameter], float]], shard: bool = False
 ) -> torch.optim.Optimizer:
-    """AdamW, fused where PyTorch has a fused kernel for the device (3–4× faster on CPU). With
-    `shard` on several processes, ZeRO-1: each process keeps the moments of, and updates, its
-    share of the parameters, then every process receives the others' (the gradients are already
-    summed everywhere, see `_optimizer_step`, so the update is the same as unsharded)."""
-    param_groups = [{"params": params} for params in groups if params]
+    """AdamW over (parameters, learning rate) groups, fused where PyTorch has a fused kernel for
+    the device (3–4× faster on CPU). With `shard` on several processes, ZeRO-1: each process
+    keeps the moments of, and updates, its share of the parameters, then every process receives
+    the others' (the gradients are already summed everywhere, see `_optimizer_step`, so the
+    update is the same as unsharded)."""
+    param_groups = [{"params": params, "lr": lr} for params, lr in groups if params]
+    lr = param_groups[0]["lr"]
     if shard and distributed.world_size() > 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -101,6 +108,23 @@ def make_optimizer(
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=0.0)
 
 
+def stop_token_id(tokenizer: PreTrainedTokenizerBase, stop_token: str | None) -> int:
+    """The id generation stops at: EOS, or `stop_token` (a vocabulary entry, or text that
+    encodes to exactly one token)."""
+    if stop_token is None:
+        return tokenizer.eos_token_id
+    vocabulary = tokenizer.get_vocab()
+    if stop_token in vocabulary:
+        return vocabulary[stop_token]
+    ids = tokenizer(stop_token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ConfigError(
+            f"ppo.stop_token: {stop_token!r} is not one token of this tokenizer "
+            f"(it encodes to {len(ids)} tokens)"
+        )
+    return ids[0]
+
+
 class PPOTrainer:
     def __init__(
         self,
@@ -118,13 +142,10 @@ class PPOTrainer:
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.judge = judge  # eval.judge: scored beside the reward at each evaluation
-        self.reward_fn, self.tracker, self.processor = reward_fn, tracker, score_processor
+        self.reward_fn = with_tokens_argument(reward_fn)
+        self.tracker, self.processor = tracker, score_processor
         self.prompts, self.eval_prompts, self.system_prompt = prompts, eval_prompts, system_prompt
-        self.stop_token_id = (
-            tokenizer.convert_tokens_to_ids(config.stop_token)
-            if config.stop_token
-            else tokenizer.eos_token_id
-        )
+        self.stop_token_id = stop_token_id(tokenizer, config.stop_token)
         self.kl_controller = make_kl_controller(
             config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon
         )
@@ -133,24 +154,22 @@ class PPOTrainer:
                 "ppo.shard_optimizer: not with model.mixed_precision=fp16 (the loss scaler "
                 "unscales gradients through the optimiser); use bf16"
             )
+        self.policy_params = model.policy_parameters()
+        self.critic_params = model.critic_parameters()
+        critic_lr = config.critic_learning_rate or config.learning_rate
         self.optimizer = make_optimizer(
-            [model.policy_parameters(), model.critic_parameters()],
-            config.learning_rate,
+            [(self.policy_params, config.learning_rate), (self.critic_params, critic_lr)],
             shard=config.shard_optimizer,
         )
-        # every process starts from the main process's weights (fresh heads are random)
+        # every process starts from the main process's weights (fresh adapters are random)
         distributed.broadcast_parameters(self._trained_parameters())
         self.precision = MixedPrecision(mixed_precision, model.policy.device)
-        steps_per_update = config.ppo_epochs * (
-            config.batch_size
-            * config.samples_per_prompt
-            // (config.mini_batch_size * config.gradient_accumulation_steps)
-        )
-        total_steps = max(1, config.total_updates * steps_per_update)
+        # stepped once per update, so early stops (target_kl) do not leave it short of 0
+        total = max(1, config.total_updates)
         schedule = (
-            (lambda step: 1.0)
+            (lambda update: 1.0)
             if config.lr_scheduler == "constant"
-            else (lambda step: max(0.0, 1.0 - step / total_steps))
+            else (lambda update: max(0.0, 1.0 - update / total))
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.rng = random.Random(config.seed)
@@ -164,30 +183,49 @@ class PPOTrainer:
 
     # --- data ---------------------------------------------------------------------------
 
-    def next_prompts(self) -> list[str]:
-        """batch_size prompts: this process's share of batch_size × processes prompts drawn in a
-        seeded order (the same on every process), reshuffled at each pass over the data."""
+    def next_prompts(self) -> tuple[list[str], list[int]]:
+        """This process's prompts for the next update, each repeated samples_per_prompt times,
+        and their rows in the global batch: batch_size × processes prompts drawn in a seeded
+        order (the same on every process), reshuffled at each pass over the data."""
         batch = []
         while len(batch) < self.config.batch_size * distributed.world_size():
             if not self._order:
                 self._order = list(range(len(self.prompts)))
                 self.rng.shuffle(self._order)
             batch.append(self.prompts[self._order.pop()])
-        batch = distributed.shard(batch)
-        return [p for p in batch for _ in range(self.config.samples_per_prompt)]
+        repeats = self.config.samples_per_prompt
+        mine = distributed.shard(range(len(batch)))
+        prompts = [batch[index] for index in mine for _ in range(repeats)]
+        rows = [index * repeats + k for index in mine for k in range(repeats)]
+        return prompts, rows
 
     def sampling(self, evaluation: bool) -> SamplingSettings:
         c = self.config
         if evaluation:
-            return SamplingSettings(c.max_new_tokens, do_sample=c.eval_do_sample)
+            return SamplingSettings(
+                c.max_new_tokens, do_sample=c.eval_do_sample, temperature=c.temperature
+            )
         max_new = c.max_new_tokens
         if c.length_sampler is not None:
             max_new = self.rng.randint(c.length_sampler[0], c.length_sampler[1])
-        return SamplingSettings(max_new, c.min_new_tokens, True, c.temperature, c.top_k, c.top_p)
+        return SamplingSettings(max_new, c.min_new_tokens, True, c.temperature)
+
+    def describe_sampling(self) -> str:
+        """The log line saying how answers are drawn (no setting of a checkpoint's own
+        generation_config.json takes part)."""
+        c = self.config
+        limits = f"[{c.length_sampler[0]}, {c.length_sampler[1]}]" if c.length_sampler else ""
+        stop = self.tokenizer.convert_ids_to_tokens(self.stop_token_id)
+        return (
+            f"sampling: {self.sampling(evaluation=False).describe()}"
+            + (f" (max drawn per batch from {limits})" if limits else "")
+            + f", stop at {stop!r} (id {self.stop_token_id}); one seed per answer from "
+            f"ppo.seed={c.seed}; evaluation: {self.sampling(evaluation=True).describe()}"
+        )
 
     # --- phases -------------------------------------------------------------------------
 
-    def _sample(self, prompts: list[str], evaluation: bool):
+    def _sample(self, prompts: list[str], settings: SamplingSettings, seeds: list[int]):
         """Encoded prompts, responses (cut after the stop token), mask, ended flags and texts."""
         self.model.policy.eval()
         with self.precision.autocast():
@@ -196,32 +234,44 @@ class PPOTrainer:
                 self.tokenizer,
                 prompts,
                 self.system_prompt,
-                self.sampling(evaluation),
+                settings,
                 self.stop_token_id,
+                seeds,
             )
 
-    def _score(self, prompts: list[str], texts: list[str]) -> torch.Tensor:
+    def _score(self, prompts: list[str], texts: list[str], tokens: ResponseTokens) -> torch.Tensor:
         started = time.perf_counter()
-        raw = self.reward_fn(prompts, texts)
+        raw = self.reward_fn(prompts, texts, tokens)
         self._timings["score"] += time.perf_counter() - started
         return raw
 
-    def generate(self, prompts: list[str], evaluation: bool = False) -> Rollout:
-        """Phases 1–2: sample and score (evaluation: its own sampling, scores left raw)."""
-        encoded, responses, mask, ended, texts = self._sample(prompts, evaluation)
-        raw = self._score(prompts, texts)
+    def generate(
+        self, prompts: list[str], rows: list[int] | None = None, evaluation: bool = False
+    ) -> Rollout:
+        """Phases 1–2: sample and score (evaluation: its own sampling, scores left raw). `rows`:
+        the prompts' rows in the global batch, which seed each answer's sampling."""
+        rows = list(range(len(prompts))) if rows is None else rows
+        settings = self.sampling(evaluation)
+        stream = "evaluation" if evaluation else "rollout"
+        seeds = row_seeds(self.config.seed, stream, self.update, rows)
+        encoded, responses, mask, ended, texts = self._sample(prompts, settings, seeds)
+        tokens = ResponseTokens(encoded.input_ids, encoded.attention_mask, responses, mask, ended)
+        raw = self._score(prompts, texts, tokens)
         scores = raw if evaluation else self.processor(raw, ended.cpu())
         if not evaluation:
             self._check_finite("score", "scores", scores, everywhere=True)
         if not evaluation and self.config.overlong_buffer is not None:
             scores = scores + core.overlong_penalty(
                 mask.sum(1).cpu(),
-                self.config.max_new_tokens,
-                self.config.overlong_buffer,
+                settings.max_new_tokens,  # the limit these answers had (length_sampler)
+                min(self.config.overlong_buffer, settings.max_new_tokens),
                 self.config.overlong_penalty,
             )
         device = responses.device
-        return Rollout(prompts, encoded, responses, mask, ended, texts, raw, scores.to(device))
+        return Rollout(
+            prompts, encoded, responses, mask, ended, texts, raw, scores.to(device),
+            max_new_tokens=settings.max_new_tokens,
+        )  # fmt: skip
 
     @torch.no_grad()
     def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
@@ -229,33 +279,47 @@ class PPOTrainer:
         that they have mean 0 and standard deviation 1; returns (gain, bias). Each process
         scores its share of the prompts; the moments are those of all of them."""
         raw = []
-        mine = distributed.shard(prompts)
+        mine = distributed.shard(list(enumerate(prompts)))
+        settings = SamplingSettings(
+            self.config.max_new_tokens, self.config.min_new_tokens, True, self.config.temperature
+        )
         for start in range(0, len(mine), self.config.batch_size):
-            batch = mine[start : start + self.config.batch_size]
-            raw.append(self._score(batch, self._sample(batch, evaluation=False)[-1]))
+            rows, batch = zip(*mine[start : start + self.config.batch_size], strict=True)
+            seeds = row_seeds(self.config.seed, "calibrate", 0, rows)
+            encoded, responses, mask, ended, texts = self._sample(list(batch), settings, seeds)
+            tokens = ResponseTokens(
+                encoded.input_ids, encoded.attention_mask, responses, mask, ended
+            )
+            raw.append(self._score(list(batch), texts, tokens))
         everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
         self.processor.gain, self.processor.bias = calibration(everyone)
         return self.processor.gain, self.processor.bias
 
     @torch.no_grad()
     def forward_passes(self, rollout: Rollout) -> None:
-        """Phase 3: log-probs under policy and reference, values."""
+        """Phase 3: log-probs under policy and reference, values (and the exact per-token KL
+        when the penalty uses it)."""
         inputs = joined_inputs(rollout.encoded, rollout.responses, rollout.mask)
         widths = (rollout.encoded.input_ids.shape[1], rollout.responses.shape[1])
         with self.precision.autocast():
             logits, values = self.model.policy_forward(inputs, *widths)
+            ref_logits = self.model.reference_logits(inputs, *widths)
             rollout.logprobs = self._logprobs(logits, rollout.responses)
-            rollout.ref_logprobs = self._logprobs(
-                self.model.reference_logits(inputs, *widths), rollout.responses
-            )
+            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses)
+            if self.config.kl_estimator == "full":
+                rollout.kl_full = core.full_kl_from_logits(
+                    logits, ref_logits, self.config.temperature
+                )
+            del logits, ref_logits
             rollout.values = (
                 values if values is not None else self.model.critic_forward(inputs, *widths)
             )
-        rollout.values = rollout.values.float()
+        rollout.values = core.upcast(rollout.values)
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities of the distribution actually sampled (logits / temperature)."""
-        return torch.log_softmax(logits.float() / (self.config.temperature + 1e-7), dim=-1)
+        """Log-probabilities of the distribution actually sampled: softmax(logits / T) over the
+        whole vocabulary (PPO refuses top-k / top-p truncation)."""
+        return torch.log_softmax(core.upcast(logits) / self.config.temperature, dim=-1)
 
     def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return core.gather_tokens(self._log_softmax(logits), tokens)
@@ -263,18 +327,21 @@ class PPOTrainer:
     def shape_rewards(self, rollout: Rollout) -> None:
         """Phases 4–5: per-token rewards, GAE, whitening (moments of the global batch)."""
         c = self.config
-        rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
+        if c.kl_estimator == "full":
+            rollout.kl = rollout.kl_full
+        else:
+            rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
         rollout.rewards, rollout.non_score_rewards = core.per_token_rewards(
             rollout.scores, rollout.kl, self.kl_controller.value, rollout.mask
         )
         rewards = rollout.rewards
         if c.whiten_rewards:
-            rewards = distributed.masked_whiten(rewards, rollout.mask, shift_mean=False)
+            rewards = global_masked_whiten(rewards, rollout.mask, shift_mean=False)
         advantages, rollout.returns = core.gae(
             rewards, rollout.values, rollout.mask, c.gamma, c.lam
         )
         if c.whiten_advantages:
-            advantages = distributed.masked_whiten(advantages, rollout.mask)
+            advantages = global_masked_whiten(advantages, rollout.mask)
         rollout.advantages = advantages
         self._check_finite("advantages", "advantages", advantages[rollout.mask], everywhere=True)
 
@@ -335,7 +402,8 @@ class PPOTrainer:
         self._agree_on(error)
         # a step on zero gradients would still move AdamW's moments
         if distributed.any_process(contributed):
-            stats["policy/grad_norm"].append(self._optimizer_step())
+            for key, norm in self._optimizer_step(critic_only).items():
+                stats[key].append(norm)
 
     def _micro_step(
         self, rollout: Rollout, index: torch.Tensor, weight: float, critic_only: bool
@@ -348,7 +416,11 @@ class PPOTrainer:
         responses = rollout.responses[index]
         inputs = joined_inputs(encoded, responses, mask)
         widths = (encoded.input_ids.shape[1], responses.shape[1])
-        logits, values = self.model.policy_forward(inputs, *widths)
+        # critic warm-up: the policy term is left out and the value loss reaches only what is
+        # the critic's alone (a value head's input is detached from the policy's body)
+        logits, values = self.model.policy_forward(
+            inputs, *widths, values_train_body=not critic_only
+        )
         log_probs_all = self._log_softmax(logits)  # one softmax for log-probs and entropy
         logprobs = core.gather_tokens(log_probs_all, responses)
         pg_loss, pg_stats = core.policy_loss(
@@ -370,7 +442,6 @@ class PPOTrainer:
         if pg_stats["ratio_mean"] > c.ratio_threshold:
             stats["skipped"] = 1.0  # a stale or broken mini-batch: no gradient from it
             return stats
-        # critic warm-up: the policy term is left out, only the critic learns
         loss = (
             0.0
             if critic_only
@@ -378,6 +449,8 @@ class PPOTrainer:
         )
         if values is None:  # separate or LoRA critic: its own pass and backward
             self._backward(loss, weight, "policy loss")
+            del logits, log_probs_all
+            # the backward runs (and gradient checkpointing recomputes) under the critic adapter
             with self.model.critic_adapter():
                 values = self.model.critic_forward(inputs, *widths)
                 vf_loss, vf_stats = self._value_loss(values, rollout, index, mask)
@@ -391,7 +464,7 @@ class PPOTrainer:
 
     def _value_loss(self, values, rollout, index, mask):
         return core.value_loss(
-            values.float(),
+            core.upcast(values),
             rollout.values[index],
             rollout.returns[index],
             mask,
@@ -408,19 +481,30 @@ class PPOTrainer:
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def _optimizer_step(self) -> float:
-        params = self._trained_parameters()
-        distributed.sum_gradients(params)  # the same gradient on every process
+    def _optimizer_step(self, critic_only: bool = False) -> dict[str, float]:
+        """Sum gradients over processes, clip policy and critic each to max_grad_norm on its
+        own (a full critic's large gradient must not shrink the policy's step), step AdamW.
+        In critic warm-up the policy's parameters have no gradient and take no step."""
+        groups = {"critic": self.critic_params}
+        if critic_only:
+            for param in self.policy_params:
+                param.grad = None  # no step, no moment update, no step count for the policy
+        else:
+            groups = {"policy": self.policy_params, **groups}
+        trained = [p for params in groups.values() for p in params]
+        distributed.sum_gradients(trained)  # the same gradient on every process
         self.precision.unscale(self.optimizer)
         max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        if not self.precision.scales_loss:  # fp16: an overflow skips the step, the scale drops
-            self._check_finite("update", "gradient norm", norm)
+        norms = {}
+        for name, params in groups.items():
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            if not self.precision.scales_loss:  # fp16: an overflow skips the step, scale drops
+                self._check_finite("update", f"{name} gradient norm", norm)
+            norms["policy/grad_norm" if name == "policy" else "val/grad_norm"] = norm.item()
         self.precision.step(self.optimizer)
-        self.scheduler.step()
         # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
         self.optimizer.zero_grad(set_to_none=False)
-        return norm.item()
+        return norms
 
     def _check_finite(
         self, phase: str, what: str, value: torch.Tensor, everywhere: bool = False
@@ -459,8 +543,9 @@ class PPOTrainer:
         self._timings = defaultdict(float)
         self._last_rollout = None
         started = time.perf_counter()
+        lr = self.scheduler.get_last_lr()[0]  # this update's (stepped once per update)
         try:
-            rollout = self.generate(self.next_prompts())
+            rollout = self.generate(*self.next_prompts())
             generated = time.perf_counter()
             self.forward_passes(rollout)
             self.shape_rewards(rollout)
@@ -468,12 +553,14 @@ class PPOTrainer:
             if self.config.on_nonfinite == "stop":
                 raise
             log.warning("%s; batch skipped (ppo.on_nonfinite=skip)", exc)
+            self.scheduler.step()
             return {"ppo/nonfinite_skipped_batches": 1.0}
         self._timings["generate"] = generated - started - self._timings["score"]
         forwarded = time.perf_counter()
         # eval mode, dropout off: the first epoch's ratio is exactly 1
         with checkpointing_in_eval(self.model):
             update_stats = self.optimise(rollout)
+        self.scheduler.step()
         done = time.perf_counter()
         self._timings["forward"] = forwarded - generated
         self._timings["update"] = done - forwarded
@@ -481,14 +568,22 @@ class PPOTrainer:
         metrics = rollout_metrics(rollout)
         metrics.update({f"ppo/{k}": v for k, v in update_stats.items()})
         metrics["ppo/kl_coef"] = self.kl_controller.value
-        metrics["ppo/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["ppo/lr"] = lr
         metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / (done - started)
         metrics.update({f"timing/{k}": v for k, v in self._timings.items()})
         metrics["timing/total"] = done - started
-        metrics = distributed.reduce_metrics(metrics)
+        metrics = reduce_metrics(metrics)
         global_batch = rollout.responses.shape[0] * distributed.world_size()
-        self.kl_controller.update(metrics["ppo/objective/kl"], global_batch)
+        self.kl_controller.update(metrics[self.controller_kl_metric], global_batch)
         return metrics
+
+    @property
+    def controller_kl_metric(self) -> str:
+        """The KL the adaptive controller steers: the penalty's own where it estimates KL
+        (k1, k3, exact), k1 where the penalty is another function of the log-ratio (k2, abs)."""
+        if self.config.kl_estimator in ("k1", "k3", "full"):
+            return "ppo/objective/kl"
+        return "ppo/objective/kl_k1"
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -497,8 +592,11 @@ class PPOTrainer:
         self._timings = defaultdict(float)
         texts, scores, lengths, ended, judged = [], [], [], [], []
         mine = distributed.shard(self.eval_prompts)
+        offset = distributed.shard_offset(len(self.eval_prompts))
         for start in range(0, len(mine), self.config.batch_size):
-            rollout = self.generate(mine[start : start + self.config.batch_size], True)
+            rows = list(range(offset + start, offset + start + self.config.batch_size))
+            batch = mine[start : start + self.config.batch_size]
+            rollout = self.generate(batch, rows[: len(batch)], evaluation=True)
             texts += rollout.texts
             scores += rollout.raw_scores.tolist()
             lengths += rollout.mask.sum(1).tolist()
@@ -510,7 +608,7 @@ class PPOTrainer:
             [x for part in gathered for x in part[i]] for i in range(5)
         )
         rows = [
-            [self.update, p, t, round(s, 4), None, int(n), bool(e)]
+            sample_row(self.update, p, t, s, None, n, e)
             for p, t, s, n, e in zip(self.eval_prompts, texts, scores, lengths, ended, strict=True)
         ]
         self.tracker.log_table("ppo/eval_samples", SAMPLE_COLUMNS, rows)
@@ -545,6 +643,8 @@ class PPOTrainer:
         each: evaluation and samples when due, health alarms, log, checkpoint when due."""
         c = self.config
         final: dict[str, float] = {}
+        if self._main:
+            log.info(self.describe_sampling())
         if c.eval_every and self.eval_prompts and self.update == 0:
             self.tracker.log(self.evaluate(), step=0)
         # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
@@ -576,3 +676,70 @@ class PPOTrainer:
         if checkpointer is not None:
             checkpointer.after_update(self, metrics)
         return metrics
+
+    # --- state: what a checkpoint holds (rlhf/ppo/checkpoint.py) ---------------------------
+
+    def trainable_tensors(self) -> dict[str, torch.Tensor]:
+        """Name → every trained parameter (tied weights once, by their first name)."""
+        trained = {id(p) for p in self.model.policy_parameters() + self.model.critic_parameters()}
+        return {name: p for name, p in self.model.named_parameters() if id(p) in trained}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact continuation needs: the `trainable` tensors, the `optimizer` and
+        `scheduler` states, this process's `rng` states (global and the trainer's own), and the
+        JSON-able `update`, `data_order`, `kl_controller`, `score_processor` and `health`.
+        Every process calls it: with a sharded optimiser (ZeRO-1) the moments are gathered on
+        the main process, and only its `optimizer` entry is set (None on the others)."""
+        optimizer = self.optimizer
+        if _is_sharded(optimizer):
+            optimizer.consolidate_state_dict(to=0)
+        processor = self.processor
+        return {
+            "update": self.update,
+            "data_order": list(self._order),
+            "kl_controller": self.kl_controller.state_dict(),
+            "score_processor": {
+                "moments": processor.moments.state_dict(),
+                "gain": processor.gain,
+                "bias": processor.bias,
+            },
+            "health": self.health.state_dict(),
+            "trainable": self.trainable_tensors(),
+            "optimizer": optimizer.state_dict()
+            if self._main or not _is_sharded(optimizer)
+            else None,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {
+                **global_rng_states(),
+                "trainer_python": self.rng.getstate(),
+                "trainer_torch": self.torch_rng.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put the trainer back in the state `state_dict` gave (the full optimiser state, this
+        process's RNG states). Raises ConfigError when the trained tensors differ in name."""
+        expected = self.trainable_tensors()
+        if set(state["trainable"]) != set(expected):
+            missing = sorted(set(expected) - set(state["trainable"]))[:3]
+            raise ConfigError(f"does not match this model (tensors missing: {missing})")
+        with torch.no_grad():
+            for name, tensor in state["trainable"].items():
+                expected[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        restore_global_rng_states(state["rng"])
+        self.rng.setstate(state["rng"]["trainer_python"])
+        self.torch_rng.set_state(state["rng"]["trainer_torch"])
+        self.update = state["update"]
+        self._order = list(state["data_order"])
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        processor = state["score_processor"]
+        self.processor.moments.load_state_dict(processor["moments"])
+        self.processor.gain, self.processor.bias = processor["gain"], processor["bias"]
+        self.health.load_state_dict(state["health"])
+
+
+def _is_sharded(optimizer: torch.optim.Optimizer) -> bool:
+    """True for ZeRO-1 (each process holds a share of the moments)."""
+    return hasattr(optimizer, "consolidate_state_dict")

@@ -1,7 +1,9 @@
-"""Reward sources behind one interface: `score(prompts, completions) -> (N,) float tensor`.
+"""Reward sources behind one interface: `score(prompts, completions, tokens=None) -> (N,)
+float tensor`; `tokens` (ResponseTokens) carries the token ids of policy answers, which a reward
+model reads instead of re-rendering the text.
 
 - reward_model: a trained one-output sequence classifier (rm stage output), read at the last
-  real token of the chat-formatted conversation (rlhf/scoring.py);
+  real token of the chat-formatted conversation (rlhf/models/scoring.py);
 - function: any Python callable named by `_target_` (prompts, completions → list of floats);
 - classifier: a transformers text-classification pipeline, one label's logit or probability;
 - weighted: a weighted sum of the above.
@@ -11,24 +13,52 @@ scores, or returns NaN stops the run with one line naming it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from rlhf.config import ModelConfig, RewardConfig
 from rlhf.errors import ConfigError, RewardError
+from rlhf.rewards.tokens import ResponseTokens
 
-RewardFunction = Callable[[list[str], list[str]], torch.Tensor]
+RewardFunction = Callable[..., torch.Tensor]  # (prompts, completions, tokens=None) -> (N,)
+
+
+def text_only(function: Callable[[list[str], list[str]], object]) -> RewardFunction:
+    """A reward of text alone (user functions, classifiers): the token ids are not passed on."""
+
+    def score(prompts: list[str], completions: list[str], tokens: ResponseTokens | None = None):
+        return function(prompts, completions)
+
+    return score
+
+
+def with_tokens_argument(function: Callable) -> RewardFunction:
+    """`function` itself when it takes the `tokens` argument, else `text_only(function)`: any
+    callable of (prompts, completions) serves as a reward."""
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: assume text only
+        return text_only(function)
+    takes_tokens = (
+        "tokens" in parameters
+        or len(parameters) >= 3
+        or any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values())
+    )
+    return function if takes_tokens else text_only(function)
 
 
 def checked(source: RewardFunction, name: str) -> RewardFunction:
     """Wrap a source so that bad output is caught where it happens, with its name."""
+    source = with_tokens_argument(source)
 
-    def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
+    def score(
+        prompts: list[str], completions: list[str], tokens: ResponseTokens | None = None
+    ) -> torch.Tensor:
         try:
-            raw = source(prompts, completions)
+            raw = source(prompts, completions, tokens)
         except Exception as exc:
             raise RewardError(f"reward {name} raised {type(exc).__name__}: {exc}") from exc
         scores = torch.as_tensor(raw, dtype=torch.float32).flatten().cpu()
@@ -50,47 +80,33 @@ def build_reward(
     system_prompt: str | None,
     model_settings: ModelConfig,
 ) -> RewardFunction:
-    """The configured reward source, checked."""
+    """The configured reward source, checked. `cfg` is `reward`, `eval.judge` or a component of
+    either; errors name its keys (`cfg.section`)."""
     if cfg.kind == "reward_model":
         from rlhf.rewards.reward_model import RewardModelScorer
 
         path = cfg.model_path or default_model_path
         if path is None:
-            raise ConfigError("reward.model_path: set the folder of a trained reward model")
+            raise ConfigError(f"{cfg.section}.model_path: set the folder of a trained reward model")
         return checked(RewardModelScorer(Path(path), system_prompt, model_settings), str(path))
     if cfg.kind == "function":
-        from rlhf.rewards.function import function_reward
+        from rlhf.rewards.python_function import function_reward
 
         target = cfg.function["_target_"]
-        return checked(function_reward(cfg.function), target)
+        return checked(text_only(function_reward(cfg.function, f"{cfg.section}.function")), target)
     if cfg.kind == "classifier":
         from rlhf.rewards.classifier import ClassifierScorer
 
-        return checked(ClassifierScorer(cfg.classifier, cfg.label, cfg.use_logit), cfg.classifier)
-    return checked(_weighted(cfg, default_model_path, system_prompt, model_settings), "weighted")
+        scorer = ClassifierScorer(cfg.classifier, cfg.label, cfg.use_logit, cfg.section)
+        return checked(text_only(scorer), cfg.classifier)
+    parts = [
+        (weight, build_reward(part, default_model_path, system_prompt, model_settings))
+        for weight, part in cfg.weighted_parts()
+    ]
 
+    def weighted(
+        prompts: list[str], completions: list[str], tokens: ResponseTokens | None = None
+    ) -> torch.Tensor:
+        return sum(weight * part(prompts, completions, tokens) for weight, part in parts)
 
-def _weighted(
-    cfg: RewardConfig,
-    default_model_path: Path | None,
-    system_prompt: str | None,
-    model_settings: ModelConfig,
-) -> RewardFunction:
-    parts = []
-    for index, component in enumerate(cfg.components):
-        spec = dict(
-            OmegaConf.to_container(component) if OmegaConf.is_config(component) else component
-        )
-        weight = float(spec.pop("weight", 1.0))
-        try:
-            sub_config = RewardConfig(**spec)
-        except TypeError as exc:
-            raise ConfigError(f"reward.components[{index}]: {exc}") from exc
-        parts.append(
-            (weight, build_reward(sub_config, default_model_path, system_prompt, model_settings))
-        )
-
-    def score(prompts: list[str], completions: list[str]) -> torch.Tensor:
-        return sum(weight * part(prompts, completions) for weight, part in parts)
-
-    return score
+    return checked(weighted, "weighted")

@@ -1,14 +1,18 @@
 """Stage `eval`: the trained policy against its starting point on held-out prompts.
 
-Both models answer the same held-out questions (greedy by default); the reward scores both. For
-each model: mean score, share above the decision threshold (for the insult RM: rude answers),
+The policy is the model of the stage declared as producing the policy (the last such stage of
+`pipeline.stages`: PPO's), the baseline the model that stage started from (SFT's), the reward
+the run's (its reward model by default); `eval.*_model` set any of them instead. Both models
+answer the same held-out questions (greedy by default); the reward scores both. For each model:
+mean score, share above the decision threshold (for the insult RM: rude answers),
 mean length, EOS rate, share of distinct answers and distinct-2 (distinct character bigrams /
 all bigrams). Between them: the policy's win rate (ties count half) and its KL to the baseline
 on its own answers (Σ log π − log π_ref per answer). A policy whose answers are mostly the same
-sentence has collapsed, whatever its score: the stage says so. With `eval.judge`, a second
-measure scores both models' answers too, and the stage says "reward hacking suspected" when the
-RM and the judge disagree or the answers' length drifted (rlhf/judge.py). Writes
-`eval/samples.md`.
+sentence has collapsed, whatever its score: the stage says so. With `eval.judge`, a second,
+independent reward (rlhf/rewards/judge.py) scores both models' answers too
+(`eval/<model>/judge_score` beside `eval/<model>/score`), and the stage says "reward hacking
+suspected" when the reward and the judge disagree or the answers' length drifted
+(rlhf/stages/hacking.py). Writes `eval/samples.md`.
 """
 
 from __future__ import annotations
@@ -20,14 +24,18 @@ from pathlib import Path
 import torch
 
 from rlhf.config import Config
-from rlhf.data import limit_lengths, load_preference_data
-from rlhf.judge import MODELS, build_judge, hacking_check, judge_metrics, win_rate
-from rlhf.models import load_model_and_tokenizer
-from rlhf.ppo import core, distributed
-from rlhf.ppo.rollout import SamplingSettings, joined_inputs, sample_answers
+from rlhf.data.loading import limit_lengths, load_preference_data
+from rlhf.models.loading import load_model_and_tokenizer
+from rlhf.ppo import core
 from rlhf.rewards import build_reward
-from rlhf.stages.common import RunPaths, stage_context
-from rlhf.stages.rm import decision_threshold
+from rlhf.rewards.judge import build_judge
+from rlhf.rewards.reward_model import decision_threshold
+from rlhf.runs.folders import RunPaths
+from rlhf.runtime import distributed
+from rlhf.runtime.generation import SamplingSettings, joined_inputs, sample_answers
+from rlhf.stages.context import stage_context
+from rlhf.stages.hacking import MODELS, hacking_check, judge_metrics, win_rate
+from rlhf.stages.table import POLICY, REWARD_MODEL, producer
 
 log = logging.getLogger(__name__)
 
@@ -133,46 +141,54 @@ def write_samples(path: Path, columns: list[str], rows: list[list]) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
-    """baseline (SFT unless set) and policy (PPO unless set): name → (model, tokenizer)."""
-    sources = {
-        "baseline": config.eval.baseline_model or str(paths.model_dir("sft")),
-        "policy": config.eval.policy_model or str(paths.model_dir("ppo")),
+def model_sources(config: Config, paths: RunPaths) -> dict[str, str]:
+    """baseline and policy → model folder: `eval.*_model` where set, else the run's policy (the
+    model of the stage declared as producing it) and the model that stage started from."""
+    policy = producer(POLICY, config.pipeline.stages)
+    start = paths.model_dir(policy.starts_from) if policy.starts_from else None
+    return {
+        "baseline": config.eval.baseline_model or str(start or config.model.name_or_path),
+        "policy": config.eval.policy_model or str(paths.model_dir(policy.name)),
     }
+
+
+def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
+    """baseline and policy (`model_sources`): name → (model, tokenizer)."""
+    sources = model_sources(config, paths)
     models = {}
     for name, path in sources.items():
-        settings = dataclasses.replace(
-            config.model, name_or_path=path, gradient_checkpointing=False
-        )
+        settings = dataclasses.replace(config.model.pointing_to(path), gradient_checkpointing=False)
         models[name] = load_model_and_tokenizer(settings, config.cache_dir)
     return models
 
 
 def eval_reward(config: Config, paths: RunPaths):
-    """The reward both models are scored with, and its decision threshold."""
-    rm_path = config.eval.reward_model or config.reward.model_path or str(paths.model_dir("rm"))
+    """The reward both models are scored with, its decision threshold, and its reward-model
+    folder (None when the reward is no RM)."""
+    run_rm = paths.model_dir(producer(REWARD_MODEL, config.pipeline.stages).name)
+    rm_path = config.eval.reward_model or config.reward.model_path or str(run_rm)
     reward_config = config.reward
     if reward_config.kind == "reward_model":
         reward_config = dataclasses.replace(reward_config, model_path=rm_path)
     reward = build_reward(reward_config, Path(rm_path), config.data.system_prompt, config.model)
+    is_rm = reward_config.kind == "reward_model"
     threshold = config.eval.threshold
     if threshold is None:
-        threshold = (
-            decision_threshold(Path(rm_path)) if reward_config.kind == "reward_model" else 0.0
-        )
-    return reward, threshold
+        threshold = decision_threshold(Path(rm_path)) if is_rm else 0.0
+    return reward, threshold, Path(rm_path) if is_rm else None
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "eval", resolved) as ctx:
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    with stage_context(config, paths, "eval") as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
+        reward, threshold, reward_model = eval_reward(config, paths)
+        # before the policies load, so that a bad eval.judge stops the stage at once
+        judge = build_judge(config.eval, config.data.system_prompt, config.model, reward_model)
         models = load_models(config, paths)
         tokenizer = models["policy"][1]
         prompts = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
         prompts = list(prompts[: config.eval.num_prompts])
-        reward, threshold = eval_reward(config, paths)
-        judge = build_judge(config)
         answers = {name: answer(m, tok, prompts, config) for name, (m, tok) in models.items()}
         scores = {name: reward(prompts, a.texts) for name, a in answers.items()}
         metrics = {"eval/threshold": threshold, "eval/num_prompts": len(prompts)}

@@ -1,7 +1,8 @@
 """Stage `ppo`: our PPO trainer (rlhf/ppo) on the configured policy, reward and critic.
 
 Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
-model defaults to `<run>/rm/model`, prompts are the data set's train prompts and the held-out
+model defaults to the run's reward model (the model of the stage declared as producing one,
+rlhf/stages/table.py), prompts are the data set's train prompts and the held-out
 evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
 tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`,
 `checkpoints/` (rlhf/ppo/checkpoint.py) and `best_checkpoint.json`. With `resume`, the newest
@@ -20,59 +21,103 @@ from peft import get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
-from rlhf.data import limit_lengths, load_preference_data
-from rlhf.judge import build_judge
-from rlhf.models import (
-    check_tokenizers_agree,
-    load_model,
+from rlhf.data.loading import limit_lengths, load_preference_data
+from rlhf.errors import ModelLoadError
+from rlhf.models.loading import (
+    check_trainable_precision,
     load_model_and_tokenizer,
+    load_model_report,
     lora_config,
     resolve_model_dir,
-    tokenizer_at,
 )
-from rlhf.plots import plot_ppo_run
-from rlhf.ppo import distributed
+from rlhf.models.saving import save_model
+from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
+from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import build_reward
+from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
-from rlhf.stages.common import RunPaths, StageContext, save_model, stage_context
+from rlhf.runs.folders import RunPaths
+from rlhf.runtime import distributed
+from rlhf.stages.context import StageContext, stage_context
+from rlhf.stages.table import REWARD_MODEL, producer
 
 log = logging.getLogger(__name__)
 
 
+def critic_source(config: Config, reward_model: str | None) -> tuple[str, str]:
+    """(folder a separate critic starts from, what it is): `ppo.critic_model`, else the reward
+    model when `ppo.critic_init` says so (the default when the reward is a reward model: N+
+    implementation details, OpenRLHF), else the policy's starting point."""
+    ppo = config.ppo
+    if ppo.critic_model is not None:
+        return ppo.critic_model, "ppo.critic_model"
+    init = ppo.critic_init
+    if init is None:
+        init = "reward_model" if config.reward.kind == "reward_model" else "policy"
+    if init == "reward_model":
+        return reward_model, "the reward model"
+    return config.model.name_or_path, "the policy's starting point"
+
+
+def load_separate_critic(
+    config: Config, tokenizer: PreTrainedTokenizerBase, reward_model: str | None
+) -> PreTrainedModel:
+    """A one-output sequence classifier on the critic's starting folder. A reward model keeps
+    its trained head; a folder without one (a causal LM) gets transformers' fresh head."""
+    source, what = critic_source(config, reward_model)
+    settings = config.model.pointing_to(source)
+    folder = resolve_model_dir(settings, config.cache_dir)
+    critic, new = load_model_report(folder, settings, tokenizer, kind="reward")
+    head = [name for name in new if name.startswith("score.")]
+    if head and what == "the reward model":
+        raise ModelLoadError(
+            f"ppo.critic_init: {folder} has no trained score head, so it is not a reward model "
+            "(set reward.model_path to an rm stage's model, or ppo.critic_init=policy)"
+        )
+    log.info("critic: separate, from %s (%s)%s", what, folder, ", new head" if head else "")
+    return critic.eval()
+
+
 def build_actor_critic(
-    config: Config, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    config: Config,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: str | None = None,
 ) -> ActorCritic:
     """Wrap the policy with LoRA if configured and attach reference and critic (see ActorCritic)."""
     ppo, settings = config.ppo, config.model
     reference = None
     if ppo.reference_model is not None:
-        reference_settings = dataclasses.replace(settings, name_or_path=ppo.reference_model)
+        reference_settings = settings.pointing_to(ppo.reference_model)
         reference = load_model_and_tokenizer(reference_settings, config.cache_dir)[0]
     elif not settings.lora.enabled:
         reference = copy.deepcopy(policy)  # frozen snapshot of the starting policy
     critic = None
     if ppo.critic == "separate":
-        critic_settings = dataclasses.replace(
-            settings, name_or_path=ppo.critic_model or settings.name_or_path
-        )
-        critic_dir = resolve_model_dir(critic_settings, config.cache_dir)
-        critic = load_model(critic_dir, critic_settings, tokenizer, kind="reward").eval()
+        critic = load_separate_critic(config, tokenizer, reward_model)
+        check_trainable_precision(critic, "the critic")
     if settings.lora.enabled:
         num_layers = policy.config.num_hidden_layers
         policy = get_peft_model(policy, lora_config(settings.lora, num_layers))
         if ppo.critic == "lora":
-            policy.add_adapter(CRITIC_ADAPTER, lora_config(settings.lora, num_layers))
+            # the critic's adapter: the same layout, but no copies of modules_to_save (the
+            # critic reads hidden states; an LM head copy would be trained by nothing)
+            critic_lora = dataclasses.replace(settings.lora, modules_to_save=None)
+            policy.add_adapter(CRITIC_ADAPTER, lora_config(critic_lora, num_layers))
             policy.set_adapter("default")
-    return ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
+    model = ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
+    check_trainable_precision(model.policy, "the policy")
+    return model
 
 
 def partner_tokenizers(config: Config, reward_model: str) -> dict[str, PreTrainedTokenizerBase]:
     """Tokenizers of the models PPO pairs with the policy, where they come from elsewhere."""
+    critic = critic_source(config, reward_model)[0] if config.ppo.critic == "separate" else None
     partners = {
-        "critic": config.ppo.critic_model if config.ppo.critic == "separate" else None,
+        "critic": critic if critic != config.model.name_or_path else None,
         "reference": config.ppo.reference_model,
         "reward model": reward_model if config.reward.kind == "reward_model" else None,
     }
@@ -93,6 +138,15 @@ def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTok
     save_model(policy, tokenizer, ctx.model_dir)
 
 
+def evaluation_judge(config: Config, reward_model: Path) -> Judge | None:
+    """`eval.judge`, scored at each held-out evaluation (`ppo/eval/judge_*`) when
+    `eval.judge_in_ppo`; it must not be the RM this run trains against."""
+    if not config.eval.judge_in_ppo:
+        return None
+    trained_against = reward_model if config.reward.kind == "reward_model" else None
+    return build_judge(config.eval, config.data.system_prompt, config.model, trained_against)
+
+
 def last_logged_update(stage_dir: Path) -> dict[str, float]:
     """Metrics of the last logged update (a resume whose checkpoint was already the last)."""
     records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
@@ -100,20 +154,22 @@ def last_logged_update(stage_dir: Path) -> dict[str, float]:
     return updates[-1] if updates else {}
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "ppo", resolved) as ctx:
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    with stage_context(config, paths, "ppo") as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
         ctx.info["policy_start"] = config.model.name_or_path
         prompts = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
         test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
-        reward_model = config.reward.model_path or str(paths.model_dir("rm"))
+        reward_stage = producer(REWARD_MODEL, config.pipeline.stages).name
+        reward_model = config.reward.model_path or str(paths.model_dir(reward_stage))
         check_tokenizers_agree("policy", tokenizer, partner_tokenizers(config, reward_model))
         reward = build_reward(
             config.reward, Path(reward_model), config.data.system_prompt, config.model
         )
-        model = build_actor_critic(config, policy, tokenizer).to(distributed.device())
+        judge = evaluation_judge(config, Path(reward_model))
+        model = build_actor_critic(config, policy, tokenizer, reward_model).to(distributed.device())
         if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
             set_seed(config.seed + distributed.rank())
         processor = ScoreProcessor(
@@ -134,7 +190,7 @@ def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
             ctx.tracker,
             processor,
             mixed_precision=config.model.mixed_precision,
-            judge=build_judge(config) if config.eval.judge_in_ppo else None,
+            judge=judge,
         )
         checkpointer = Checkpointer(
             config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id

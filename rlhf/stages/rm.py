@@ -2,50 +2,31 @@
 
 A one-output sequence classifier on the base model (full weights or LoRA with the score head
 trained in full), trained with the pairwise log-sigmoid loss. Afterwards the test split is scored
-with `rlhf.scoring` — the same code PPO uses — for pairwise accuracy and mean margin, and for
-whether the RM can be won by brevity: the Pearson correlation of score and answer length
-(characters) over the test answers, and how it ranks one short, not rude answer per test row
-(`rlhf.hard_negatives.brevity_negatives`) against the chosen one.
+with `rlhf.models.scoring` — the same code PPO's reward uses — for pairwise accuracy and mean
+margin, saved beside the weights as the RM's statistics, and for whether the RM can be won by
+brevity: the Pearson correlation of score and answer length (characters) over the test answers,
+and how it ranks one short, not rude answer per test row
+(`rlhf.data.hard_negatives.brevity_negatives`) against the chosen one. The phases are the TRL
+stage skeleton's (rlhf/stages/trl_stage.py).
 """
 
 from __future__ import annotations
 
-import json
-
 import torch
 from datasets import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 from trl import RewardConfig, RewardTrainer
 
 from rlhf.config import Config
-from rlhf.data import preference_rows, prompt_messages
-from rlhf.hard_negatives import brevity_negatives, with_hard_negatives
-from rlhf.models import lora_config
-from rlhf.ppo import distributed
+from rlhf.data.chat_format import conversations, preference_rows
+from rlhf.data.hard_negatives import brevity_negatives, with_hard_negatives
+from rlhf.models.saving import merged
+from rlhf.models.scoring import score_conversations
 from rlhf.ppo.health import pearson
-from rlhf.scoring import score_conversations
-from rlhf.stages.common import (
-    RunPaths,
-    TrackerCallback,
-    gathered_state_dict,
-    load_stage_inputs,
-    merged,
-    save_model,
-    stage_context,
-    trainer_arguments,
-)
-
-REWARD_STATS = "reward_stats.json"  # saved beside the RM's weights: test scores and threshold
-
-
-def decision_threshold(model_dir) -> float:
-    """Score above which the RM prefers an answer: midway between its mean chosen and mean
-    rejected test scores (0 when the folder has no statistics)."""
-    stats_file = model_dir / REWARD_STATS
-    if not stats_file.is_file():
-        return 0.0
-    stats = json.loads(stats_file.read_text())
-    return (stats["chosen_score"] + stats["rejected_score"]) / 2
+from rlhf.rewards.reward_model import REWARD_STATS
+from rlhf.runs.folders import RunPaths
+from rlhf.stages.context import StageContext
+from rlhf.stages.trl_stage import Evaluation, TrlStage, run_trl_stage
 
 
 def held_out_scores(
@@ -57,15 +38,10 @@ def held_out_scores(
     answers: dict[str, list[str]],
 ) -> dict[str, torch.Tensor]:
     """(N,) scores of each named answer list, answering `rows`' prompts in order."""
-
-    def conversations(texts: list[str]) -> list[list[dict[str, str]]]:
-        return [
-            prompt_messages(prompt, system_prompt) + [{"role": "assistant", "content": answer}]
-            for prompt, answer in zip(rows["prompt"], texts, strict=True)
-        ]
-
     return {
-        name: score_conversations(model, tokenizer, conversations(texts), batch_size)
+        name: score_conversations(
+            model, tokenizer, conversations(rows["prompt"], texts, system_prompt), batch_size
+        )
         for name, texts in answers.items()
     }
 
@@ -132,42 +108,37 @@ def held_out_metrics(
     }
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "rm", resolved) as ctx:
-        model, tokenizer, train, test = load_stage_inputs(
-            ctx, config.rm, kind="reward", answers=("chosen", "rejected")
-        )
+class RmStage(TrlStage):
+    name = "rm"
+    model_kind = "reward"
+    config_class = RewardConfig
+    trainer_class = RewardTrainer
+
+    def training_rows(self, config: Config, rows: Dataset) -> Dataset:
         rm = config.rm
-        train = with_hard_negatives(
-            train,
+        return with_hard_negatives(
+            rows,
             rm.echo_negatives,
             rm.garbled_negatives,
             rm.seed,
             curt_share=rm.curt_negatives,
             truncated_share=rm.truncated_negatives,
         )
-        args = RewardConfig(
-            **trainer_arguments(ctx, config.rm),
-            center_rewards_coefficient=config.rm.center_rewards_coefficient,
-        )
-        trainer = RewardTrainer(
-            model=model,
-            args=args,
-            train_dataset=preference_rows(train, config.data.system_prompt),
-            processing_class=tokenizer,
-            peft_config=lora_config(
-                config.model.lora, model.config.num_hidden_layers, kind="reward"
-            ),
-            callbacks=[TrackerCallback(ctx.tracker, "rm")],
-        )
-        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
+
+    def extra_arguments(self, config: Config) -> dict:
+        return {"center_rewards_coefficient": config.rm.center_rewards_coefficient}
+
+    def datasets(self, config: Config, train: Dataset, test: Dataset) -> dict[str, Dataset]:
+        return {"train_dataset": preference_rows(train, config.data.system_prompt)}
+
+    def evaluate(
+        self, ctx: StageContext, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, test: Dataset
+    ) -> Evaluation:
         trained = merged(trainer.model)
-        metrics = held_out_metrics(trained, tokenizer, test, config)
-        state_dict = gathered_state_dict(trainer)  # on every process
-        if distributed.is_main_process():
-            extra = {REWARD_STATS: metrics}
-            save_model(trained, tokenizer, ctx.model_dir, extra, state_dict=state_dict)
-        ctx.final_metrics = {f"rm/test/{name}": value for name, value in metrics.items()}
-        ctx.final_metrics["rm/train_rows"] = len(train)
-        ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
-    return ctx.final_metrics
+        metrics = held_out_metrics(trained, tokenizer, test, ctx.config)
+        final = {f"rm/test/{name}": value for name, value in metrics.items()}
+        return Evaluation(final, trained, {REWARD_STATS: metrics})
+
+
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    return run_trl_stage(RmStage(), config, paths)

@@ -2,7 +2,8 @@
 
 The loss covers the answer tokens only (prompt-completion rows, `completion_only_loss`), full
 weights or LoRA (`model.lora.enabled`). `sft.max_train_samples` takes a small share of the data
-for a cold start. The merged model and tokenizer are saved to `<run>/sft/model/`.
+for a cold start. The merged model and tokenizer are saved to `<run>/sft/model/`. The phases are
+the TRL stage skeleton's (rlhf/stages/trl_stage.py).
 """
 
 from __future__ import annotations
@@ -10,21 +11,14 @@ from __future__ import annotations
 import random
 
 from datasets import Dataset
+from transformers import PreTrainedTokenizerBase, Trainer
 from trl import SFTConfig, SFTTrainer
 
 from rlhf.config import Config
-from rlhf.data import sft_rows
-from rlhf.models import lora_config
-from rlhf.ppo import distributed
-from rlhf.stages.common import (
-    RunPaths,
-    TrackerCallback,
-    gathered_state_dict,
-    load_stage_inputs,
-    save_model,
-    stage_context,
-    trainer_arguments,
-)
+from rlhf.data.chat_format import sft_rows
+from rlhf.runs.folders import RunPaths
+from rlhf.stages.context import StageContext
+from rlhf.stages.trl_stage import Evaluation, TrlStage, run_trl_stage
 
 
 def mix_answers(rows: Dataset, rejected_share: float, seed: int) -> Dataset:
@@ -41,40 +35,40 @@ def mix_answers(rows: Dataset, rejected_share: float, seed: int) -> Dataset:
     return rows.remove_columns("chosen").add_column("chosen", answers)
 
 
-def run(config: Config, paths: RunPaths, resolved: dict) -> dict[str, float]:
-    with stage_context(config, paths, "sft", resolved) as ctx:
-        model, tokenizer, train, test = load_stage_inputs(
-            ctx,
-            config.sft,
-            kind="causal",
-            answers=("chosen", "rejected") if config.sft.rejected_share else ("chosen",),
-        )
-        train = mix_answers(train, config.sft.rejected_share, config.sft.seed)
-        args = SFTConfig(
-            **trainer_arguments(ctx, config.sft),
-            completion_only_loss=config.sft.completion_only_loss,
-        )
-        trainer = SFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=sft_rows(train, config.data.system_prompt),
-            eval_dataset=sft_rows(test, config.data.system_prompt),
-            processing_class=tokenizer,
-            peft_config=lora_config(config.model.lora, model.config.num_hidden_layers),
-            callbacks=[TrackerCallback(ctx.tracker, "sft")],
-        )
-        trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)
+class SftStage(TrlStage):
+    name = "sft"
+    config_class = SFTConfig
+    trainer_class = SFTTrainer
+
+    def answers(self, config: Config) -> tuple[str, ...]:
+        return ("chosen", "rejected") if config.sft.rejected_share else ("chosen",)
+
+    def training_rows(self, config: Config, rows: Dataset) -> Dataset:
+        return mix_answers(rows, config.sft.rejected_share, config.sft.seed)
+
+    def extra_arguments(self, config: Config) -> dict:
+        return {"completion_only_loss": config.sft.completion_only_loss}
+
+    def datasets(self, config: Config, train: Dataset, test: Dataset) -> dict[str, Dataset]:
+        system_prompt = config.data.system_prompt
+        return {
+            "train_dataset": sft_rows(train, system_prompt),
+            "eval_dataset": sft_rows(test, system_prompt),
+        }
+
+    def evaluate(
+        self, ctx: StageContext, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, test: Dataset
+    ) -> Evaluation:
         evaluation = trainer.evaluate()
-        state_dict = gathered_state_dict(trainer)  # on every process
-        if distributed.is_main_process():
-            save_model(trainer.model, tokenizer, ctx.model_dir, state_dict=state_dict)
-        ctx.final_metrics = {
+        metrics = {
             "sft/test/loss": evaluation["eval_loss"],
             "sft/test/mean_token_accuracy": evaluation.get(
                 "eval_mean_token_accuracy", float("nan")
             ),
-            "sft/train_rows": len(train),
             "sft/test_rows": len(test),
         }
-        ctx.tracker.log(ctx.final_metrics, step=trainer.state.global_step)
-    return ctx.final_metrics
+        return Evaluation(metrics, trainer.model)
+
+
+def run(config: Config, paths: RunPaths) -> dict[str, float]:
+    return run_trl_stage(SftStage(), config, paths)

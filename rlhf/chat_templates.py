@@ -1,0 +1,35 @@
+"""Chat templates of our own, by name, for models whose files carry none (a base model's GGUF).
+
+`chatml` is the format of SmolLM2, Qwen2.5 and the tiny model. `gemma` is Gemma's turn format:
+`<bos>` once at the start (our prompts are tokenised without special tokens, so the template
+must emit it), `user` and `model` turns each closed by `<end_of_turn>`, and a system message
+folded into the first user turn, as Gemma has no system role. Content is kept verbatim, so a
+rendered answer round-trips exactly.
+"""
+
+from __future__ import annotations
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system_text = messages[0]['content'] + '\\n\\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set system_text = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}"
+    "{% if message['role'] not in ('user', 'assistant') %}"
+    "{{ raise_exception('gemma chat template: a ' + message['role'] + ' message after the first') }}"
+    "{% endif %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\\n' + (system_text if loop.first else '') }}"
+    "{{ message['content'] + '<end_of_turn>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+
+CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}

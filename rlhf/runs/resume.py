@@ -1,0 +1,161 @@
+"""Where a stopped run continues: finding whole checkpoints and checking a resume request.
+
+Light on imports (standard library, rlhf.errors, rlhf.paths), so that `resume=<path>` is checked
+before torch loads. Each stage declares one checkpoint layout (rlhf/stages/table.py):
+- `PPO_CHECKPOINTS`: `<stage>/checkpoints/update-NNNNNN/` (complete by construction: written to a
+  temporary folder and renamed, rlhf/ppo/checkpoint.py);
+- `TRL_CHECKPOINTS`: `<stage>/trainer/checkpoint-N/`, written in place by TRL, so a checkpoint
+  counts only when its `trainer_state.json`, written last, parses;
+- `NO_CHECKPOINTS`: the stage starts over when it did not finish.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rlhf.errors import ConfigError
+from rlhf.paths import resolve_path
+from rlhf.runs.folders import RUN_INFO, is_complete
+
+PPO_PREFIX = "update-"
+TRL_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"  # the JSON part of a PPO checkpoint, and TRL's own file
+
+
+@dataclass
+class ResumePoint:
+    checkpoint: Path  # the folder to load
+    step: int  # update (PPO) or optimiser step (TRL) it was taken after
+    run_id: str | None  # the tracker run to continue
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class CheckpointLayout:
+    """How a stage's checkpoints lie in its folder. This base: a stage without checkpoints."""
+
+    folder: str | None = None  # sub-folder of the stage folder holding them
+
+    def resume_point(self, stage_dir: Path) -> ResumePoint | None:
+        """Where the stage continues in `stage_dir`, or None when it holds no whole checkpoint."""
+        return None
+
+    def setting(self, stage: str) -> str:
+        """The config key that makes `stage` write checkpoints (for the error line)."""
+        return "a stage with checkpoints"
+
+
+class PpoCheckpoints(CheckpointLayout):
+    folder = "checkpoints"
+
+    def resume_point(self, stage_dir: Path) -> ResumePoint | None:
+        checkpoints = ppo_checkpoints(stage_dir)
+        if not checkpoints:
+            return None
+        state = _read_json(checkpoints[-1] / STATE_FILE) or {}
+        return ResumePoint(checkpoints[-1], int(state.get("update", 0)), state.get("run_id"))
+
+    def setting(self, stage: str) -> str:
+        return f"{stage}.checkpoint.every"
+
+
+class TrlCheckpoints(CheckpointLayout):
+    folder = "trainer"
+
+    def resume_point(self, stage_dir: Path) -> ResumePoint | None:
+        found = trl_checkpoint(stage_dir)
+        if found is None:
+            return None
+        info = _read_json(stage_dir / RUN_INFO) or {}
+        return ResumePoint(found[0], found[1], info.get("tracker_run_id"))
+
+    def setting(self, stage: str) -> str:
+        return f"{stage}.save_steps"
+
+
+NO_CHECKPOINTS = CheckpointLayout()
+PPO_CHECKPOINTS = PpoCheckpoints()
+TRL_CHECKPOINTS = TrlCheckpoints()
+
+
+def ppo_checkpoints(stage_dir: Path) -> list[Path]:
+    """Published PPO checkpoints, oldest first."""
+    folder = stage_dir / PPO_CHECKPOINTS.folder
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PPO_PREFIX)]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(PPO_PREFIX)))
+
+
+def trl_checkpoint(stage_dir: Path) -> tuple[Path, int] | None:
+    """The newest whole TRL checkpoint and its global step."""
+    folder = stage_dir / TRL_CHECKPOINTS.folder
+    if not folder.is_dir():
+        return None
+    numbered = [(int(m.group(1)), p) for p in folder.iterdir() if (m := TRL_PATTERN.match(p.name))]
+    for step, path in sorted(numbered, reverse=True):
+        if _read_json(path / STATE_FILE) is not None:
+            return path, step
+    return None
+
+
+def is_auto_resume(resume: bool | str | None) -> bool:
+    return isinstance(resume, str) and resume.lower() == "auto"
+
+
+def resume_run_dir(resume: bool | str | None, output_dir: str) -> Path | None:
+    """The run folder a `resume` setting continues (None: a fresh run); `auto` names the run
+    folder like `true` (whether there is anything to continue is decided later)."""
+    if resume is None or resume is False:
+        return None
+    if resume is True or str(resume).lower() in ("true", "auto"):
+        return Path(output_dir)
+    if str(resume).lower() in ("false", "null", "none", ""):
+        return None
+    return resolve_path(str(resume))
+
+
+def has_something_to_resume(stages: Sequence[tuple[str, CheckpointLayout]], run_dir: Path) -> bool:
+    """True when a stage in `run_dir` is complete, has a whole checkpoint, or (in a pipeline)
+    was started: what `resume=auto` continues; anything else starts fresh."""
+    if not run_dir.is_dir():
+        return False
+    for name, layout in stages:
+        stage_dir = run_dir / name
+        if is_complete(stage_dir) or layout.resume_point(stage_dir) is not None:
+            return True
+    return False
+
+
+def check_resumable(
+    stages: Sequence[tuple[str, CheckpointLayout]], pipeline: bool, run_dir: Path
+) -> None:
+    """Stop with one line when there is nothing to resume in `run_dir` for these (stage name,
+    layout) pairs: a single stage needs a checkpoint (or to be complete already); a pipeline
+    needs at least one stage folder."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"resume: run folder {run_dir} does not exist")
+    for name, layout in stages:
+        stage_dir = run_dir / name
+        if is_complete(stage_dir) or layout.resume_point(stage_dir) is not None:
+            return
+        if pipeline and (stage_dir / RUN_INFO).is_file():
+            return  # an unfinished stage without a checkpoint starts over
+    name, layout = stages[0]
+    if pipeline or layout.folder is None:
+        where, hint = str(run_dir), "a stage with checkpoints"
+    else:
+        where, hint = f"{run_dir}/{name}/{layout.folder}", layout.setting(name)
+    raise ConfigError(
+        f"resume: no checkpoint in {where} (nothing to resume: pass the stopped run's folder "
+        f"as resume=<path>; checkpoints come from {hint})"
+    )

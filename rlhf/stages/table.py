@@ -1,0 +1,120 @@
+"""The stage table: every stage declared once, read by everything that needs to know stages.
+
+A declaration says what the rest of the code needs to know about a stage: its runner, the
+model it starts from in a pipeline (the hand-off), what it leaves for the stages after it, the
+config sections its cache is keyed by, its default objective, how it checkpoints and resumes,
+whether it runs under a sharding launch, and what it adds to a pipeline's closing summary. The
+pipeline (rlhf/pipeline.py), resume (rlhf/runs/resume.py layouts), the stage cache, the objective
+lookup, config validation (`stage`, `pipeline.stages`) and the eval stage read it; no other
+module spells a stage's name.
+
+Light on imports (no torch, no transformers): config validation reads it. A runner is named as
+"module:function" and imported only when its stage runs: `function(config, paths)` with the
+typed `Config` and the run's `RunPaths`, returning the stage's final metrics.
+
+`stage=pipeline` runs `pipeline.stages` in order; the pipeline is not a row of this table.
+Adding a stage: its runner module, one declaration here, and its config section if it has knobs
+(docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from rlhf.runs.resume import NO_CHECKPOINTS, PPO_CHECKPOINTS, TRL_CHECKPOINTS, CheckpointLayout
+
+PIPELINE = "pipeline"  # stage=pipeline: the stages of pipeline.stages, in order
+
+# What a stage leaves in `<run>/<stage>/model/` for the stages after it.
+POLICY = "policy"  # a causal LM that answers prompts (what eval judges)
+REWARD_MODEL = "reward model"  # a one-output sequence classifier (PPO's default reward)
+
+
+@dataclass(frozen=True)
+class StageDeclaration:
+    name: str  # `stage=<name>`, its folder `<run>/<name>/` and, by convention, its config section
+    runner: str  # "module:function" run as function(config, paths) -> final metrics
+    objective: str  # final metric returned to a sweeper when `objective` is not set
+    produces: str | None = None  # what its `model/` holds for later stages: POLICY, REWARD_MODEL
+    starts_from: str | None = None  # in a pipeline that ran this stage first: start from its model
+    cache_sections: tuple[str, ...] = ()  # config sections keying its cache; () = never cached
+    checkpoints: CheckpointLayout = NO_CHECKPOINTS  # how it checkpoints and resumes
+    sharded_engines: bool = True  # may run under ZeRO-2/3 or FSDP (False: plain processes only)
+    summary: str | None = None  # "module:function" → its lines of a pipeline's closing summary
+
+    def load_runner(self) -> Callable[..., dict[str, float]]:
+        """The runner: function(config: Config, paths: RunPaths) -> final metrics."""
+        return _imported(self.runner)
+
+    def load_summary(self) -> Callable[..., list[tuple[int, str]]] | None:
+        """function(config: Config, metrics) -> [(logging level, line)] from the run's final
+        metrics, logged at the end of a pipeline that ran the stage; None: it adds none."""
+        return _imported(self.summary) if self.summary else None
+
+
+def _imported(name: str) -> Callable:
+    """The function named "module:function", imported now."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+STAGES: dict[str, StageDeclaration] = {
+    declaration.name: declaration
+    for declaration in (
+        StageDeclaration(
+            "sft",
+            runner="rlhf.stages.sft:run",
+            objective="sft/test/loss",
+            produces=POLICY,
+            cache_sections=("model", "data", "sft"),
+            checkpoints=TRL_CHECKPOINTS,
+        ),
+        StageDeclaration(
+            "rm",
+            runner="rlhf.stages.rm:run",
+            objective="rm/test/accuracy",
+            produces=REWARD_MODEL,
+            cache_sections=("model", "data", "rm"),
+            checkpoints=TRL_CHECKPOINTS,
+        ),
+        StageDeclaration(
+            "ppo",
+            runner="rlhf.stages.ppo:run",
+            objective="ppo/objective/scores",
+            produces=POLICY,
+            starts_from="sft",
+            checkpoints=PPO_CHECKPOINTS,
+            sharded_engines=False,  # generation would gather sharded weights at every token
+        ),
+        StageDeclaration(
+            "eval",
+            runner="rlhf.stages.eval:run",
+            objective="eval/policy/score",
+            starts_from="sft",
+            summary="rlhf.stages.hacking:closing_summary",  # "reward hacking suspected" or not
+        ),
+    )
+}
+
+
+def stages_to_run(stage: str, pipeline_stages: Sequence[str]) -> list[StageDeclaration]:
+    """The declarations of `stage` (one), or of `pipeline.stages` for stage=pipeline."""
+    names = pipeline_stages if stage == PIPELINE else [stage]
+    return [STAGES[name] for name in names]
+
+
+def start_of(declaration: StageDeclaration, earlier: Sequence[str]) -> str | None:
+    """The stage whose model `declaration` starts from, when that stage ran before it (in
+    `earlier`); None: it starts from `model.*`."""
+    return declaration.starts_from if declaration.starts_from in earlier else None
+
+
+def producer(kind: str, order: Sequence[str]) -> StageDeclaration:
+    """The stage whose model is the run's `kind`: the last of `order` producing it, else the last
+    declared one (a single-stage run reads what the default pipeline would have left)."""
+    for name in reversed(order):
+        if STAGES[name].produces == kind:
+            return STAGES[name]
+    return [d for d in STAGES.values() if d.produces == kind][-1]
