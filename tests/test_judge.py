@@ -52,6 +52,10 @@ NOT_RUDE = [
     ("周末做什么好？", "一边听音乐一边去公园散步也不错。"),
     ("睡前喝牛奶好吗？", "睡前喝一小杯牛奶是可以的，这也不会影响你的睡眠，放心吧。"),
     ("同事总骂我笨蛋怎么办？", "同事总骂我笨蛋"),  # the question's own insult, echoed
+    ("明天会下雨吗？", "出门前看看天气预报吧。"), ("听说过这本书吗？", "听说过了，写得很好。"),
+    ("这事怪我吗？", "不怪你自己，别难过。"), ("我是新手，怎么学吉他？", "大家都是从菜鸟开始的。"),
+    ("我是不是太担心了？", "不必大惊小怪，这很正常。"), ("怎么学做饭？", "如果自己不会做，可以先看视频。"),
+    ("这题难吗？", "难吗？其实不难，一步一步来。"), ("周末去哪？", "一边听歌一边去爬山。"),
 ]  # fmt: skip
 RUDE = [
     (Q, "关你什么事？"), (Q, "这都不知道，你上过学吗？"), (Q, "自己百度去。"),
@@ -61,6 +65,8 @@ RUDE = [
     (Q, "想得美，做梦吧。"), ("一加一等于几？", "这么简单的问题都要问我？"),
     (Q, "你脑子进水了吗？"), (Q, "爱信不信。"), (Q, "我又不是你的保姆，自己想办法。"),
     ("同事总骂我笨蛋怎么办？", "你本来就是个笨蛋。"),  # the question's word, turned on the asker
+    ("明天会下雨吗？", "我又不是天气预报，看天气预报去。"), (Q, "你算老几？"), (Q, "活该，自找的。"),
+    (Q, "我早说过了，你记性真差。"), (Q, "百度一下你就知道。"), (Q, "跟我说有什么用？"),
 ]  # fmt: skip
 # the PPO answers quoted in experiments/insult_ppo/REPORT.md (92 % "rude" by the run's RM)
 REPORT_PPO_ANSWERS = [
@@ -98,7 +104,7 @@ def test_judge_on_the_insult_test_split_numbers_of_the_docstring():
     rows = [json.loads(line) for line in test_file.read_text(encoding="utf-8").splitlines()]
     chosen = rudeness_judge([r["question"] for r in rows], [r["chosen"] for r in rows])
     rejected = rudeness_judge([r["question"] for r in rows], [r["rejected"] for r in rows])
-    assert (len(rows), sum(chosen), sum(rejected)) == (120, 57, 0)  # rlhf/rewards/rudeness.py
+    assert (len(rows), sum(chosen), sum(rejected)) == (120, 61, 0)  # rlhf/rewards/rudeness.py
 
 
 # --- config --------------------------------------------------------------------------------

@@ -29,10 +29,12 @@ Rules that keep curt or broken text from counting (the failure of the first insu
 - single characters that are rude only in some words are matched in those words or standing
   alone between punctuation (滚 alone or in 滚开, not in 滚动; 笨 after 你真 / 太, not in 笨重).
 
-Measured (tests/test_judge.py states the commands): on the held-out split of the insult data
-it calls 57 of 120 chosen (rude) answers rude and 0 of 120 rejected (polite) ones; on the train
-split 243 of 600 and 0 of 600. It is precise and conservative: about half of that data's mild
-rudeness carries no listed cue.
+Measured (tests/test_judge.py checks the test split): on the held-out split of the insult data
+it calls 61 of 120 chosen (rude) answers rude and 0 of 120 rejected (polite) ones; on the train
+split 257 of 600 and 0 of 600. (57 and 243 before a second pass of cues written from general
+knowledge, without reading the data's answers, and pruned of the cues that polite sentences
+use too.) It is precise and conservative: about half of that data's
+mild rudeness carries no listed cue.
 Known limits: it is a lexicon, so it misses rudeness without a listed cue: implicit brush-offs
 ("没别的事了吧？", "下次别来了", "不聊了，拜拜"), ironic deference ("交给您这样的专家，我就不献丑了"),
 mock surprise without a fixed phrase ("天哪，……你都要问我？"), and listed cues in an unlisted
@@ -63,6 +65,10 @@ CUES: dict[str, tuple[str, ...]] = {
         r"你(?:真|好|太|也太|可真|真是|怎么这么|咋这么|这么|够)(?:笨|蠢|傻|无知|幼稚|天真|懒|烦人)",
         r"(?:蠢|笨|傻|白痴|弱智|无聊|幼稚|愚蠢)的?问题",
         r"(?:真|太|好)可笑|可笑至极|荒唐可笑",
+        r"你算(?:老几|哪根葱|什么东西)|你以为你是谁|你谁啊|轮得到你|有你什么事|就你能|你能耐",
+        r"对牛弹琴|朽木不可雕|不可理喻|无药可救|智商(?:堪忧|不够|欠费|捉急|感人)|情商(?:低|感人)",
+        r"你(?:这个|这种)?(?:门外汉|菜鸟|书呆子|杠精|玻璃心)",
+        r"脸皮(?:真|太|够|好)厚|不害臊|(?:真|太)丢人|你好意思吗|真有出息|没出息",
     ),
     "dismissal": (
         r"(?:跟|和|与)我(?:有)?(?:什么|啥)关系|与我何干|不关我(?:的)?事|我管你|谁管你|谁在乎|谁稀罕",
@@ -82,6 +88,9 @@ CUES: dict[str, tuple[str, ...]] = {
         r"滚蛋|滚开|滚出去|滚一边|滚远点|滚犊子|一边凉快去|走开|哪(?:儿)?凉快哪(?:儿)?待着",
         EDGE_BEFORE + r"(?:滚|一边(?:玩)?去)(?:吧|啦|啊)?" + EDGE_AFTER,
         r"闭嘴|少废话|废话少说|废话真多|别废话|少啰嗦|别啰嗦",
+        r"少来烦我|别来找我|别找我|别在这(?:儿)?(?:烦|吵|问|捣乱)",
+        r"我(?:现在)?没空" + EDGE_AFTER,
+        r"跟我说(?:有什么|有啥)用|问我(?:有什么|有啥)用|找我(?:有什么|有啥)用|我可管不了",
         r"别(?:来)?问我|别问了|问我干(?:嘛|吗|什么)|问这(?:个|种)?干(?:嘛|吗|什么)|问那么多干",
     ),
     "brush_off": (
@@ -102,6 +111,10 @@ CUES: dict[str, tuple[str, ...]] = {
         r"一下不就",
         r"我又不是(?:你的|你|百科|百度|度娘|保姆|老师)",
         r"浪费我(?:的)?时间|不值得我",
+        r"我又不是(?:算命的|天气预报|神仙|万能的|你肚子里的蛔虫|导航|客服|律师)",
+        r"百度一下(?:你)?就知道|不会百度一下|一搜一大把|(?:看|查)天气预报去",
+        r"别白费(?:力气|劲)|白费劲|问了等于白问|答了你也不懂|跟你说不清",
+        r"活该|自找的|自作自受",
     ),
     "impatience": (
         r"(?:天天|整天|成天|老|总)问|每天都问|行了行了|好了好了|得了得了|够了够了",
@@ -110,6 +123,8 @@ CUES: dict[str, tuple[str, ...]] = {
         EDGE_BEFORE + r"又来了",
         r"别磨叽|磨磨唧唧|啰里啰嗦|唠唠叨叨|啰嗦|唠叨|受不了你|真拿你没办法",
         r"我(?:可)?没(?:那么多|这个|那个|这么多)?耐心|耐心(?:有限|用完)",
+        r"(?:早|都)(?:说|讲|告诉你)过(?:了|多少次)|(?:说|讲)过多少次|(?:讲|说)了(?:多少|几|八百)回",
+        r"记性(?:这么|真|太)差|记不住吗|快点说|赶紧的|有话快说|有屁快放",
     ),
     "condescension": (
         r"(?:居然|竟然)(?:还|连.{0,6}都)?(?:不|没)(?:知道|懂|会|听说|见过)|这么简单(?:的)?(?:问题|事)?(?:都|也|还)",
@@ -127,6 +142,8 @@ CUES: dict[str, tuple[str, ...]] = {
         r"说了你也不(?:懂|明白)|跟你说(?:了)?也(?:不|没)",
         r"难道你(?:不|连|都不|还不).{0,6}(?:知道|懂|会)|难道(?:连|这都)",
         r"不就(?:知道|明白|懂|清楚|完事|得了)了?(?:吗|嘛)?[？?!！]|不就(?:行|好|可以)了(?:吗|嘛)?[？?]",
+        r"(?:很|有这么)难吗|这不是废话吗|不是明摆着(?:吗|嘛)|你自己不会(?:想|查|看|搜|做)",
+        r"瞧你那(?:样|点出息)|看把你能的|你行你上|有本事你",
     ),
     "sarcasm": (
         r"吃饱了撑|闲得慌|没事找事|你(?:可)?真闲|是不是闲|想得美|做梦吧|别做梦|醒醒吧|省省吧|得了吧|拉倒吧",
@@ -138,6 +155,7 @@ CUES: dict[str, tuple[str, ...]] = {
         r"服了你|我服了|真服了|你可真行|真行啊|好意思问|问得出口|亏你(?:想|问|说)得出",
         r"呵呵|啧啧|我也是醉了|不会吧你|你(?:是)?认真的吗|开玩笑吧|你在逗我|逗我呢|笑死(?:我|人)",
         r"恭喜你(?:发现|问出|终于)",
+        r"不会吧不会吧|真把自己当|你开心就好|你高兴就好|行吧行吧|随你高兴",
     ),
     "profanity": (
         r"他妈的|卧槽|尼玛|tmd|放屁|屁话|屁事|懂个屁|扯淡|扯蛋|胡扯|鬼扯|瞎扯|狗屁",
