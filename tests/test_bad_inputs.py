@@ -57,6 +57,14 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         ("ppo.health.stop_on=[kl_maxx]", "ppo.health.stop_on: 'kl_maxx' is not one of"),
         ("eval.judge={kind:reward_model}", "eval.judge.model_path: set the folder"),
         ("eval/judge=nosuchjudge", "eval/judge/nosuchjudge"),
+        (
+            "eval.judge={kind:weighted,components:[{weight:1,kind:function}]}",
+            "eval.judge.components[0].function: needs a _target_",
+        ),
+        (
+            "eval.judge={kind:function,function:{_target_:m.f},scale:2}",
+            "eval.judge.scale: a judge is scored raw",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -69,6 +77,8 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "unknown-alarm",
         "judge-rm-without-folder",
         "unknown-judge",
+        "judge-component-without-target",
+        "judge-scaled",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):
@@ -202,6 +212,31 @@ def test_model_errors(warm_train, tmp_path, make_args, stage, needle):
     run_dir = tmp_path / "run"
     result = warm_train([*make_args(tmp_path), "logger=none"], run_dir)
     assert_one_line_and_nothing_finished(result, run_dir, stage, needle)
+
+
+@pytest.mark.parametrize(
+    "make_judge,needle",
+    [
+        (lambda tmp: "{kind:function,function:{_target_:no.such.judge}}",
+         "eval.judge.function._target_: cannot import 'no.such.judge'"),
+        (lambda tmp: f"{{kind:classifier,classifier:{tmp}/no/classifier}}",
+         "eval.judge.classifier: cannot load"),
+        (lambda tmp: f"{{kind:reward_model,model_path:{tmp}/no/rm}}",
+         "eval.judge.model_path: folder"),
+        (lambda tmp: f"{{kind:weighted,components:[{{kind:reward_model,model_path:{tmp}/gone}}]}}",
+         "eval.judge.components[0].model_path: folder"),
+    ],
+    ids=["unimportable-function", "missing-classifier", "missing-rm", "missing-component-rm"],
+)  # fmt: skip
+def test_judge_errors_stop_the_eval_stage_before_a_model_loads(
+    warm_train, tmp_path, make_judge, needle
+):
+    """A judge that cannot be built: one line naming the eval.judge key, exit 2, before the
+    policies load (there are none here: a policy error would come first otherwise)."""
+    run_dir = tmp_path / "run"
+    args = ["stage=eval", "logger=none", "reward=keywords", f"eval.judge={make_judge(tmp_path)}"]
+    result = warm_train(args, run_dir)
+    assert_one_line_and_nothing_finished(result, run_dir, "eval", needle)
 
 
 # --- reward functions ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rlhf.config import EvalConfig, ModelConfig, RewardConfig
 from rlhf.errors import ConfigError
+from rlhf.paths import resolve_path
 from rlhf.rewards import RewardFunction, build_reward
 from rlhf.rewards.reward_model import decision_threshold
 
@@ -42,18 +43,30 @@ def build_judge(
     if cfg is None:
         return None
     for part in reward_model_parts(cfg):
-        if training_reward_model is not None and (
-            Path(part.model_path).resolve() == Path(training_reward_model).resolve()
-        ):
-            raise ConfigError(
-                f"{part.section}.model_path: {part.model_path} is the reward model the policy "
-                "trains against; a judge must be independent of it"
-            )
+        check_judge_folder(part, training_reward_model)
     score = build_reward(cfg, None, system_prompt, model_settings)
     threshold = settings.judge_threshold
     if threshold is None:
-        threshold = decision_threshold(Path(cfg.model_path)) if cfg.kind == "reward_model" else 0.0
+        threshold = (
+            decision_threshold(resolve_path(cfg.model_path)) if cfg.kind == "reward_model" else 0.0
+        )
     return Judge(score, threshold)
+
+
+def check_judge_folder(part: RewardConfig, training_reward_model: Path | None) -> None:
+    """A judge RM's folder exists (or is a hub id) and is not the RM the policy trains against."""
+    folder = resolve_path(part.model_path)
+    hub_id = part.model_path.count("/") <= 1 and not part.model_path.startswith((".", "/", "~"))
+    if not folder.exists() and not hub_id:
+        raise ConfigError(f"{part.section}.model_path: folder {folder} does not exist")
+    if (
+        training_reward_model is not None
+        and folder.resolve() == resolve_path(training_reward_model).resolve()
+    ):
+        raise ConfigError(
+            f"{part.section}.model_path: {part.model_path} is the reward model the policy "
+            "trains against; a judge must be independent of it"
+        )
 
 
 def reward_model_parts(cfg: RewardConfig) -> list[RewardConfig]:

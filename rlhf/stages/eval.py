@@ -162,33 +162,42 @@ def load_models(config: Config, paths: RunPaths) -> dict[str, tuple]:
     return models
 
 
-def eval_reward(config: Config, paths: RunPaths):
-    """The reward both models are scored with, its decision threshold, and its reward-model
-    folder (None when the reward is no RM)."""
+def scored_reward_model(config: Config, paths: RunPaths) -> Path:
+    """The reward-model folder the models are scored with: `eval.reward_model`, else
+    `reward.model_path`, else the run's RM (the stage declared as producing one)."""
     run_rm = paths.model_dir(producer(REWARD_MODEL, config.pipeline.stages).name)
-    rm_path = config.eval.reward_model or config.reward.model_path or str(run_rm)
+    return Path(config.eval.reward_model or config.reward.model_path or str(run_rm))
+
+
+def eval_reward(config: Config, paths: RunPaths):
+    """The reward both models are scored with, and its decision threshold."""
+    rm_path = scored_reward_model(config, paths)
     reward_config = config.reward
     if reward_config.kind == "reward_model":
-        reward_config = dataclasses.replace(reward_config, model_path=rm_path)
-    reward = build_reward(reward_config, Path(rm_path), config.data.system_prompt, config.model)
-    is_rm = reward_config.kind == "reward_model"
+        reward_config = dataclasses.replace(reward_config, model_path=str(rm_path))
+    reward = build_reward(reward_config, rm_path, config.data.system_prompt, config.model)
     threshold = config.eval.threshold
     if threshold is None:
-        threshold = decision_threshold(Path(rm_path)) if is_rm else 0.0
-    return reward, threshold, Path(rm_path) if is_rm else None
+        threshold = decision_threshold(rm_path) if reward_config.kind == "reward_model" else 0.0
+    return reward, threshold
+
+
+def eval_judge(config: Config, paths: RunPaths):
+    """`eval.judge` (None when unset); a judge RM must not be the RM the models are scored with."""
+    scored = scored_reward_model(config, paths) if config.reward.kind == "reward_model" else None
+    return build_judge(config.eval, config.data.system_prompt, config.model, scored)
 
 
 def run(config: Config, paths: RunPaths) -> dict[str, float]:
     with stage_context(config, paths, "eval") as ctx:
         data = load_preference_data(config.data)
         ctx.info["data_fingerprint"] = data.fingerprint
-        reward, threshold, reward_model = eval_reward(config, paths)
-        # before the policies load, so that a bad eval.judge stops the stage at once
-        judge = build_judge(config.eval, config.data.system_prompt, config.model, reward_model)
+        judge = eval_judge(config, paths)  # first: a bad eval.judge stops the stage at once
         models = load_models(config, paths)
         tokenizer = models["policy"][1]
         prompts = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
         prompts = list(prompts[: config.eval.num_prompts])
+        reward, threshold = eval_reward(config, paths)
         answers = {name: answer(m, tok, prompts, config) for name, (m, tok) in models.items()}
         scores = {name: reward(prompts, a.texts) for name, a in answers.items()}
         metrics = {"eval/threshold": threshold, "eval/num_prompts": len(prompts)}
