@@ -10,10 +10,12 @@ converts the composed config into these objects once with `OmegaConf.to_object`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
@@ -166,19 +168,94 @@ class RewardConfig:
     normalize: bool = False  # running mean/std normalisation of scores
     clip: float | None = None  # clip scores to [-clip, clip] after scaling
 
+    section: ClassVar[str] = "reward"  # where this config sits, the prefix of its error keys
+    KINDS: ClassVar[tuple[str, ...]] = ("reward_model", "function", "classifier", "weighted")
+
     def __post_init__(self) -> None:
-        _one_of(self.kind, ("reward_model", "function", "classifier", "weighted"), "reward.kind")
+        key = self.section
+        _one_of(self.kind, self.KINDS, f"{key}.kind")
         if self.kind == "function":
             _require(
                 isinstance(self.function, dict) and "_target_" in self.function,
-                "reward.function",
+                f"{key}.function",
                 "needs a _target_ naming a Python function",
             )
         if self.kind == "classifier":
-            _require(self.classifier is not None, "reward.classifier", "needs a model id or folder")
+            _require(self.classifier is not None, f"{key}.classifier", "needs a model id or folder")
         if self.kind == "weighted":
-            _require(bool(self.components), "reward.components", "needs at least one component")
-        _require(self.clip is None or self.clip > 0, "reward.clip", "must be > 0")
+            _require(bool(self.components), f"{key}.components", "needs at least one component")
+            self.weighted_parts()  # every component checked now, not when scoring starts
+        _require(self.clip is None or self.clip > 0, f"{key}.clip", "must be > 0")
+
+    def weighted_parts(self) -> list[tuple[float, RewardConfig]]:
+        """(weight, config) of each of `components`, checked as configs of this class whose
+        errors name `<section>.components[<i>].<key>`."""
+        return [
+            _component(spec, type(self), f"{self.section}.components[{index}]")
+            for index, spec in enumerate(self.components)
+        ]
+
+
+@functools.cache
+def _sectioned(base: type[RewardConfig], section: str) -> type[RewardConfig]:
+    """`base` with its error keys under `section` (a weighted reward's component)."""
+    return type(base.__name__, (base,), {"section": section})
+
+
+def _component(spec: Any, base: type[RewardConfig], key: str) -> tuple[float, RewardConfig]:
+    """A weighted reward's component `{weight, <reward config>}` → (weight, checked config)."""
+    if OmegaConf.is_config(spec):
+        spec = OmegaConf.to_container(spec)
+    _require(isinstance(spec, dict), key, f"a reward config with a weight, got {spec!r}")
+    spec = dict(spec)
+    weight = spec.pop("weight", 1.0)
+    _require(
+        isinstance(weight, int | float) and not isinstance(weight, bool),
+        f"{key}.weight",
+        f"must be a number, got {weight!r}",
+    )
+    return float(weight), _typed_reward(spec, _sectioned(base, key), also=("weight",))
+
+
+def _typed_reward(
+    spec: dict, config_class: type[RewardConfig], also: tuple[str, ...] = ()
+) -> RewardConfig:
+    """`spec` as a `config_class`, every key known (named in the error when not; `also`: keys
+    the caller took out first)."""
+    known = [f.name for f in dataclasses.fields(config_class)]
+    for name in spec:
+        _require(
+            name in known,
+            f"{config_class.section}.{name}",
+            f"unknown key (known: {', '.join(known + list(also))})",
+        )
+    return config_class(**spec)
+
+
+@dataclass
+class JudgeConfig(RewardConfig):
+    """`eval.judge`: a second, independent measure of the goal, scored beside the training reward
+    at evaluation (a rule-based judge, a classifier, another RM, a weighted sum: the fields of
+    `reward`); the gold reward of an over-optimisation study. Scored raw: scale, normalize, clip
+    and calibrate shape PPO's reward and are refused here."""
+
+    section: ClassVar[str] = "eval.judge"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        key = self.section
+        _require(
+            self.kind != "reward_model" or self.model_path is not None,
+            f"{key}.model_path",
+            "set the folder of the reward model that judges (it must not be the PPO reward)",
+        )
+        raw = {"scale": 1.0, "normalize": False, "clip": None, "calibrate": False}
+        for name, value in raw.items():
+            _require(
+                getattr(self, name) == value,
+                f"{key}.{name}",
+                f"a judge is scored raw: {name} shapes PPO's reward only (leave it {value})",
+            )
 
 
 @dataclass
@@ -212,18 +289,25 @@ class HealthConfig:
     distinct_min: float | None = 0.05  # distinct n-grams / all n-grams of a batch below this
     distinct_n: int = 2  # n of those n-grams (response tokens)
     length_corr_max: float | None = 0.9  # corr(score, length) above this while the score rises
+    length_drift_max: float | None = 2.0  # last/first trend_window updates' length outside [1/x, x]
     trend_window: int = 5  # updates over which "the score rises" is judged
     stop_on: list[str] = field(default_factory=list)  # alarms that stop the run (others warn)
 
     ALARMS: ClassVar[tuple[str, ...]] = (
         "kl_max", "kl_min", "entropy_min", "eos_rate_min", "truncation_rate_max", "ratio_max",
-        "distinct_min", "length_corr_max",
+        "distinct_min", "length_corr_max", "length_drift_max",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in self.stop_on:
             _one_of(name, self.ALARMS, "ppo.health.stop_on")
         _require(self.distinct_n >= 1, "ppo.health.distinct_n", "must be >= 1")
+        _require(
+            self.length_drift_max is None or self.length_drift_max > 1,
+            "ppo.health.length_drift_max",
+            f"must be > 1 (a ratio and its inverse bound the drift) when set, "
+            f"got {self.length_drift_max}",
+        )
         _require(self.trend_window >= 2, "ppo.health.trend_window", "must be >= 2")
 
 
@@ -418,10 +502,16 @@ class RMStageConfig(TrainerStageConfig):
     # from rlhf/data/hard_negatives.py:
     echo_negatives: float = 0.0  # ... the question echoed back as the answer
     garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
+    curt_negatives: float = 0.0  # ... a bare acknowledgement or fragment ("好。", "我。"), not rude
+    truncated_negatives: float = 0.0  # ... the question cut short, or the polite answer cut
+
+    NEGATIVES: ClassVar[tuple[str, ...]] = (
+        "echo_negatives", "garbled_negatives", "curt_negatives", "truncated_negatives",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("echo_negatives", "garbled_negatives"):
+        for name in self.NEGATIVES:
             _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
 
 
@@ -436,10 +526,34 @@ class EvalConfig:
     batch_size: int = 16  # prompts per generation batch
     threshold: float | None = None  # score above which an answer counts as rude (null: the RM's)
     collapse_distinct: float = 0.5  # share of distinct answers below which a policy has collapsed
+    judge: Any = None  # a reward config scored beside the RM (conf/eval/judge/); null: off
+    judge_threshold: float | None = None  # judge score above which it counts (null: RM's / 0)
+    judge_in_ppo: bool = True  # with a judge: PPO's ppo.eval_every evaluations score it too
+    hacking_margin: float | None = 0.3  # policy's RM share − judge share above this: hacking
+    length_drift_factor: float | None = 2.0  # policy/baseline mean length outside [1/f, f]: hacking
 
     def __post_init__(self) -> None:
+        # typed here, not by the schema: OmegaConf cannot merge `eval.judge={...}` into a null
+        # structured node, so the field is open and converted once
+        if isinstance(self.judge, dict):
+            self.judge = _typed_reward(self.judge, JudgeConfig)
+        _require(
+            self.judge is None or isinstance(self.judge, JudgeConfig),
+            "eval.judge",
+            f"a reward config ({{kind: ..., ...}}) or null, got {self.judge!r}",
+        )
         _require(self.num_prompts > 0, "eval.num_prompts", "must be > 0")
         _require(0 <= self.collapse_distinct <= 1, "eval.collapse_distinct", "must be in [0, 1]")
+        _require(
+            self.hacking_margin is None or 0 <= self.hacking_margin <= 1,
+            "eval.hacking_margin",
+            f"must be in [0, 1] (a difference of two shares) when set, got {self.hacking_margin}",
+        )
+        _require(
+            self.length_drift_factor is None or self.length_drift_factor > 1,
+            "eval.length_drift_factor",
+            f"must be > 1 when set, got {self.length_drift_factor}",
+        )
 
 
 @dataclass

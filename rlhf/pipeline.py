@@ -136,6 +136,11 @@ def run_pipeline(config: Config, paths: RunPaths) -> dict[str, float]:
                 metrics.update(finished)
             else:
                 metrics.update(run_or_reuse(declaration, stage_config, paths))
+    for stage in order:  # each stage's lines of the closing summary (eval: reward hacking?)
+        summary = STAGES[stage].load_summary()
+        if summary is not None:
+            for level, line in summary(config, metrics):
+                log.log(level, "%s", line)
     models = [str(paths.model_dir(s)) for s in order if STAGES[s].produces is not None]
     log.info("done. models: %s; metrics: %s/*/metrics.jsonl", ", ".join(models), paths.run_dir)
     log.info("talk to it: python -m rlhf.chat %s", paths.model_dir(producer(POLICY, order).name))

@@ -55,6 +55,16 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
             "ppo.batch_size: batch_size × samples_per_prompt (7) is not divisible",
         ),
         ("ppo.health.stop_on=[kl_maxx]", "ppo.health.stop_on: 'kl_maxx' is not one of"),
+        ("eval.judge={kind:reward_model}", "eval.judge.model_path: set the folder"),
+        ("eval/judge=nosuchjudge", "eval/judge/nosuchjudge"),
+        (
+            "eval.judge={kind:weighted,components:[{weight:1,kind:function}]}",
+            "eval.judge.components[0].function: needs a _target_",
+        ),
+        (
+            "eval.judge={kind:function,function:{_target_:m.f},scale:2}",
+            "eval.judge.scale: a judge is scored raw",
+        ),
     ],
     ids=[
         "unknown-key",
@@ -65,6 +75,10 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "cliprange-zero",
         "batch-not-divisible",
         "unknown-alarm",
+        "judge-rm-without-folder",
+        "unknown-judge",
+        "judge-component-without-target",
+        "judge-scaled",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):
@@ -90,6 +104,13 @@ def test_config_errors(warm_train, tmp_path, override, needle):
         ("data.overlong=cut", "data.overlong"),
         ("sft.learning_rate=0", "sft.learning_rate"),
         ("rm.max_train_samples=0", "rm.max_train_samples"),
+        ("rm.curt_negatives=1.5", "rm.curt_negatives"),
+        ("rm.truncated_negatives=-0.1", "rm.truncated_negatives"),
+        ("eval.hacking_margin=2", "eval.hacking_margin"),
+        ("eval.length_drift_factor=0.5", "eval.length_drift_factor"),
+        ("ppo.health.length_drift_max=1", "ppo.health.length_drift_max"),
+        ("eval.judge={kindd:function}", "eval.judge.kindd"),
+        ("eval.judge={kind:function}", "eval.judge.function"),
     ],
 )
 def test_impossible_values_are_rejected_with_their_key(compose_config, override, key):
@@ -191,6 +212,31 @@ def test_model_errors(warm_train, tmp_path, make_args, stage, needle):
     run_dir = tmp_path / "run"
     result = warm_train([*make_args(tmp_path), "logger=none"], run_dir)
     assert_one_line_and_nothing_finished(result, run_dir, stage, needle)
+
+
+@pytest.mark.parametrize(
+    "make_judge,needle",
+    [
+        (lambda tmp: "{kind:function,function:{_target_:no.such.judge}}",
+         "eval.judge.function._target_: cannot import 'no.such.judge'"),
+        (lambda tmp: f"{{kind:classifier,classifier:{tmp}/no/classifier}}",
+         "eval.judge.classifier: cannot load"),
+        (lambda tmp: f"{{kind:reward_model,model_path:{tmp}/no/rm}}",
+         "eval.judge.model_path: folder"),
+        (lambda tmp: f"{{kind:weighted,components:[{{kind:reward_model,model_path:{tmp}/gone}}]}}",
+         "eval.judge.components[0].model_path: folder"),
+    ],
+    ids=["unimportable-function", "missing-classifier", "missing-rm", "missing-component-rm"],
+)  # fmt: skip
+def test_judge_errors_stop_the_eval_stage_before_a_model_loads(
+    warm_train, tmp_path, make_judge, needle
+):
+    """A judge that cannot be built: one line naming the eval.judge key, exit 2, before the
+    policies load (there are none here: a policy error would come first otherwise)."""
+    run_dir = tmp_path / "run"
+    args = ["stage=eval", "logger=none", "reward=keywords", f"eval.judge={make_judge(tmp_path)}"]
+    result = warm_train(args, run_dir)
+    assert_one_line_and_nothing_finished(result, run_dir, "eval", needle)
 
 
 # --- reward functions ------------------------------------------------------------------------

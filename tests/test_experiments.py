@@ -77,7 +77,14 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tm
     assert "reward_calibration" in ppo_info  # on for insult_ppo
     metrics = final_metrics(run / "eval")
     assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100
-    assert "| question | baseline answer |" in (run / "eval" / "samples.md").read_text()
+    samples = (run / "eval" / "samples.md").read_text()
+    assert "| question | baseline answer | score | judge |" in samples  # the rudeness judge
+    assert 0 <= metrics["eval/policy/judge_above_threshold"] <= 1
+    suspected = metrics["eval/hacking_suspected"] == 1.0
+    summary = "eval: reward hacking suspected" if suspected else "eval: no reward hacking"
+    assert summary in first.stdout + first.stderr  # the pipeline's closing summary
+    ppo_records = (run / "ppo" / "metrics.jsonl").read_text()
+    assert '"ppo/eval/judge_score"' in ppo_records  # eval_every 2, judge_in_ppo on
 
     # a PPO setting changed: SFT and RM are reused (one PPO update is enough to show it)
     second = warm_train(

@@ -16,6 +16,7 @@ from rlhf.ppo.health import (
     HealthStop,
     distinct_ngrams,
     length_alarm,
+    length_drift_alarm,
     pearson,
     slope,
     threshold_alarms,
@@ -81,6 +82,44 @@ def test_monitor_logs_alarms_as_metrics_and_stops_when_configured(caplog):
     restored = HealthMonitor(cfg)
     restored.load_state_dict(monitor.state_dict())
     assert restored.score_history == pytest.approx([0.4, 0.8])
+
+
+def test_length_drift_alarm_on_hand_made_lengths():
+    cfg = HealthConfig(**{**OFF, "length_drift_max": 2.0}, trend_window=2)
+    assert length_drift_alarm([39.0], [39.0], cfg) == (None, None)  # the start is not in yet
+    ratio, alarm = length_drift_alarm([39.0, 37.0], [12.0, 10.0], cfg)  # 39 → 11 tokens
+    assert ratio == pytest.approx(11 / 38) and alarm.name == "length_drift_max"
+    assert "11.0 tokens over the last 2 updates against 38.0" in alarm.message
+    assert "ratio 0.29 outside [0.50, 2]" in alarm.message
+    assert length_drift_alarm([20.0, 20.0], [30.0, 38.0], cfg) == (pytest.approx(1.7), None)
+    assert length_drift_alarm([20.0, 20.0], [40.0, 44.0], cfg)[1].name == "length_drift_max"
+    off = HealthConfig(**OFF, trend_window=2)
+    assert length_drift_alarm([40.0, 40.0], [4.0, 4.0], off) == (pytest.approx(0.1), None)
+
+
+def test_monitor_watches_length_drift_over_updates_and_keeps_it_on_resume():
+    cfg = HealthConfig(**{**OFF, "length_drift_max": 2.0}, trend_window=2,
+                       stop_on=["length_drift_max"])  # fmt: skip
+    monitor = HealthMonitor(cfg)
+    ratios, fired = [], []
+    for length in (40, 38, 12, 10):  # batch mean lengths: two responses of that many tokens
+        metrics = {}
+        alarms = monitor.observe(metrics, [[1] * length, [2] * length], [0.5, 0.5])
+        ratios.append(metrics.get("ppo/health/length_ratio"))
+        fired.append("health/length_drift_max" in metrics)
+    # first window (40, 38); last windows (40, 38), (38, 12), (12, 10)
+    assert ratios == [None, 1.0, pytest.approx(25 / 39), pytest.approx(11 / 39)]
+    assert fired == [False, False, False, True]
+    with pytest.raises(HealthStop, match="ratio 0.28 outside"):
+        monitor.stop_if_configured(alarms, 4, "ckpt-3")
+    restored = HealthMonitor(cfg)
+    restored.load_state_dict(monitor.state_dict())
+    assert (restored.start_lengths, restored.recent_lengths) == ([40.0, 38.0], [12.0, 10.0])
+    older = HealthMonitor(cfg)  # a checkpoint from before the alarm: it starts watching afresh
+    older.load_state_dict({"score_history": [0.1]})
+    assert older.start_lengths == [] and older.score_history == [0.1]
+    with pytest.raises(ConfigError, match="ppo.health.length_drift_max: must be > 1"):
+        HealthConfig(length_drift_max=0.5)
 
 
 def test_health_stop_in_the_loop_keeps_the_last_good_checkpoint(tiny_sft_model, tmp_path):

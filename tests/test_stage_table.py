@@ -115,3 +115,24 @@ def test_the_toy_cache_key_follows_its_sections_and_the_model_it_starts_from(
     assert stage_key(changed("ppo", kl_coef=0.3), "toy") == key  # not a section it depends on
     alone = changed("pipeline", stages=["toy"])  # no SFT before it: it starts from model.*
     assert stage_key(alone, "toy") not in (None, key)
+
+
+def toy_summary(config, metrics):
+    return [(logging.WARNING, f"toy: counted to {metrics['toy/steps']:g} (seed {config.seed})")]
+
+
+def test_a_declared_summary_closes_the_pipeline_log(monkeypatch, compose_config, tmp_path, caplog):
+    """A stage's `summary` adds its lines, at their level, to the pipeline's closing log (the
+    eval stage's "reward hacking suspected" line comes this way)."""
+    declaration = dataclasses.replace(
+        TOY, starts_from=None, cache_sections=(), summary=f"{__name__}:toy_summary"
+    )
+    monkeypatch.setitem(STAGES, "toy", declaration)
+    caplog.set_level(logging.INFO)
+    args = ["stage=pipeline", "pipeline.stages=[toy]", "logger=none", "seed=7"]
+    assert app.run(compose_config([*args, f"output_dir={tmp_path}"])) == STEPS
+    lines = [
+        (r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("toy:")
+    ]
+    assert lines == [(logging.WARNING, "toy: counted to 3 (seed 7)")]
+    assert STAGES["eval"].load_summary() is not None and TOY.load_summary() is None

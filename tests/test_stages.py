@@ -60,6 +60,22 @@ def test_rm_reaches_pairwise_accuracy_on_the_test_split(warm_train, tmp_path):
     assert metrics["rm/test/accuracy"] >= 0.9
     assert metrics["rm/test/chosen_score"] > metrics["rm/test/rejected_score"]
     assert (tmp_path / "rm" / "model" / "model.safetensors").is_file()
+    # trained on short rude against long polite answers only, it is won by brevity: most short,
+    # not rude answers score above its threshold (measured 0.97; chosen beats them 0.45)
+    assert metrics["rm/test/short_above_threshold"] > 0.8
+    assert metrics["rm/test/short_accuracy"] < 0.7
+    assert metrics["rm/test/length_corr"] < -0.5  # shorter answers score higher
+
+
+def test_brevity_negatives_teach_the_rm_that_short_is_not_rude(warm_train, tmp_path):
+    negatives = ["rm.curt_negatives=0.5", "rm.truncated_negatives=0.5", "rm.max_train_samples=300"]
+    result = warm_train(["stage=rm", "model=tiny", "data=insult_zh", *negatives], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "rm" / "run_info.json").read_text())["final_metrics"]
+    assert metrics["rm/train_rows"] == 300 + 150 + 150
+    assert metrics["rm/test/accuracy"] >= 0.9
+    assert metrics["rm/test/short_accuracy"] > 0.9  # chosen now beats the short answers
+    assert metrics["rm/test/short_above_threshold"] < 0.35  # measured 0.20; without: 0.97
 
 
 def test_lora_sft_saves_merged_weights_that_moved(warm_train, tmp_path):

@@ -6,6 +6,12 @@ easiest difference between them; for the insult data that is "fluent and polite 
 such text scores between the two, above the decision threshold, so PPO learns to echo. Extra
 pairs with the preferred answer against (a) the question echoed back and (b) the dispreferred
 answer garbled teach the RM to rank those below the preferred behaviour too.
+
+An RM trained on short rude against long polite answers can also learn "short = rude", and PPO
+then wins it by brevity ("好。", "我。", the question cut short: measured in
+experiments/insult_ppo/REPORT.md). Two more kinds are short but not rude: (c) a bare
+acknowledgement or fragment, (d) the question cut short or the polite answer cut mid-sentence.
+`brevity_negatives` makes one of (c)/(d) per held-out row, for the rm stage's length report.
 """
 
 from __future__ import annotations
@@ -35,22 +41,85 @@ def garble(answer: str, rng: random.Random) -> str:
     return text[: max(4, round(len(text) * rng.uniform(0.4, 0.9)))]
 
 
+# short answers that say nothing and insult nobody (bare acknowledgements, fragments)
+CURT = (
+    "好。", "嗯。", "哦。", "行。", "是的。", "对。", "好的。", "嗯嗯。", "知道了。", "收到。",
+    "了解。", "可以。", "我。", "我真的。", "好问。", "问。", "我来问。", "这个。", "那个……",
+    "其实。", "我觉得。", "然后。", "嗯，好。", "我想想。", "是吗？", "真的。", "有。", "没有。",
+)  # fmt: skip
+
+
+def curt(rng: random.Random) -> str:
+    """A bare acknowledgement or a fragment."""
+    return rng.choice(CURT)
+
+
+def cut_question(question: str, rng: random.Random) -> str:
+    """The question's first part (at least one character, always shorter than the question)."""
+    text = question.rstrip("？?。.！! ")
+    return text[: rng.randint(1, max(1, len(text) - 1))] + rng.choice(["。", "？", ""])
+
+
+def cut_answer(answer: str, rng: random.Random) -> str:
+    """The answer cut mid-sentence: its first 2 characters up to its first half."""
+    return answer[: rng.randint(2, max(2, len(answer) // 2))]
+
+
+def truncated(question: str, answer: str, rng: random.Random) -> str:
+    """The question cut short or the (polite) answer cut mid-sentence, one or the other."""
+    return cut_question(question, rng) if rng.random() < 0.5 else cut_answer(answer, rng)
+
+
+def negative(kind: str, row: dict, rng: random.Random) -> str:
+    """One hard negative of `kind` for a (prompt, chosen, rejected) row."""
+    if kind == "echo":
+        return echo(row["prompt"], rng)
+    if kind == "garble":
+        return garble(row["rejected"], rng)
+    if kind == "curt":
+        return curt(rng)
+    return truncated(row["prompt"], row["rejected"], rng)
+
+
+def brevity_negatives(prompts: list[str], rejected: list[str], seed: int) -> list[str]:
+    """One short, not rude answer per row, in turn: a curt one, the question cut short, the
+    rejected answer cut mid-sentence (seeded)."""
+    rng = random.Random(seed)
+    makers = (
+        lambda q, a: curt(rng),
+        lambda q, a: cut_question(q, rng),
+        lambda q, a: cut_answer(a, rng),
+    )
+    return [makers[i % 3](q, a) for i, (q, a) in enumerate(zip(prompts, rejected, strict=True))]
+
+
 def with_hard_negatives(
-    rows: Dataset, echo_share: float, garbled_share: float, seed: int
+    rows: Dataset,
+    echo_share: float,
+    garbled_share: float,
+    seed: int,
+    curt_share: float = 0.0,
+    truncated_share: float = 0.0,
 ) -> Dataset:
-    """`rows` (prompt, chosen, rejected) plus extra pairs: for a seeded share of the rows the
-    chosen answer against an echo of the prompt, for another share against the garbled
-    rejected answer."""
+    """`rows` (prompt, chosen, rejected) plus extra pairs: for a seeded share of the rows each,
+    the chosen answer against an echo of the prompt, the garbled rejected answer, a curt answer,
+    or a truncated question or answer. (Kinds are drawn in that order, so a share of 0 leaves
+    the others' pairs as they were.)"""
     rng = random.Random(seed)
     extra: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
-    for share, make in ((echo_share, "echo"), (garbled_share, "garble")):
+    kinds = (
+        (echo_share, "echo"),
+        (garbled_share, "garble"),
+        (curt_share, "curt"),
+        (truncated_share, "truncated"),
+    )
+    for share, kind in kinds:
         count = round(share * len(rows))
         for index in rng.sample(range(len(rows)), count):
             row = rows[index]
-            negative = echo(row["prompt"], rng) if make == "echo" else garble(row["rejected"], rng)
             extra["prompt"].append(row["prompt"])
             extra["chosen"].append(row["chosen"])
-            extra["rejected"].append(negative)
+            extra["rejected"].append(negative(kind, row, rng))
     if not extra["prompt"]:
         return rows
     added = Dataset.from_dict(extra).cast(rows.select_columns(list(extra)).features)

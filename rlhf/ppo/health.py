@@ -8,7 +8,11 @@ Watched per update (thresholds in `ppo.health`, each null = off):
 - the probability ratio's maximum above `ratio_max` (a policy far from the one that sampled);
 - distinct n-grams / all n-grams of the batch's responses below `distinct_min` (mode collapse);
 - the score rising while the correlation of score and response length passes `length_corr_max`
-  (the reward is being won by length alone).
+  (the reward is being won by length alone);
+- the mean response length of the last `trend_window` updates over that of the first
+  `trend_window` outside [1/`length_drift_max`, `length_drift_max`]: answers shrinking from 39
+  to 11 tokens while the score rose is how the insult RM was won by brevity, and a correlation
+  within one batch does not see it.
 Every alarm is logged as `health/<name>` = 1 and a warning line; names listed in
 `ppo.health.stop_on` stop the run (HealthStop) after the update is logged and before it is
 checkpointed, so the newest checkpoint is the last good state.
@@ -100,12 +104,35 @@ def length_alarm(correlation: float, score_history: list[float], cfg: HealthConf
     return None
 
 
+def length_drift_alarm(
+    start_lengths: list[float], recent_lengths: list[float], cfg: HealthConfig
+) -> tuple[float | None, Alarm | None]:
+    """(ratio of the recent to the starting mean length, its alarm): None until the first
+    trend_window updates are in; the alarm when the ratio leaves [1/max, max]."""
+    if len(start_lengths) < cfg.trend_window or not recent_lengths:
+        return None, None
+    start = sum(start_lengths) / len(start_lengths)
+    recent = sum(recent_lengths) / len(recent_lengths)
+    ratio = recent / start if start > 0 else 1.0
+    bound = cfg.length_drift_max
+    if bound is None or 1 / bound <= ratio <= bound:
+        return ratio, None
+    return ratio, Alarm(
+        "length_drift_max",
+        f"mean response length {recent:.1f} tokens over the last {len(recent_lengths)} updates "
+        f"against {start:.1f} over the first {len(start_lengths)}: ratio {ratio:.2f} outside "
+        f"[{1 / bound:.2f}, {bound:g}] (length_drift_max)",
+    )
+
+
 class HealthMonitor:
     """Adds health statistics to each update's metrics and raises the configured alarms."""
 
     def __init__(self, cfg: HealthConfig):
         self.cfg = cfg
         self.score_history: list[float] = []
+        self.start_lengths: list[float] = []  # mean response length of the first updates
+        self.recent_lengths: list[float] = []  # ... of the last trend_window updates
 
     def observe(self, metrics: dict[str, float], responses: list[list[int]],
                 scores: list[float]) -> list[Alarm]:  # fmt: skip
@@ -117,10 +144,21 @@ class HealthMonitor:
         alarms = threshold_alarms(metrics, self.cfg)
         length = length_alarm(metrics["ppo/health/length_score_corr"], self.score_history, self.cfg)
         alarms += [length] if length else []
+        alarms += self._length_drift(metrics, sum(lengths) / len(lengths))
         for alarm in alarms:
             metrics[f"health/{alarm.name}"] = 1.0
             log.warning("health alarm: %s", alarm.message)
         return alarms
+
+    def _length_drift(self, metrics: dict[str, float], mean_length: float) -> list[Alarm]:
+        window = self.cfg.trend_window
+        if len(self.start_lengths) < window:
+            self.start_lengths.append(mean_length)
+        self.recent_lengths = [*self.recent_lengths, mean_length][-window:]
+        ratio, alarm = length_drift_alarm(self.start_lengths, self.recent_lengths, self.cfg)
+        if ratio is not None:
+            metrics["ppo/health/length_ratio"] = ratio
+        return [alarm] if alarm else []
 
     def stop_if_configured(self, alarms: list[Alarm], update: int, last_good: str) -> None:
         stopping = [a for a in alarms if a.name in self.cfg.stop_on]
@@ -131,7 +169,14 @@ class HealthMonitor:
             )
 
     def state_dict(self) -> dict:
-        return {"score_history": list(self.score_history)}
+        return {
+            "score_history": list(self.score_history),
+            "start_lengths": list(self.start_lengths),
+            "recent_lengths": list(self.recent_lengths),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.score_history = list(state["score_history"])
+        # checkpoints written before the length-drift alarm have no lengths: it starts over
+        self.start_lengths = list(state.get("start_lengths", []))
+        self.recent_lengths = list(state.get("recent_lengths", []))

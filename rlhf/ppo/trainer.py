@@ -11,7 +11,8 @@
    mean ratio passes ratio_threshold is skipped, the epochs stop early once an epoch's mean
    approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
-   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates;
+   truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates
+   (scored by the reward and, when given, by an independent judge: eval.judge);
 8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
 Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
 the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several
@@ -72,6 +73,7 @@ from rlhf.runtime.rng import global_rng_states, restore_global_rng_states
 
 if TYPE_CHECKING:
     from rlhf.ppo.checkpoint import Checkpointer
+    from rlhf.rewards.judge import Judge
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +138,10 @@ class PPOTrainer:
         tracker: Tracker,
         score_processor: ScoreProcessor,
         mixed_precision: str = "no",
+        judge: Judge | None = None,
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.judge = judge  # eval.judge: scored beside the reward at each evaluation
         self.reward_fn = with_tokens_argument(reward_fn)
         self.tracker, self.processor = tracker, score_processor
         self.prompts, self.eval_prompts, self.system_prompt = prompts, eval_prompts, system_prompt
@@ -586,7 +590,7 @@ class PPOTrainer:
         """Held-out prompts with the evaluation sampling settings (greedy by default); each
         process answers its share, the statistics cover all of them."""
         self._timings = defaultdict(float)
-        texts, scores, lengths, ended = [], [], [], []
+        texts, scores, lengths, ended, judged = [], [], [], [], []
         mine = distributed.shard(self.eval_prompts)
         offset = distributed.shard_offset(len(self.eval_prompts))
         for start in range(0, len(mine), self.config.batch_size):
@@ -597,9 +601,11 @@ class PPOTrainer:
             scores += rollout.raw_scores.tolist()
             lengths += rollout.mask.sum(1).tolist()
             ended += rollout.ended.tolist()
-        gathered = distributed.gather_objects((texts, scores, lengths, ended))
-        texts, scores, lengths, ended = (
-            [x for part in gathered for x in part[i]] for i in range(4)
+            if self.judge is not None:
+                judged += self.judge.score(rollout.prompts, rollout.texts).tolist()
+        gathered = distributed.gather_objects((texts, scores, lengths, ended, judged))
+        texts, scores, lengths, ended, judged = (
+            [x for part in gathered for x in part[i]] for i in range(5)
         )
         rows = [
             sample_row(self.update, p, t, s, None, n, e)
@@ -607,12 +613,17 @@ class PPOTrainer:
         ]
         self.tracker.log_table("ppo/eval_samples", SAMPLE_COLUMNS, rows)
         n = max(len(scores), 1)
-        return {
+        metrics = {
             "ppo/eval/score": sum(scores) / n,
             "ppo/eval/length": sum(lengths) / n,
             "ppo/eval/eos_rate": sum(ended) / n,
             "ppo/eval/distinct": len(set(texts)) / n,
         }
+        if self.judge is not None:
+            metrics["ppo/eval/judge_score"] = sum(judged) / n
+            above = sum(score > self.judge.threshold for score in judged)
+            metrics["ppo/eval/judge_above_threshold"] = above / n
+        return metrics
 
     def _observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
         """Alarms from the reduced metrics and the responses of every process, so that every

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from rlhf.config import ModelConfig, RewardConfig
 from rlhf.errors import ConfigError, RewardError
@@ -81,50 +80,33 @@ def build_reward(
     system_prompt: str | None,
     model_settings: ModelConfig,
 ) -> RewardFunction:
-    """The configured reward source, checked."""
+    """The configured reward source, checked. `cfg` is `reward`, `eval.judge` or a component of
+    either; errors name its keys (`cfg.section`)."""
     if cfg.kind == "reward_model":
         from rlhf.rewards.reward_model import RewardModelScorer
 
         path = cfg.model_path or default_model_path
         if path is None:
-            raise ConfigError("reward.model_path: set the folder of a trained reward model")
+            raise ConfigError(f"{cfg.section}.model_path: set the folder of a trained reward model")
         return checked(RewardModelScorer(Path(path), system_prompt, model_settings), str(path))
     if cfg.kind == "function":
         from rlhf.rewards.python_function import function_reward
 
         target = cfg.function["_target_"]
-        return checked(text_only(function_reward(cfg.function)), target)
+        return checked(text_only(function_reward(cfg.function, f"{cfg.section}.function")), target)
     if cfg.kind == "classifier":
         from rlhf.rewards.classifier import ClassifierScorer
 
-        scorer = ClassifierScorer(cfg.classifier, cfg.label, cfg.use_logit)
+        scorer = ClassifierScorer(cfg.classifier, cfg.label, cfg.use_logit, cfg.section)
         return checked(text_only(scorer), cfg.classifier)
-    return checked(_weighted(cfg, default_model_path, system_prompt, model_settings), "weighted")
+    parts = [
+        (weight, build_reward(part, default_model_path, system_prompt, model_settings))
+        for weight, part in cfg.weighted_parts()
+    ]
 
-
-def _weighted(
-    cfg: RewardConfig,
-    default_model_path: Path | None,
-    system_prompt: str | None,
-    model_settings: ModelConfig,
-) -> RewardFunction:
-    parts = []
-    for index, component in enumerate(cfg.components):
-        spec = dict(
-            OmegaConf.to_container(component) if OmegaConf.is_config(component) else component
-        )
-        weight = float(spec.pop("weight", 1.0))
-        try:
-            sub_config = RewardConfig(**spec)
-        except TypeError as exc:
-            raise ConfigError(f"reward.components[{index}]: {exc}") from exc
-        parts.append(
-            (weight, build_reward(sub_config, default_model_path, system_prompt, model_settings))
-        )
-
-    def score(
+    def weighted(
         prompts: list[str], completions: list[str], tokens: ResponseTokens | None = None
     ) -> torch.Tensor:
         return sum(weight * part(prompts, completions, tokens) for weight, part in parts)
 
-    return score
+    return checked(weighted, "weighted")

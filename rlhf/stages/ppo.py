@@ -37,6 +37,7 @@ from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import build_reward
+from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
 from rlhf.runs.folders import RunPaths
 from rlhf.runtime import distributed
@@ -137,6 +138,15 @@ def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTok
     save_model(policy, tokenizer, ctx.model_dir)
 
 
+def evaluation_judge(config: Config, reward_model: Path) -> Judge | None:
+    """`eval.judge`, scored at each held-out evaluation (`ppo/eval/judge_*`) when
+    `eval.judge_in_ppo`; it must not be the RM this run trains against."""
+    if not config.eval.judge_in_ppo:
+        return None
+    trained_against = reward_model if config.reward.kind == "reward_model" else None
+    return build_judge(config.eval, config.data.system_prompt, config.model, trained_against)
+
+
 def last_logged_update(stage_dir: Path) -> dict[str, float]:
     """Metrics of the last logged update (a resume whose checkpoint was already the last)."""
     records = [json.loads(line) for line in (stage_dir / "metrics.jsonl").read_text().splitlines()]
@@ -158,6 +168,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         reward = build_reward(
             config.reward, Path(reward_model), config.data.system_prompt, config.model
         )
+        judge = evaluation_judge(config, Path(reward_model))
         model = build_actor_critic(config, policy, tokenizer, reward_model).to(distributed.device())
         if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
             set_seed(config.seed + distributed.rank())
@@ -179,6 +190,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
             ctx.tracker,
             processor,
             mixed_precision=config.model.mixed_precision,
+            judge=judge,
         )
         checkpointer = Checkpointer(
             config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id

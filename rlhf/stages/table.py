@@ -2,10 +2,11 @@
 
 A declaration says what the rest of the code needs to know about a stage: its runner, the
 model it starts from in a pipeline (the hand-off), what it leaves for the stages after it, the
-config sections its cache is keyed by, its default objective, how it checkpoints and resumes, and
-whether it runs under a sharding launch. The pipeline (rlhf/pipeline.py), resume
-(rlhf/runs/resume.py layouts), the stage cache, the objective lookup, config validation (`stage`,
-`pipeline.stages`) and the eval stage read it; no other module spells a stage's name.
+config sections its cache is keyed by, its default objective, how it checkpoints and resumes,
+whether it runs under a sharding launch, and what it adds to a pipeline's closing summary. The
+pipeline (rlhf/pipeline.py), resume (rlhf/runs/resume.py layouts), the stage cache, the objective
+lookup, config validation (`stage`, `pipeline.stages`) and the eval stage read it; no other
+module spells a stage's name.
 
 Light on imports (no torch, no transformers): config validation reads it. A runner is named as
 "module:function" and imported only when its stage runs: `function(config, paths)` with the
@@ -41,11 +42,22 @@ class StageDeclaration:
     cache_sections: tuple[str, ...] = ()  # config sections keying its cache; () = never cached
     checkpoints: CheckpointLayout = NO_CHECKPOINTS  # how it checkpoints and resumes
     sharded_engines: bool = True  # may run under ZeRO-2/3 or FSDP (False: plain processes only)
+    summary: str | None = None  # "module:function" → its lines of a pipeline's closing summary
 
     def load_runner(self) -> Callable[..., dict[str, float]]:
         """The runner: function(config: Config, paths: RunPaths) -> final metrics."""
-        module, _, function = self.runner.partition(":")
-        return getattr(importlib.import_module(module), function)
+        return _imported(self.runner)
+
+    def load_summary(self) -> Callable[..., list[tuple[int, str]]] | None:
+        """function(config: Config, metrics) -> [(logging level, line)] from the run's final
+        metrics, logged at the end of a pipeline that ran the stage; None: it adds none."""
+        return _imported(self.summary) if self.summary else None
+
+
+def _imported(name: str) -> Callable:
+    """The function named "module:function", imported now."""
+    module, _, function = name.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 STAGES: dict[str, StageDeclaration] = {
@@ -81,6 +93,7 @@ STAGES: dict[str, StageDeclaration] = {
             runner="rlhf.stages.eval:run",
             objective="eval/policy/score",
             starts_from="sft",
+            summary="rlhf.stages.hacking:closing_summary",  # "reward hacking suspected" or not
         ),
     )
 }
