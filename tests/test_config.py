@@ -131,11 +131,11 @@ def test_root_config_values_equal_the_schema_defaults():
 
 def test_a_changed_default_is_caught():
     defaults = schema_defaults(SECTIONS["ppo"])
-    written = {"kl_coef": 0.1, "health": {"kl_min": -1.0, "entropy_min": 0.02}, "critic": True}
+    written = {"kl_coef": 0.1, "health": {"kl_min": -1.0, "entropy_min": 0.02}, "whiten_rewards": 0}
     assert differences(written, defaults) == [
         "kl_coef: YAML 0.1, schema 0.05",
         "health.entropy_min: YAML 0.02, schema 0.01",
-        "critic: YAML True, schema 'separate'",
+        "whiten_rewards: YAML 0, schema False",
     ]
 
 
