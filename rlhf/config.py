@@ -520,6 +520,32 @@ class RMStageConfig(TrainerStageConfig):
             _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
 
 
+# TRL 1.16's DPOConfig.loss_type values (trl/trainer/dpo_trainer.py, _compute_loss)
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+
+
+@dataclass
+class DPOStageConfig(TrainerStageConfig):
+    section: ClassVar[str] = "dpo"
+    learning_rate: float = 5e-6  # AdamW peak learning rate (DPO moves a trained policy: small)
+    beta: float = 0.1  # strength of the pull to the reference (SFT) model; higher = closer
+    loss_type: str = "sigmoid"  # TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, ...
+    label_smoothing: float = 0.0  # assumed share of flipped labels (robust), ε of exo_pair
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+        _one_of(self.loss_type, DPO_LOSS_TYPES, "dpo.loss_type")
+        _require(
+            0 <= self.label_smoothing < 0.5,
+            "dpo.label_smoothing",
+            f"must be in [0, 0.5), got {self.label_smoothing}",
+        )
+
+
 @dataclass
 class EvalConfig:
     policy_model: str | None = None  # model folder to evaluate (null: the pipeline's PPO model)
@@ -580,6 +606,7 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)  # conf/ppo: PPO hyper-parameters
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)  # conf/sft: stage sft
     rm: RMStageConfig = field(default_factory=RMStageConfig)  # conf/rm: stage rm
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)  # conf/dpo: stage dpo
     eval: EvalConfig = field(default_factory=EvalConfig)  # conf/eval: stage eval
     pipeline: PipelineConfig = field(
         default_factory=PipelineConfig
@@ -615,12 +642,17 @@ class Config:
         _require(
             self.model.dtype not in HALF_DTYPES
             or self.model.lora.enabled
-            or not set(trains) & {"sft", "rm", "ppo"},
+            or not set(trains) & {"sft", "rm", "ppo", "dpo"},
             "model.dtype",
             f"{self.model.dtype} weights have no float32 master copy, so AdamW steps below half "
             "an ulp are lost; set model.dtype=float32 model.mixed_precision=bf16 (or train "
             "LoRA adapters: model.lora.enabled=true)",
         )
+
+    @property
+    def algorithm(self) -> str:
+        """What trains this run's policy (`algorithm_name`): W&B runs carry it in their config."""
+        return algorithm_name(self.stage, self.pipeline.stages, self.ppo.advantage_estimator)
 
 
 def register_schemas() -> None:

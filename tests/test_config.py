@@ -107,7 +107,7 @@ def differences(written: dict, defaults: dict, prefix: str = "") -> list[str]:
 SECTIONS = typing.get_type_hints(Config)
 # The options conf/config.yaml picks by default restate the schema's defaults, value by value.
 # data=insult_zh is left out: the schema has no data set of its own (train_file is required).
-DEFAULT_FILES = [(group, "default") for group in ("ppo", "sft", "rm", "eval", "pipeline")] + [
+DEFAULT_FILES = [(group, "default") for group in ("ppo", "sft", "rm", "dpo", "eval", "pipeline")] + [
     ("model", "tiny"), ("reward", "reward_model"), ("logger", "wandb"),
 ]  # fmt: skip
 
