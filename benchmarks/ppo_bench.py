@@ -64,7 +64,9 @@ WORKLOADS = ("tiny", "smollm2_full", "smollm2_lora", "smollm2_grpo")
 
 
 def workload_config(name: str, cache_dir: str) -> Config:
-    shape = {"batch_size": 8, "critic": "separate"}
+    # the reward model here is the bare SmolLM2 (no trained score head): the critic starts from
+    # the policy with a fresh head
+    shape = {"batch_size": 8, "critic": "separate", "critic_init": "policy"}
     if name == "smollm2_grpo":
         shape = {"batch_size": 2, "samples_per_prompt": 4, "advantage_estimator": "grpo"}
     ppo = PPOConfig(

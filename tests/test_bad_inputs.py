@@ -55,6 +55,7 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
             "ppo.batch_size: batch_size × samples_per_prompt (7) is not divisible",
         ),
         ("ppo.health.stop_on=[kl_maxx]", "ppo.health.stop_on: 'kl_maxx' is not one of"),
+        ("ppo.critic=none", "ppo.critic: gae needs a critic for its values"),
     ],
     ids=[
         "unknown-key",
@@ -65,6 +66,7 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "cliprange-zero",
         "batch-not-divisible",
         "unknown-alarm",
+        "gae-without-critic",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):
