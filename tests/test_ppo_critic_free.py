@@ -77,23 +77,25 @@ def test_kl_in_the_loss_leaves_the_rewards_alone_and_is_logged(tiny_sft_model, t
 
 
 def test_drop_uniform_groups_leaves_groups_with_equal_scores_out(tiny_sft_model, tmp_path):
-    """Reward: the answer's length for 3 of the 6 prompts, 0 for the others, so the others'
-    groups are uniform. Shares logged; with every group uniform no step is taken at all."""
+    """Reward: the sum of the answer's code points for 3 of the 6 prompts, 0 for the others,
+    so the others' groups are uniform (a scored group is too if its 4 answers tie). Shares
+    logged; with every group uniform no step is taken at all."""
     scored = set(PROMPTS[:3])
 
     def reward(prompts, completions):
         pairs = zip(prompts, completions, strict=True)
-        return torch.tensor([float(len(c)) if p in scored else 0.0 for p, c in pairs])
+        return torch.tensor([sum(map(ord, c)) / 1e5 if p in scored else 0.0 for p, c in pairs])
 
     config = grouped_config(tiny_sft_model, "grpo", drop_uniform_groups=True, batch_size=6)
     trainer = make_trainer(config, tmp_path, reward=reward)
     metrics = trainer.step()
     rollout = trainer._last_rollout
     others = torch.tensor([p not in scored for p in rollout.prompts])
+    uniform = rollout.uniform.cpu()
     assert 0 < others.float().mean() < 1  # both kinds among the 6 prompts drawn
-    assert torch.equal(rollout.uniform.cpu(), others)
-    assert torch.equal(rollout.loss_mask.any(1).cpu(), ~others)
-    assert metrics["ppo/dropped_group_share"] == pytest.approx(others.float().mean().item())
+    assert torch.all(uniform[others]) and not torch.all(uniform)  # some scored group trains
+    assert torch.equal(rollout.loss_mask.any(1).cpu(), ~uniform)
+    assert metrics["ppo/dropped_group_share"] == pytest.approx(uniform.float().mean().item())
     assert metrics["ppo/uniform_group_share"] == metrics["ppo/dropped_group_share"]
 
     constant = make_trainer(config, tmp_path / "constant", reward=lambda p, c: torch.ones(len(p)))
