@@ -101,7 +101,10 @@ class ModelConfig:
 
     def pointing_to(self, name_or_path: str) -> ModelConfig:
         """These settings for another model (a stage's output folder, a critic or reference):
-        the GGUF file, GGUF fallback and hub revision belong to this model, not to that one."""
+        the GGUF file, GGUF fallback and hub revision belong to this model, not to that one.
+        Pointed at its own name (a critic from the policy's start) it keeps them."""
+        if name_or_path == self.name_or_path:
+            return self
         return dataclasses.replace(
             self, name_or_path=name_or_path, gguf_file=None, gguf_fallback=None, revision=None
         )

@@ -149,3 +149,4 @@ def test_settings_pointed_at_another_model_drop_the_gguf_source():
     moved = base.pointing_to("outputs/run/sft/model")
     assert moved.name_or_path == "outputs/run/sft/model" and moved.chat_template == "gemma"
     assert moved.gguf_file is None and moved.gguf_fallback is None and moved.revision is None
+    assert base.pointing_to("google/gemma-3-270m") == base  # the same model: its own sources
