@@ -123,7 +123,8 @@ RISE = {
 def test_mean_score_rises_with_each_critic_free_estimator(tiny_sft_model, tmp_path, estimator):
     """Reward = share of 你 and 我 in the answer (as the GAE test in test_ppo_trainer.py), 4
     prompts × 4 answers an update, 30 updates. Measured, first-5 mean → last-5 mean:
-    reinforce_pp_baseline 0.047 → 0.153; the other four rose by more than 0.3."""
+    grpo 0.078 → 0.988, dr_grpo 0.081 → 0.994, rloo 0.087 → 1.0, reinforce_pp 0.074 → 0.768,
+    reinforce_pp_baseline 0.047 → 0.153 (seed 0, /tmp learning script, shared machine)."""
     config = grouped_config(
         tiny_sft_model, estimator, batch_size=4, max_new_tokens=16, ppo_epochs=2, total_updates=30
     )
