@@ -96,7 +96,8 @@ def test_drop_uniform_groups_leaves_groups_with_equal_scores_out(tiny_sft_model,
     assert torch.all(uniform[others]) and not torch.all(uniform)  # some scored group trains
     assert torch.equal(rollout.loss_mask.any(1).cpu(), ~uniform)
     assert metrics["ppo/dropped_group_share"] == pytest.approx(uniform.float().mean().item())
-    assert metrics["ppo/uniform_group_share"] == metrics["ppo/dropped_group_share"]
+    # 1 − (1 − u) against u in float32: equal to a rounding
+    assert metrics["ppo/uniform_group_share"] == pytest.approx(metrics["ppo/dropped_group_share"])
 
     constant = make_trainer(config, tmp_path / "constant", reward=lambda p, c: torch.ones(len(p)))
     before = snapshot(constant.model.policy_parameters())
