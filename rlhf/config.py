@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
-from rlhf.stages.table import PIPELINE, STAGES
+from rlhf.stages.table import PIPELINE, POLICY, STAGES, producer
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 HALF_DTYPES = ("bfloat16", "float16")
@@ -103,7 +103,10 @@ class ModelConfig:
 
     def pointing_to(self, name_or_path: str) -> ModelConfig:
         """These settings for another model (a stage's output folder, a critic or reference):
-        the GGUF file, GGUF fallback and hub revision belong to this model, not to that one."""
+        the GGUF file, GGUF fallback and hub revision belong to this model, not to that one.
+        Pointed at its own name (a critic from the policy's start) it keeps them."""
+        if name_or_path == self.name_or_path:
+            return self
         return dataclasses.replace(
             self, name_or_path=name_or_path, gguf_file=None, gguf_fallback=None, revision=None
         )
@@ -311,6 +314,61 @@ class HealthConfig:
         _require(self.trend_window >= 2, "ppo.health.trend_window", "must be >= 2")
 
 
+LOSS_AGGREGATIONS = (
+    "token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
+)  # fmt: skip
+CRITICS = ("separate", "value_head", "lora", "none")
+
+
+@dataclass(frozen=True)
+class EstimatorDefaults:
+    """What an advantage estimator uses where `ppo.critic`, `ppo.whiten_advantages` and
+    `ppo.loss_aggregation` are left null (README, "Algorithms")."""
+
+    critic: str  # the value model it needs: separate, or none for the critic-free estimators
+    whiten_advantages: bool  # whiten the advantages over the global batch
+    loss_aggregation: str  # how per-token losses become one number
+    needs_groups: bool  # its baseline is the prompt's group: samples_per_prompt >= 2
+
+
+ESTIMATORS = {
+    # PPO: a learnt value baseline, GAE(γ, λ), advantages whitened per batch
+    "gae": EstimatorDefaults("separate", True, "token_mean", False),
+    # GRPO (Shao et al. 2024): (R − group mean) / (group std + ε), 1/|o| per answer
+    "grpo": EstimatorDefaults("none", False, "seq_mean_token_mean", True),
+    # Dr. GRPO (Liu et al. 2025): R − group mean, token sums over a constant length
+    "dr_grpo": EstimatorDefaults("none", False, "seq_mean_token_sum_norm", True),
+    # RLOO (Ahmadian et al. 2024): R − mean of the group's other answers
+    "rloo": EstimatorDefaults("none", False, "token_mean", True),
+    # REINFORCE++ (Hu 2025): discounted per-token returns, KL in the reward, whitened
+    "reinforce_pp": EstimatorDefaults("none", True, "token_mean", False),
+    # REINFORCE++-baseline: the group's mean score subtracted first
+    "reinforce_pp_baseline": EstimatorDefaults("none", True, "token_mean", True),
+}
+
+
+def algorithm_name(stage: str, pipeline_stages: list[str], advantage_estimator: str) -> str:
+    """What trains the run's policy, for grouping and comparing runs: the stage producing the
+    policy (for `pipeline` and `eval`: the last of `pipeline.stages` producing one, as eval
+    judges it); for that stage `ppo`, PPO's estimator (`ppo` for GAE, else its name)."""
+    trainer = stage
+    if stage in (PIPELINE, "eval"):
+        trainer = producer(POLICY, pipeline_stages).name
+    if trainer == "ppo":
+        return "ppo" if advantage_estimator == "gae" else advantage_estimator
+    return trainer
+
+
+def recorded_algorithm(config: dict[str, Any]) -> str | None:
+    """`algorithm_name` of a composed config read back as plain data (a sweep job's
+    `.hydra/config.yaml`); None where it lacks the keys (a run from before the estimators)."""
+    try:
+        stage, stages = config["stage"], config["pipeline"]["stages"]
+        return algorithm_name(stage, stages, config["ppo"]["advantage_estimator"])
+    except (KeyError, TypeError):
+        return None
+
+
 @dataclass
 class PPOConfig:
     # --- rollout ---
@@ -332,11 +390,16 @@ class PPOConfig:
     adaptive_kl: bool = False  # adapt beta towards kl_target (Ziegler et al. 2019)
     kl_target: float = 6.0  # adaptive controller: target KL per sequence
     kl_horizon: int = 10000  # adaptive controller: horizon in samples
-    whiten_rewards: bool = False  # whiten per-token rewards before GAE
+    kl_in: str = "reward"  # where the KL goes: reward (per-token penalty) or loss (GRPO-style)
+    whiten_rewards: bool = False  # whiten per-token rewards before the advantage estimator
     # --- advantages ---
-    gamma: float = 1.0  # discount
+    advantage_estimator: str = (
+        "gae"  # gae, grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline
+    )
+    gamma: float = 1.0  # discount (GAE, REINFORCE++)
     lam: float = 0.95  # GAE lambda
-    whiten_advantages: bool = True  # whiten advantages per batch
+    whiten_advantages: bool | None = None  # whiten advantages per batch; null: the estimator's own
+    drop_uniform_groups: bool = False  # leave groups whose scores are all equal out of the loss
     # --- update ---
     ppo_epochs: int = 4  # passes over each batch
     mini_batch_size: int = 2  # samples per forward/backward pass (micro-batch)
@@ -357,12 +420,12 @@ class PPOConfig:
     cliprange_value: float = 0.2  # clip of the value update around the old values
     vf_coef: float = 0.1  # weight of the value loss
     entropy_coef: float = 0.0  # weight of the entropy bonus
-    loss_aggregation: str = "token_mean"  # token_mean, seq_mean_token_mean, seq_mean_token_sum
+    loss_aggregation: str | None = None  # token_mean, seq_mean_token_*; null: the estimator's own
     target_kl: float | None = None  # stop an update's epochs once approx-KL (k3) passes this
     ratio_threshold: float = 10.0  # skip a mini-batch whose mean ratio passes this
     critic_warmup_updates: int = 0  # updates that train only the critic
     # --- models ---
-    critic: str = "separate"  # separate, value_head or lora
+    critic: str | None = None  # separate, value_head, lora or none; null: the estimator's own
     critic_init: str | None = None  # separate critic from: reward_model or policy; null = RM if any
     critic_model: str | None = None  # folder for a separate critic (null: as critic_init says)
     reference_model: str | None = None  # separate reference (null: policy start / adapters off)
@@ -428,14 +491,60 @@ class PPOConfig:
         )
         _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs", "full"), "ppo.kl_estimator")
         _one_of(self.lr_scheduler, ("constant", "linear"), "ppo.lr_scheduler")
-        _one_of(
-            self.loss_aggregation,
-            ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum"),
-            "ppo.loss_aggregation",
-        )
-        _one_of(self.critic, ("separate", "value_head", "lora"), "ppo.critic")
         if self.critic_init is not None:
             _one_of(self.critic_init, ("reward_model", "policy"), "ppo.critic_init")
+        self._check_estimator()
+
+    def _check_estimator(self) -> None:
+        """The estimator, and the settings that follow it when null (resolved here, once, so the
+        record and every reader see the value the run uses)."""
+        _one_of(self.advantage_estimator, tuple(ESTIMATORS), "ppo.advantage_estimator")
+        own = ESTIMATORS[self.advantage_estimator]
+        if self.critic is None:
+            self.critic = own.critic
+        if self.whiten_advantages is None:
+            self.whiten_advantages = own.whiten_advantages
+        if self.loss_aggregation is None:
+            self.loss_aggregation = own.loss_aggregation
+        _one_of(self.loss_aggregation, LOSS_AGGREGATIONS, "ppo.loss_aggregation")
+        _one_of(self.critic, CRITICS, "ppo.critic")
+        name = self.advantage_estimator
+        if own.critic == "none":
+            _require(
+                self.critic == "none",
+                "ppo.critic",
+                f"{name} uses no critic (its baseline is not a value model); leave ppo.critic "
+                "null or set it to none",
+            )
+        else:
+            _require(
+                self.critic != "none",
+                "ppo.critic",
+                "gae needs a critic for its values (separate, value_head or lora); without "
+                "one choose a critic-free ppo.advantage_estimator (grpo, rloo, reinforce_pp, ...)",
+            )
+        for needed, what in (
+            (own.needs_groups, name),
+            (self.drop_uniform_groups, "drop_uniform_groups"),
+        ):
+            _require(
+                not needed or self.samples_per_prompt >= 2,
+                "ppo.samples_per_prompt",
+                f"{what} compares the answers to one prompt: needs samples_per_prompt >= 2, got "
+                f"{self.samples_per_prompt}",
+            )
+        _require(
+            self.critic != "none" or self.critic_warmup_updates == 0,
+            "ppo.critic_warmup_updates",
+            "trains only the critic, and there is none (ppo.critic=none): set it to 0",
+        )
+        _one_of(self.kl_in, ("reward", "loss"), "ppo.kl_in")
+        _require(
+            self.kl_in == "reward" or self.kl_estimator in ("k2", "k3"),
+            "ppo.kl_estimator",
+            f"{self.kl_estimator!r} with ppo.kl_in=loss: use k3 (GRPO's) or k2; the gradient of "
+            "k1 as a loss is zero in expectation, and the exact KL needs the reference's logits",
+        )
 
 
 @dataclass
@@ -513,6 +622,32 @@ class RMStageConfig(TrainerStageConfig):
         super().__post_init__()
         for name in self.NEGATIVES:
             _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
+
+
+# TRL 1.16's DPOConfig.loss_type values (trl/trainer/dpo_trainer.py, _compute_loss)
+DPO_LOSS_TYPES = (
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+    "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+)  # fmt: skip
+
+
+@dataclass
+class DPOStageConfig(TrainerStageConfig):
+    section: ClassVar[str] = "dpo"
+    learning_rate: float = 5e-6  # AdamW peak learning rate (DPO moves a trained policy: small)
+    beta: float = 0.1  # strength of the pull to the reference (SFT) model; higher = closer
+    loss_type: str = "sigmoid"  # TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, ...
+    label_smoothing: float = 0.0  # assumed share of flipped labels (robust), ε of exo_pair
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+        _one_of(self.loss_type, DPO_LOSS_TYPES, "dpo.loss_type")
+        _require(
+            0 <= self.label_smoothing < 0.5,
+            "dpo.label_smoothing",
+            f"must be in [0, 0.5), got {self.label_smoothing}",
+        )
 
 
 @dataclass
@@ -599,6 +734,7 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)  # conf/ppo: PPO hyper-parameters
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)  # conf/sft: stage sft
     rm: RMStageConfig = field(default_factory=RMStageConfig)  # conf/rm: stage rm
+    dpo: DPOStageConfig = field(default_factory=DPOStageConfig)  # conf/dpo: stage dpo
     eval: EvalConfig = field(default_factory=EvalConfig)  # conf/eval: stage eval
     pipeline: PipelineConfig = field(
         default_factory=PipelineConfig
@@ -634,12 +770,17 @@ class Config:
         _require(
             self.model.dtype not in HALF_DTYPES
             or self.model.lora.enabled
-            or not set(trains) & {"sft", "rm", "ppo"},
+            or not set(trains) & {"sft", "rm", "ppo", "dpo"},
             "model.dtype",
             f"{self.model.dtype} weights have no float32 master copy, so AdamW steps below half "
             "an ulp are lost; set model.dtype=float32 model.mixed_precision=bf16 (or train "
             "LoRA adapters: model.lora.enabled=true)",
         )
+
+    @property
+    def algorithm(self) -> str:
+        """What trains this run's policy (`algorithm_name`): W&B runs carry it in their config."""
+        return algorithm_name(self.stage, self.pipeline.stages, self.ppo.advantage_estimator)
 
 
 def register_schemas() -> None:

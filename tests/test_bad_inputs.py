@@ -65,6 +65,7 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
             "eval.judge={kind:function,function:{_target_:m.f},scale:2}",
             "eval.judge.scale: a judge is scored raw",
         ),
+        ("ppo.critic=none", "ppo.critic: gae needs a critic for its values"),
     ],
     ids=[
         "unknown-key",
@@ -79,6 +80,7 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "unknown-judge",
         "judge-component-without-target",
         "judge-scaled",
+        "gae-without-critic",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):

@@ -107,7 +107,7 @@ def differences(written: dict, defaults: dict, prefix: str = "") -> list[str]:
 SECTIONS = typing.get_type_hints(Config)
 # The options conf/config.yaml picks by default restate the schema's defaults, value by value.
 # data=insult_zh is left out: the schema has no data set of its own (train_file is required).
-DEFAULT_FILES = [(group, "default") for group in ("ppo", "sft", "rm", "eval", "pipeline")] + [
+DEFAULT_FILES = [(group, "default") for group in ("ppo", "sft", "rm", "dpo", "eval", "pipeline")] + [
     ("model", "tiny"), ("reward", "reward_model"), ("logger", "wandb"),
 ]  # fmt: skip
 
@@ -131,11 +131,11 @@ def test_root_config_values_equal_the_schema_defaults():
 
 def test_a_changed_default_is_caught():
     defaults = schema_defaults(SECTIONS["ppo"])
-    written = {"kl_coef": 0.1, "health": {"kl_min": -1.0, "entropy_min": 0.02}, "critic": True}
+    written = {"kl_coef": 0.1, "health": {"kl_min": -1.0, "entropy_min": 0.02}, "whiten_rewards": 0}
     assert differences(written, defaults) == [
         "kl_coef: YAML 0.1, schema 0.05",
         "health.entropy_min: YAML 0.02, schema 0.01",
-        "critic: YAML True, schema 'separate'",
+        "whiten_rewards: YAML 0, schema False",
     ]
 
 
@@ -149,3 +149,4 @@ def test_settings_pointed_at_another_model_drop_the_gguf_source():
     moved = base.pointing_to("outputs/run/sft/model")
     assert moved.name_or_path == "outputs/run/sft/model" and moved.chat_template == "gemma"
     assert moved.gguf_file is None and moved.gguf_fallback is None and moved.revision is None
+    assert base.pointing_to("google/gemma-3-270m") == base  # the same model: its own sources

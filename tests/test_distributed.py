@@ -122,6 +122,45 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     )
 
 
+def test_group_statistics_are_the_same_under_one_and_two_processes(
+    tiny_sft_model, tmp_path, compose_config
+):
+    """GRPO with dropped uniform groups: 4 prompts × 4 answers in one process against 2 × 4 in
+    each of two. A group's mean and std, the dropped share and the per-answer weights of the
+    sequence-mean loss are whole-batch statistics: computed on a split group or per process they
+    would differ. One optimiser step each (mini-batch = the whole batch), float64, as above."""
+    common = [
+        "stage=ppo", f"model.name_or_path={tiny_sft_model}", "logger=none",
+        "model.dtype=float64", "algorithm=grpo", "ppo.samples_per_prompt=4",
+        "ppo.drop_uniform_groups=true", "reward=char_fraction", "reward.function.chars='你'",
+        "ppo.max_new_tokens=12", "ppo.ppo_epochs=1", "ppo.learning_rate=1e-3",
+        "ppo.total_updates=1", "ppo.eval_every=0", "ppo.log_samples_every=1",
+    ]  # fmt: skip
+    single_dir, double_dir = tmp_path / "single", tmp_path / "double"
+    run(
+        typed_config(compose_config([*common, "ppo.batch_size=4", "ppo.mini_batch_size=16"])),
+        single_dir,
+    )
+    launch = AccelerateLaunch("accelerate/ddp.yaml", 2, main_process_port=free_port())
+    run_under_accelerate(launch, [*common, "ppo.batch_size=2", "ppo.mini_batch_size=8"], double_dir)
+    assert table(double_dir) == table(single_dir) and len(table(single_dir)) == 16
+    one, two = (
+        json.loads((d / "ppo" / "metrics.jsonl").read_text()) for d in (single_dir, double_dir)
+    )
+    for key in ("ppo/uniform_group_share", "ppo/dropped_group_share", "ppo/val/advantages_mean"):
+        assert two[key] == pytest.approx(one[key], abs=1e-12), key
+    assert 0 < one["ppo/dropped_group_share"] < 1  # some groups dropped, some trained
+    assert (
+        not (single_dir / "ppo" / "critic").exists()
+        and not (double_dir / "ppo" / "critic").exists()
+    )
+    start, trained = weights(tiny_sft_model), weights(single_dir / "ppo" / "model")
+    assert any(not torch.equal(start[name], trained[name]) for name in start)
+    other = weights(double_dir / "ppo" / "model")
+    for name in trained:
+        torch.testing.assert_close(other[name], trained[name], atol=1e-12, rtol=1e-10)
+
+
 @pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda p: p.stem)
 def test_every_accelerate_config_loads_and_passes_accelerate_launch_checks(path):
     config = load_config_from_file(str(path)).to_dict()

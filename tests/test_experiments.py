@@ -103,3 +103,36 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tm
     assert third.returncode == 0, third.stderr[-3000:]
     assert "sft: reusing" not in third.stdout + third.stderr  # an SFT setting changed: retrained
     assert (tmp_path / "third" / "sft").resolve() != (run / "sft").resolve()
+
+
+def test_insult_grpo_and_dpo_quick_reuse_sft_and_rm_and_are_evaluated_like_ppo(
+    warm_train, tmp_path
+):
+    cache = tmp_path / "stage_cache"
+    common = ["logger=none", f"pipeline.stage_cache_dir={cache}", "eval.num_prompts=20"]
+    grpo = warm_train(["experiment=insult_grpo_quick", *common], tmp_path / "grpo")
+    assert grpo.returncode == 0, grpo.stderr[-3000:]
+    ppo_info = json.loads((tmp_path / "grpo" / "ppo" / "run_info.json").read_text())
+    assert ppo_info["config"]["algorithm"] == "grpo"
+    assert ppo_info["config"]["ppo"]["critic"] == "none"
+    assert not (tmp_path / "grpo" / "ppo" / "critic").exists()
+    records = (tmp_path / "grpo" / "ppo" / "metrics.jsonl").read_text().splitlines()
+    assert any("ppo/loss/kl" in json.loads(line) for line in records)  # GRPO's KL term
+
+    dpo = warm_train(["experiment=insult_dpo_quick", *common], tmp_path / "dpo")
+    assert dpo.returncode == 0, dpo.stderr[-3000:]
+    log = dpo.stdout + dpo.stderr
+    assert "sft: reusing" in log and "rm: reusing" in log  # insult_ppo's, through the cache
+    run = tmp_path / "dpo"
+    assert not (run / "ppo").exists()
+    for stage in ("sft", "rm", "dpo", "eval"):
+        assert (run / stage / "COMPLETE").is_file(), stage
+    dpo_info = json.loads((run / "dpo" / "run_info.json").read_text())
+    sft_model = str((run / "sft").resolve() / "model")
+    assert dpo_info["config"]["model"]["name_or_path"] == sft_model  # DPO starts from SFT
+    assert dpo_info["config"]["algorithm"] == "dpo"
+    eval_info = json.loads((run / "eval" / "run_info.json").read_text())
+    assert eval_info["config"]["model"]["name_or_path"] == sft_model  # the baseline: SFT
+    # the same evaluation as PPO's: the same metrics, DPO's policy against the SFT model
+    assert final_metrics(run / "eval").keys() == final_metrics(tmp_path / "grpo" / "eval").keys()
+    assert final_metrics(run / "eval")["eval/kl"] != 0

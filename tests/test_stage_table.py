@@ -62,7 +62,7 @@ def read_info(stage_dir):
 
 
 def test_a_stage_must_be_declared(compose_config):
-    with pytest.raises(ConfigError, match="pipeline.stages: 'toy' is not one of sft, rm, ppo"):
+    with pytest.raises(ConfigError, match="pipeline.stages: 'toy' is not one of sft, rm, dpo, ppo"):
         typed_config(compose_config(["stage=pipeline", "pipeline.stages=[sft,toy]"]))
 
 

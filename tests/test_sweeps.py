@@ -276,7 +276,8 @@ def test_compare_reads_running_and_failed_jobs_from_hand_made_files(tmp_path):
             "ppo/objective/entropy": 10.0, "ppo/response_length": 12.0,
         })  # fmt: skip
 
-    config = {"ppo": {"kl_coef": 0.1, "cliprange": 0.2}}
+    pipeline = {"stage": "pipeline", "pipeline": {"stages": ["sft", "rm", "ppo", "eval"]}}
+    config = {**pipeline, "ppo": {"kl_coef": 0.1, "cliprange": 0.2, "advantage_estimator": "grpo"}}
     write_job(
         tmp_path, "0_ppo.kl_coef=0.1", {"job": 0, "label": "ppo.kl_coef=0.1", "status": "complete", "wall_seconds": 12.5},
         config, [update(1, 0.0, 0.0, 0.1), update(2, 1.0, 2.0, 0.1), json.dumps({"step": 2, "ppo/eval/score": 3})],
@@ -288,17 +289,30 @@ def test_compare_reads_running_and_failed_jobs_from_hand_made_files(tmp_path):
     write_job(tmp_path, "2_ppo.kl_coef=-1", {"job": 2, "label": "ppo.kl_coef=-1", "status": "failed",
               "error": "error: ppo.kl_coef: must be >= 0, got -1.0", "wall_seconds": 0.1}, {}, [])  # fmt: skip
     write_job(tmp_path, "3_ppo.kl_coef=0.3", None, config, [])  # started, no job.json yet
+    # DPO in the same comparison: no PPO updates, its eval stage's final metrics
+    dpo = write_job(
+        tmp_path, "4_algorithm=dpo", {"job": 4, "label": "algorithm=dpo", "status": "complete"},
+        {**config, "pipeline": {"stages": ["sft", "rm", "dpo", "eval"]}}, [],
+    )  # fmt: skip
+    (dpo / "eval").mkdir()
+    final = {"eval/policy/score": 1.5, "eval/kl": 0.25, "eval/win_rate": 0.75}
+    (dpo / "eval" / "run_info.json").write_text(json.dumps({"final_metrics": final}))
     rows = compare.compare(tmp_path, tmp_path / "out")
-    assert [(r["job"], r["status"], r["updates"]) for r in rows] == [
-        (0, "complete", 2), (1, "running", 1), (2, "failed", 0), (3, "running", 0),
+    assert [(r["job"], r["status"], r["updates"], r["algorithm"]) for r in rows] == [
+        (0, "complete", 2, "grpo"), (1, "running", 1, None), (2, "failed", 0, None),
+        (3, "running", 0, "grpo"), (4, "complete", 0, "dpo"),
     ]  # fmt: skip
+    assert (rows[4]["eval_score"], rows[4]["eval_kl"], rows[4]["win_rate"]) == (1.5, 0.25, 0.75)
     assert rows[0]["score_minus_beta_kl"] == pytest.approx(1.0 - 0.1 * 2.0)
     assert rows[1]["score_minus_beta_kl"] == pytest.approx(2.0 - 0.25 * 1.0)
     assert rows[0]["wall_seconds"] == 12.5 and rows[1]["wall_seconds"] > 1e9  # running: so far
     assert (rows[0]["entropy"], rows[0]["response_length"]) == (10.0, 12.0)
     assert rows[2]["error"].endswith("got -1.0") and rows[2]["score"] is None
     table = (tmp_path / "out" / "table.md").read_text()
-    assert "| 0 | ppo.kl_coef=0.1 | complete | 2 | 1 | 2 | 0.8 | 10 | 12 |  | 12.5 |" in table
+    assert (
+        "| 0 | ppo.kl_coef=0.1 | grpo | complete | 2 | 1 | 2 | 0.8 | 10 | 12 |  |  |  | 12.5 |"
+        in table
+    )
     assert "- job 2 (ppo.kl_coef=-1): error: ppo.kl_coef: must be >= 0" in table
     assert all(
         (tmp_path / "out" / p).is_file() for p in ("curves.png", "frontier.png", "heatmap.png")

@@ -7,7 +7,8 @@ critic kinds (`ppo.critic`):
   values;
 - lora: a second LoRA adapter ("critic") plus a linear head on the policy's own frozen base, so
   one base in memory serves policy, critic and reference. PEFT freezes inactive adapters, so the
-  policy and critic passes each run (and back-propagate) with their own adapter active.
+  policy and critic passes each run (and back-propagate) with their own adapter active;
+- none: no value model at all (the critic-free estimators: GRPO, RLOO, REINFORCE++, ...).
 
 Reference: a frozen model, or — for a LoRA policy with no reference configured — the policy with
 its adapters disabled (no second copy in memory).
@@ -70,6 +71,10 @@ class ActorCritic(nn.Module):
             reference.requires_grad_(False).eval()
 
     @property
+    def has_critic(self) -> bool:
+        return self.critic_kind != "none"
+
+    @property
     def shares_forward(self) -> bool:
         """True when one policy pass also yields the values (value_head)."""
         return self.critic_kind == "value_head"
@@ -86,6 +91,8 @@ class ActorCritic(nn.Module):
             ]
 
     def critic_parameters(self) -> list[nn.Parameter]:
+        if not self.has_critic:
+            return []
         if self.critic_kind == "separate":
             return [p for p in self.critic.parameters() if p.requires_grad]
         params = list(self.value_head.parameters())
@@ -122,6 +129,8 @@ class ActorCritic(nn.Module):
         self, inputs: dict[str, torch.Tensor], prompt_width: int, response_width: int
     ) -> torch.Tensor:
         """Values (B, Tr): V(s_t) read where token t is predicted."""
+        if not self.has_critic:
+            raise ValueError("critic 'none' has no values")
         if self.critic_kind == "separate":
             hidden = self.critic.base_model(**inputs).last_hidden_state
             values = self.critic.score(response_slice(hidden, prompt_width, response_width))
@@ -165,6 +174,9 @@ class ActorCritic(nn.Module):
     # --- saving ---------------------------------------------------------------------------
 
     def save_critic(self, folder: Path) -> None:
+        """The critic's trained weights in `folder` (nothing, and no folder, without a critic)."""
+        if not self.has_critic:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         if self.critic_kind == "separate":
             self.critic.save_pretrained(folder, safe_serialization=True)

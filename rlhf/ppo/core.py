@@ -164,18 +164,28 @@ def gae(
 # --- losses -----------------------------------------------------------------------------------
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+def aggregate(
+    loss: torch.Tensor, mask: torch.Tensor, mode: str, horizon: int | None = None
+) -> torch.Tensor:
     """Per-token loss (B, T) → scalar: token_mean (all tokens weigh the same),
-    seq_mean_token_mean (each sequence weighs the same), seq_mean_token_sum (longer sequences
-    weigh more, as in Dr. GRPO)."""
+    seq_mean_token_mean (each sequence weighs the same: GRPO's 1/|o|), seq_mean_token_sum
+    (longer sequences weigh more), seq_mean_token_sum_norm (token sums over a constant
+    `horizon` instead of each length: Dr. GRPO). Sequence means count the rows with at least one
+    masked token, so a row left out of the loss entirely (a dropped group) does not dilute them."""
     mask = mask.to(loss.dtype)
     if mode == "token_mean":
         return masked_mean(loss, mask)
     if mode == "seq_mean_token_mean":
-        return masked_mean(loss, mask, dim=1).mean()
-    if mode == "seq_mean_token_sum":
-        return masked_sum(loss, mask, dim=1).mean()
-    raise ValueError(f"unknown loss aggregation {mode!r}")
+        per_row = masked_mean(loss, mask, dim=1)
+    elif mode in ("seq_mean_token_sum", "seq_mean_token_sum_norm"):
+        per_row = masked_sum(loss, mask, dim=1)
+    else:
+        raise ValueError(f"unknown loss aggregation {mode!r}")
+    if mode == "seq_mean_token_sum_norm":
+        if horizon is None or horizon < 1:
+            raise ValueError("seq_mean_token_sum_norm needs a constant horizon >= 1")
+        per_row = per_row / horizon
+    return masked_mean(per_row, mask.sum(1) > 0)
 
 
 def policy_loss(
@@ -187,9 +197,11 @@ def policy_loss(
     clip_high: float,
     dual_clip: float | None = None,
     aggregation: str = "token_mean",
+    horizon: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Clipped surrogate: max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high)) per token, with r the
-    probability ratio; with dual_clip = c > 1, tokens with A < 0 are capped at −c·A."""
+    probability ratio; with dual_clip = c > 1, tokens with A < 0 are capped at −c·A.
+    `horizon`: the constant length of aggregation seq_mean_token_sum_norm."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -198,7 +210,7 @@ def policy_loss(
     if dual_clip is not None:
         capped = torch.minimum(per_token, -advantages * dual_clip)
         per_token = torch.where(advantages < 0, capped, per_token)
-    loss = aggregate(per_token, mask, aggregation)
+    loss = aggregate(per_token, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
@@ -217,6 +229,7 @@ def value_loss(
     mask: torch.Tensor,
     cliprange_value: float,
     aggregation: str = "token_mean",
+    horizon: int | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """½·max((V − R)², (V_clipped − R)²), V_clipped = old V + clip(V − old V, ±ε_v)."""
     clipped_values = old_values + torch.clamp(
@@ -224,7 +237,8 @@ def value_loss(
     )
     unclipped_error = (values - returns).square()
     clipped_error = (clipped_values - returns).square()
-    loss = 0.5 * aggregate(torch.maximum(unclipped_error, clipped_error), mask, aggregation)
+    errors = torch.maximum(unclipped_error, clipped_error)
+    loss = 0.5 * aggregate(errors, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {
             "clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask).item(),
@@ -234,9 +248,11 @@ def value_loss(
     return loss, stats
 
 
-def entropy_bonus(entropy: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+def entropy_bonus(
+    entropy: torch.Tensor, mask: torch.Tensor, aggregation: str, horizon: int | None = None
+) -> torch.Tensor:
     """Aggregated entropy; the trainer subtracts entropy_coef × this from the loss."""
-    return aggregate(entropy, mask, aggregation)
+    return aggregate(entropy, mask, aggregation, horizon)
 
 
 def explained_variance(

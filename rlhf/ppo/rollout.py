@@ -33,6 +33,8 @@ class Rollout:
     non_score_rewards: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    loss_mask: torch.Tensor | None = None  # (B, Tr) bool, the tokens the loss trains on
+    uniform: torch.Tensor | None = None  # (B,) bool, in a group whose scores are all equal
 
 
 def response_slice(

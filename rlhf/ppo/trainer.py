@@ -3,11 +3,15 @@
 1. generate: sample responses to a batch of prompts (KV cache), cut after the first stop token;
 2. score: reward source on (prompt, response text); missing-EOS penalty, scale, normalise, clip,
    soft overlong penalty;
-3. forward passes: log-probs of the sampled tokens under the policy and the reference, values;
-4. rewards: −β·KL per token + score on the last real token (Ziegler et al. 2019);
-5. advantages: optional reward whitening, GAE(γ, λ), advantage whitening;
+3. forward passes: log-probs of the sampled tokens under the policy and the reference, values
+   (none without a critic);
+4. rewards: −β·KL per token (kl_in=reward; Ziegler et al. 2019) + score on the last real token;
+5. advantages: optional reward whitening, the estimator (GAE(γ, λ) on the critic's values, or a
+   critic-free one from the rewards and the prompt groups, rlhf/ppo/estimators.py), advantage
+   whitening; with drop_uniform_groups the groups whose scores are all equal leave the loss;
 6. update: ppo_epochs × shuffled mini-batches of clipped policy loss + vf_coef × clipped value
-   loss − entropy_coef × entropy, gradient accumulation, grad-norm clipping; a mini-batch whose
+   loss (with a critic) + β × KL (kl_in=loss) − entropy_coef × entropy, gradient accumulation,
+   grad-norm clipping; a mini-batch whose
    mean ratio passes ratio_threshold is skipped, the epochs stop early once an epoch's mean
    approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
@@ -30,7 +34,9 @@ details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
 - values are read where each response token is predicted (state before the token);
 - gradient accumulation weighs micro-batches by their share of tokens (token_mean) or sequences,
   so batch 8 × accumulation 1 and batch 4 × accumulation 2 give the same update;
-- advantages are whitened over the whole batch once, before mini-batching;
+- advantages are whitened over the whole batch once, before mini-batching; group statistics
+  (GRPO, RLOO, ...) are taken over whole groups, which next_prompts keeps on one process, before
+  mini-batching too, so neither the process count nor the mini-batch split changes them;
 - the KL controller sees the mean per-sequence KL of the batch (Ziegler et al. 2019).
 """
 
@@ -49,7 +55,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError, NumericError
-from rlhf.ppo import core
+from rlhf.ppo import core, estimators
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.health import Alarm, HealthMonitor
@@ -311,10 +317,9 @@ class PPOTrainer:
                     logits, ref_logits, self.config.temperature
                 )
             del logits, ref_logits
-            rollout.values = (
-                values if values is not None else self.model.critic_forward(inputs, *widths)
-            )
-        rollout.values = core.upcast(rollout.values)
+            if values is None and self.model.has_critic:
+                values = self.model.critic_forward(inputs, *widths)
+        rollout.values = core.upcast(values) if values is not None else None
 
     def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the distribution actually sampled: softmax(logits / T) over the
@@ -325,25 +330,49 @@ class PPOTrainer:
         return core.gather_tokens(self._log_softmax(logits), tokens)
 
     def shape_rewards(self, rollout: Rollout) -> None:
-        """Phases 4–5: per-token rewards, GAE, whitening (moments of the global batch)."""
+        """Phases 4–5: per-token rewards (with the KL when kl_in=reward), the advantage
+        estimator, whitening (moments of the global batch) and the tokens the loss trains on."""
         c = self.config
         if c.kl_estimator == "full":
             rollout.kl = rollout.kl_full
         else:
             rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
+        beta_in_reward = self.kl_controller.value if c.kl_in == "reward" else 0.0
         rollout.rewards, rollout.non_score_rewards = core.per_token_rewards(
-            rollout.scores, rollout.kl, self.kl_controller.value, rollout.mask
+            rollout.scores, rollout.kl, beta_in_reward, rollout.mask
         )
         rewards = rollout.rewards
         if c.whiten_rewards:
             rewards = global_masked_whiten(rewards, rollout.mask, shift_mean=False)
-        advantages, rollout.returns = core.gae(
-            rewards, rollout.values, rollout.mask, c.gamma, c.lam
+        if c.advantage_estimator == "gae":
+            advantages, rollout.returns = core.gae(
+                rewards, rollout.values, rollout.mask, c.gamma, c.lam
+            )
+        else:  # groups are whole on this process (next_prompts): their statistics are global
+            advantages, rollout.returns = estimators.critic_free(
+                c.advantage_estimator, rewards, rollout.scores, rollout.mask,
+                c.samples_per_prompt, c.gamma,
+            )  # fmt: skip
+        rollout.loss_mask = self._loss_mask(rollout)
+        # with every group dropped on every process nothing is trained, and nothing to whiten
+        dropped_all = c.drop_uniform_groups and not distributed.any_process(
+            bool(rollout.loss_mask.any())
         )
-        if c.whiten_advantages:
-            advantages = global_masked_whiten(advantages, rollout.mask)
+        if c.whiten_advantages and not dropped_all:
+            advantages = global_masked_whiten(advantages, rollout.loss_mask)
         rollout.advantages = advantages
         self._check_finite("advantages", "advantages", advantages[rollout.mask], everywhere=True)
+
+    def _loss_mask(self, rollout: Rollout) -> torch.Tensor:
+        """The response tokens the loss trains on: all of them, or with drop_uniform_groups
+        those of the groups whose scores differ (DAPO's dynamic sampling, without refilling)."""
+        group = self.config.samples_per_prompt
+        if group < 2:
+            return rollout.mask
+        rollout.uniform = estimators.uniform_groups(rollout.scores, group).to(rollout.mask.device)
+        if not self.config.drop_uniform_groups:
+            return rollout.mask
+        return rollout.mask & ~rollout.uniform[:, None]
 
     def optimise(self, rollout: Rollout) -> dict[str, float]:
         """Phase 6: epochs × mini-batches of PPO updates; returns averaged stats."""
@@ -381,15 +410,23 @@ class PPOTrainer:
         self, rollout: Rollout, group_index: torch.Tensor, critic_only: bool, stats: dict
     ) -> None:
         """One optimiser step over a group of micro-batches (gradient accumulation). Micro-batch
-        weights are shares of the group over all processes (their gradients are summed)."""
-        group_tokens = distributed.all_reduce_sum(rollout.mask[group_index].sum())
-        group_size = len(group_index) * distributed.world_size()
+        weights are shares of the group's trained tokens (token_mean) or trained sequences over
+        all processes (their gradients are summed); a micro-batch with nothing in the loss
+        (dropped groups) is skipped, a group with nothing in it on any process takes no step."""
+        trained = rollout.loss_mask[group_index]
+        counts = torch.stack([trained.sum(), trained.any(1).sum()])
+        group_tokens, group_rows = distributed.all_reduce_sum(counts).tolist()
+        if group_rows == 0:
+            return
         contributed, error = False, None
         for micro in group_index.split(self.config.mini_batch_size):
+            kept = rollout.loss_mask[micro]
+            if not kept.any():
+                continue
             if self.config.loss_aggregation == "token_mean":
-                weight = (rollout.mask[micro].sum() / group_tokens).item()
+                weight = kept.sum().item() / group_tokens
             else:
-                weight = len(micro) / group_size
+                weight = kept.any(1).sum().item() / group_rows
             try:
                 with self.precision.autocast():
                     micro_stats = self._micro_step(rollout, micro, weight, critic_only)
@@ -409,7 +446,8 @@ class PPOTrainer:
         self, rollout: Rollout, index: torch.Tensor, weight: float, critic_only: bool
     ) -> dict[str, float]:
         c = self.config
-        mask = rollout.mask[index]
+        mask = rollout.mask[index]  # the real tokens: inputs and positions
+        trained = rollout.loss_mask[index]  # the tokens in the loss
         encoded = EncodedPrompts(
             rollout.encoded.input_ids[index], rollout.encoded.attention_mask[index]
         )
@@ -427,49 +465,67 @@ class PPOTrainer:
             logprobs,
             rollout.logprobs[index],
             rollout.advantages[index],
-            mask,
+            trained,
             c.cliprange_low if c.cliprange_low is not None else c.cliprange,
             c.cliprange_high if c.cliprange_high is not None else c.cliprange,
             c.dual_clip,
             c.loss_aggregation,
+            c.max_new_tokens,  # the constant length of seq_mean_token_sum_norm (Dr. GRPO)
         )
         # entropy needs a graph only when it is in the loss
         with torch.set_grad_enabled(c.entropy_coef != 0 and torch.is_grad_enabled()):
             entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
         stats = {f"policy/{k}": v for k, v in pg_stats.items()}
-        stats["policy/entropy"] = core.masked_mean(entropy, mask).item()
+        stats["policy/entropy"] = core.masked_mean(entropy, trained).item()
         stats["skipped"] = 0.0
         if pg_stats["ratio_mean"] > c.ratio_threshold:
             stats["skipped"] = 1.0  # a stale or broken mini-batch: no gradient from it
             return stats
-        loss = (
-            0.0
-            if critic_only
-            else pg_loss - c.entropy_coef * core.entropy_bonus(entropy, mask, c.loss_aggregation)
-        )
+        loss = 0.0
+        if not critic_only:
+            bonus = core.entropy_bonus(entropy, trained, c.loss_aggregation, c.max_new_tokens)
+            loss = pg_loss - c.entropy_coef * bonus + self._kl_loss(logprobs, rollout, index, stats)
+        stats["loss/policy"] = pg_loss.item()
+        if not self.model.has_critic:
+            self._backward(loss, weight, "policy loss")
+            return stats
         if values is None:  # separate or LoRA critic: its own pass and backward
             self._backward(loss, weight, "policy loss")
             del logits, log_probs_all
             # the backward runs (and gradient checkpointing recomputes) under the critic adapter
             with self.model.critic_adapter():
                 values = self.model.critic_forward(inputs, *widths)
-                vf_loss, vf_stats = self._value_loss(values, rollout, index, mask)
+                vf_loss, vf_stats = self._value_loss(values, rollout, index, trained)
                 self._backward(c.vf_coef * vf_loss, weight, "value loss")
         else:
-            vf_loss, vf_stats = self._value_loss(values, rollout, index, mask)
+            vf_loss, vf_stats = self._value_loss(values, rollout, index, trained)
             self._backward(loss + c.vf_coef * vf_loss, weight, "policy + value loss")
         stats.update({f"val/{k}": v for k, v in vf_stats.items()})
-        stats["loss/policy"], stats["loss/value"] = pg_loss.item(), vf_loss.item()
+        stats["loss/value"] = vf_loss.item()
         return stats
 
-    def _value_loss(self, values, rollout, index, mask):
+    def _kl_loss(
+        self, logprobs: torch.Tensor, rollout: Rollout, index: torch.Tensor, stats: dict
+    ) -> torch.Tensor | float:
+        """kl_in=loss: β × the aggregated per-token KL(policy ‖ reference) of the current
+        log-probs (k3 as in GRPO, or k2), logged unweighted as loss/kl; 0 with kl_in=reward."""
+        c = self.config
+        if c.kl_in != "loss":
+            return 0.0
+        kl = core.kl_penalty(logprobs, rollout.ref_logprobs[index], c.kl_estimator)
+        kl_loss = core.aggregate(kl, rollout.loss_mask[index], c.loss_aggregation, c.max_new_tokens)
+        stats["loss/kl"] = kl_loss.item()
+        return self.kl_controller.value * kl_loss
+
+    def _value_loss(self, values, rollout, index, trained):
         return core.value_loss(
             core.upcast(values),
             rollout.values[index],
             rollout.returns[index],
-            mask,
+            trained,
             self.config.cliprange_value,
             self.config.loss_aggregation,
+            self.config.max_new_tokens,
         )
 
     def _backward(self, loss: torch.Tensor | float, weight: float, what: str) -> None:
@@ -485,7 +541,7 @@ class PPOTrainer:
         """Sum gradients over processes, clip policy and critic each to max_grad_norm on its
         own (a full critic's large gradient must not shrink the policy's step), step AdamW.
         In critic warm-up the policy's parameters have no gradient and take no step."""
-        groups = {"critic": self.critic_params}
+        groups = {"critic": self.critic_params} if self.critic_params else {}
         if critic_only:
             for param in self.policy_params:
                 param.grad = None  # no step, no moment update, no step count for the policy

@@ -62,8 +62,9 @@ def hydra_overrides() -> list[str]:
 
 
 def config_record(config: Config) -> dict[str, Any]:
-    """The typed config as plain data (the record's `config`, and the tracker's run config)."""
-    return dataclasses.asdict(config)
+    """The typed config as plain data (the record's `config`, and the tracker's run config),
+    with `algorithm` (what trains the run's policy: ppo, grpo, rloo, dpo, ...) for grouping."""
+    return {**dataclasses.asdict(config), "algorithm": config.algorithm}
 
 
 def new_run_info(stage: str, config: Config, sweep: dict[str, Any] | None) -> dict[str, Any]:

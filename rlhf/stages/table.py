@@ -79,6 +79,15 @@ STAGES: dict[str, StageDeclaration] = {
             cache_sections=("model", "data", "rm"),
             checkpoints=TRL_CHECKPOINTS,
         ),
+        StageDeclaration(  # declared before ppo: a run with neither judges PPO's policy
+            "dpo",
+            runner="rlhf.stages.dpo:run",
+            objective="dpo/test/loss",
+            produces=POLICY,
+            starts_from="sft",
+            cache_sections=("model", "data", "dpo"),
+            checkpoints=TRL_CHECKPOINTS,
+        ),
         StageDeclaration(
             "ppo",
             runner="rlhf.stages.ppo:run",

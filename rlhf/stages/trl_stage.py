@@ -1,5 +1,5 @@
 """The skeleton of a stage trained by a TRL trainer: `run_trl_stage` runs the phases, a `TrlStage`
-fills in what differs (sft.py, rm.py; a DPO stage fills in the same).
+fills in what differs (sft.py, rm.py, dpo.py).
 
 1. data: the preference rows, checked for the columns the stage needs, before a model loads;
 2. model and tokenizer (`model_kind`), rows sampled (`max_train_samples`, `max_eval_samples`) and
@@ -7,8 +7,8 @@ fills in what differs (sft.py, rm.py; a DPO stage fills in the same).
 3. the stage's own training rows (`training_rows`: mixed answers, hard negatives, ...);
 4. TRL's config: the arguments every stage shares (`trainer_arguments`) plus the stage's own
    (`extra_arguments`), into `config_class`;
-5. the trainer (`trainer_class`) with the stage's data sets (`datasets`), LoRA settings and our
-   tracker as callback;
+5. the trainer (`trainer_class`) with the stage's data sets (`datasets`), LoRA settings, our
+   tracker as callback and the stage's own keywords (`trainer_keywords`: DPO's reference);
 6. train, continuing from the newest TRL checkpoint on resume;
 7. evaluate (`evaluate`): the stage's final metrics, the model to save, extra files;
 8. the full weights gathered from a sharded model (a collective: every process);
@@ -67,6 +67,10 @@ class TrlStage:
         """The trainer's data set keywords (train_dataset, eval_dataset)."""
         raise NotImplementedError
 
+    def trainer_keywords(self, config: Config) -> dict[str, Any]:
+        """Keyword arguments of `trainer_class` beyond the ones every stage passes."""
+        return {}
+
     def evaluate(
         self, ctx: StageContext, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, test: Dataset
     ) -> Evaluation:
@@ -91,6 +95,7 @@ def run_trl_stage(stage: TrlStage, config: Config, paths: RunPaths) -> dict[str,
             processing_class=tokenizer,
             peft_config=lora_config(config.model.lora, num_layers, kind=stage.model_kind),
             callbacks=[TrackerCallback(ctx.tracker, stage.name)],
+            **stage.trainer_keywords(config),
         )
         check_trainable_precision(trainer.model, f"stage {stage.name}")
         trainer.train(resume_from_checkpoint=str(ctx.resume.checkpoint) if ctx.resume else None)

@@ -5,8 +5,11 @@ and `ppo/metrics.jsonl`, so it works on a sweep still running (a job's latest up
 its final one) and on sweeps with failed jobs (status and error in the table). Writes into
 `<folder>/compare/` (or `--out`):
 
-  table.md, table.csv   one row per job: swept overrides, status, PPO updates done, final mean
-                        score, KL, score − β·KL, entropy, response length, eval score, wall time
+  table.md, table.csv   one row per job: swept overrides, algorithm (ppo, grpo, rloo, ..., dpo:
+                        rlhf.config.recorded_algorithm), status, PPO updates done, final mean
+                        score, KL, score − β·KL, entropy, response length, eval score, eval KL
+                        to the starting model, eval win rate, wall time; a DPO job has no PPO
+                        updates, so its row compares on the eval columns
   curves.png            score and KL per PPO update, the jobs overlaid
   frontier.png          final score against final KL, the reward–KL frontier drawn
   heatmap.png           final score over ppo.kl_coef × ppo.cliprange
@@ -27,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from rlhf.config import recorded_algorithm
 from rlhf.runs.folders import RUN_INFO
 from rlhf.runs.tracking import read_jsonl
 from rlhf.sweeps.jobs import job_dirs, read_job_file
@@ -37,10 +41,13 @@ ENTROPY = "ppo/objective/entropy"
 LENGTH = "ppo/response_length"
 BETA = "ppo/kl_coef"
 EVAL_SCORE = "eval/policy/score"
+EVAL_KL = "eval/kl"
+WIN_RATE = "eval/win_rate"
 
 COLUMNS = {  # column → header in table.md
     "job": "job",
     "overrides": "overrides",
+    "algorithm": "algorithm",
     "status": "status",
     "updates": "updates",
     "score": "score",
@@ -49,6 +56,8 @@ COLUMNS = {  # column → header in table.md
     "entropy": "entropy",
     "response_length": "length",
     "eval_score": "eval score",
+    "eval_kl": "eval KL",
+    "win_rate": "win rate",
     "wall_seconds": "wall s",
     "error": "error",
 }
@@ -62,12 +71,13 @@ class JobResult:
     folder: Path
     label: str
     status: str  # complete, failed or running (no job.json yet, or not finished)
+    algorithm: str | None = None  # what trains the job's policy (None: not in its config)
     error: str | None = None
     wall_seconds: float | None = None
     kl_coef: float | None = None  # ppo.kl_coef of the job's config
     cliprange: float | None = None  # ppo.cliprange of the job's config
     history: list[dict[str, float]] = field(default_factory=list)
-    eval_score: float | None = None
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the eval stage's final ones
 
 
 def penalised_score(score: float, kl: float, beta: float) -> float:
@@ -86,6 +96,7 @@ def final_row(job: JobResult) -> dict[str, Any]:
     return {
         "job": job.num,
         "overrides": job.label,
+        "algorithm": job.algorithm,
         "status": job.status,
         "updates": len(job.history),
         "score": score,
@@ -93,7 +104,9 @@ def final_row(job: JobResult) -> dict[str, Any]:
         "score_minus_beta_kl": penalised,
         "entropy": last.get(ENTROPY),
         "response_length": last.get(LENGTH),
-        "eval_score": job.eval_score,
+        "eval_score": job.eval_metrics.get(EVAL_SCORE),
+        "eval_kl": job.eval_metrics.get(EVAL_KL),
+        "win_rate": job.eval_metrics.get(WIN_RATE),
         "wall_seconds": job.wall_seconds,
         "error": job.error,
     }
@@ -140,12 +153,12 @@ def stage_of(metric: str) -> str:
     return metric.split("/", 1)[0]
 
 
-def _final_metric(stage_dir: Path, key: str) -> float | None:
+def _final_metrics(stage_dir: Path) -> dict[str, float]:
     try:
         info = json.loads((stage_dir / RUN_INFO).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return None
-    return (info.get("final_metrics") or {}).get(key)
+        return {}
+    return info.get("final_metrics") or {}
 
 
 def load_job(folder: Path, now: float) -> JobResult:
@@ -162,12 +175,13 @@ def load_job(folder: Path, now: float) -> JobResult:
         folder=folder,
         label=record.get("label") or folder.name.split("_", 1)[-1],
         status=status,
+        algorithm=recorded_algorithm(config or {}),
         error=record.get("error"),
         wall_seconds=wall,
         kl_coef=_config_value(config or {}, "ppo.kl_coef"),
         cliprange=_config_value(config or {}, "ppo.cliprange"),
         history=[r for r in read_jsonl(folder / stage_of(SCORE) / "metrics.jsonl") if SCORE in r],
-        eval_score=_final_metric(folder / stage_of(EVAL_SCORE), EVAL_SCORE),
+        eval_metrics=_final_metrics(folder / stage_of(EVAL_SCORE)),
     )
 
 
