@@ -170,7 +170,7 @@ def test_data_errors(warm_train, tmp_path, make_overrides, needle):
 def folder_without_weights(tmp_path) -> str:
     folder = tmp_path / "pickled"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (folder / "pytorch_model.bin").write_bytes(b"never unpickled")
     return str(folder)
 

@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.errors import ModelLoadError
+from rlhf.models.checks import check_kind
 from rlhf.models.loading import (
     check_trainable_precision,
     load_model_and_tokenizer,
@@ -70,6 +71,7 @@ def load_separate_critic(
     settings = config.model.pointing_to(source)
     folder = resolve_model_dir(settings, config.cache_dir)
     critic, new = load_model_report(folder, settings, tokenizer, kind="reward")
+    check_kind(folder, "reward", new, new_head=True)  # the body must come from the folder
     head = [name for name in new if name.startswith("score.")]
     if head and what == "the reward model":
         raise ModelLoadError(

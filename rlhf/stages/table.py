@@ -18,6 +18,7 @@ Adding a stage: its runner module, one declaration here, and its config section 
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,12 +42,24 @@ class StageDeclaration:
     cache_sections: tuple[str, ...] = ()  # config sections keying its cache; () = never cached
     checkpoints: CheckpointLayout = NO_CHECKPOINTS  # how it checkpoints and resumes
     sharded_engines: bool = True  # may run under ZeRO-2/3 or FSDP (False: plain processes only)
+    # the final metrics it returns (fnmatch patterns), so that `objective` is checked before
+    # anything trains; () = not declared: checked when the stage ends
+    final_metrics: tuple[str, ...] = ()
+
+    def returns_metric(self, name: str) -> bool:
+        """Whether `name` is one of the final metrics this stage declares."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.final_metrics)
 
     def load_runner(self) -> Callable[..., dict[str, float]]:
         """The runner: function(config: Config, paths: RunPaths) -> final metrics."""
         module, _, function = self.runner.partition(":")
         return getattr(importlib.import_module(module), function)
 
+
+RM_TEST_METRICS = ("accuracy", "margin", "chosen_score", "rejected_score", "score_std")
+EVAL_MODEL_METRICS = (
+    "score", "above_threshold", "length", "eos_rate", "distinct", "distinct_2", "collapsed",
+)  # fmt: skip
 
 STAGES: dict[str, StageDeclaration] = {
     declaration.name: declaration
@@ -55,6 +68,12 @@ STAGES: dict[str, StageDeclaration] = {
             "sft",
             runner="rlhf.stages.sft:run",
             objective="sft/test/loss",
+            final_metrics=(
+                "sft/test/loss",
+                "sft/test/mean_token_accuracy",
+                "sft/test_rows",
+                "sft/train_rows",
+            ),  # fmt: skip
             produces=POLICY,
             cache_sections=("model", "data", "sft"),
             checkpoints=TRL_CHECKPOINTS,
@@ -63,6 +82,10 @@ STAGES: dict[str, StageDeclaration] = {
             "rm",
             runner="rlhf.stages.rm:run",
             objective="rm/test/accuracy",
+            final_metrics=(
+                *(f"rm/test/{name}" for name in RM_TEST_METRICS),
+                "rm/train_rows",
+            ),  # fmt: skip
             produces=REWARD_MODEL,
             cache_sections=("model", "data", "rm"),
             checkpoints=TRL_CHECKPOINTS,
@@ -71,6 +94,13 @@ STAGES: dict[str, StageDeclaration] = {
             "ppo",
             runner="rlhf.stages.ppo:run",
             objective="ppo/objective/scores",
+            final_metrics=(
+                "ppo/objective/scores",
+                "ppo/objective/kl",
+                "ppo/objective/rlhf_reward",
+                # only when the last update evaluates (PPOConfig checks eval_every)
+                *(f"ppo/eval/{name}" for name in ("score", "length", "eos_rate", "distinct")),
+            ),  # fmt: skip
             produces=POLICY,
             starts_from="sft",
             checkpoints=PPO_CHECKPOINTS,
@@ -80,6 +110,17 @@ STAGES: dict[str, StageDeclaration] = {
             "eval",
             runner="rlhf.stages.eval:run",
             objective="eval/policy/score",
+            final_metrics=(
+                "eval/threshold",
+                "eval/num_prompts",
+                "eval/win_rate",
+                "eval/kl",
+                *(
+                    f"eval/{model}/{name}"
+                    for model in ("baseline", "policy")
+                    for name in EVAL_MODEL_METRICS
+                ),
+            ),  # fmt: skip
             starts_from="sft",
         ),
     )

@@ -48,6 +48,7 @@ class TrlStage:
 
     name: str
     model_kind = "causal"  # causal: a language model; reward: a one-output sequence classifier
+    new_head = False  # the model may start without its score head (a reward model being trained)
     config_class: type  # TRL's config class (SFTConfig, RewardConfig, ...)
     trainer_class: type[Trainer]  # TRL's trainer class
 
@@ -118,7 +119,7 @@ def load_stage_inputs(
     require_answers(data, answers, stage.name)
     ctx.info["data_fingerprint"] = data.fingerprint
     model, tokenizer = load_model_and_tokenizer(
-        config.model, config.cache_dir, kind=stage.model_kind
+        config.model, config.cache_dir, kind=stage.model_kind, new_head=stage.new_head
     )
     train = seeded_subset(data.train, settings.max_train_samples, settings.seed)
     train = limit_lengths(train, tokenizer, config.data, "train", answers)

@@ -1,0 +1,131 @@
+"""What a model folder must hold before anything loads from it, each problem as one line naming
+the folder: a readable `config.json`, whole safetensors weights, tokenizer files, and the right
+kind of model (a causal LM where one answers, a sequence classifier where one scores).
+
+transformers' own messages for these are misleading ("install sentencepiece" for a folder
+without tokenizer files) or name no file (a bare JSONDecodeError, a SafetensorError), so the
+folder is checked first; the checks read only the JSON files and the safetensors headers.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from rlhf.errors import ModelLoadError
+
+# Any one of these is a tokenizer transformers can load (fast, BPE, WordPiece, SentencePiece).
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+    "spiece.model", "sentencepiece.bpe.model",
+)  # fmt: skip
+CLASSIFIER_SUFFIX = "ForSequenceClassification"
+
+
+def read_model_config(folder: Path) -> dict:
+    """The folder's config.json as a dict, or one line saying why it is not usable."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"model folder {folder} has no config.json")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(
+            f"model folder {folder}: config.json is not valid JSON ({exc})"
+        ) from exc
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ModelLoadError(
+            f"model folder {folder}: config.json names no model_type, so it is no transformers "
+            "model config"
+        )
+    return config
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be whole (None when its header and size agree): the header
+    says where every tensor's bytes end, so a truncated or overwritten file shows up without
+    reading the tensors."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"{path.name} is {size} bytes long, too short for a safetensors header"
+        (length,) = struct.unpack("<Q", head)
+        if 8 + length > size:
+            return f"{path.name} is truncated ({size} bytes, its header alone claims {length})"
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return f"{path.name} has a corrupt header (not a safetensors file?)"
+    ends = [
+        entry["data_offsets"][1]
+        for name, entry in header.items()
+        if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
+    ]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"{path.name} is {size} bytes but its header describes {expected} (truncated?)"
+    return None
+
+
+def check_model_folder(folder: Path) -> Path:
+    """A folder with a usable config.json and whole safetensors weights (pickled weights are
+    never loaded)."""
+    if not folder.is_dir():
+        raise ModelLoadError(f"model path {folder} is a file, not a model folder")
+    read_model_config(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise ModelLoadError(
+            f"model folder {folder} holds no *.safetensors weights (pickled weights are not loaded)"
+        )
+    for path in weights:
+        problem = safetensors_problem(path)
+        if problem:
+            raise ModelLoadError(f"model folder {folder}: {problem}")
+    return folder
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"model folder {folder} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)}); "
+            "save the tokenizer with the model (tokenizer.save_pretrained)"
+        )
+
+
+def is_classifier(folder: Path) -> bool:
+    """Whether the folder holds a sequence classifier (a reward model), by its config."""
+    architectures = read_model_config(folder).get("architectures") or []
+    return any(str(name).endswith(CLASSIFIER_SUFFIX) for name in architectures)
+
+
+def check_kind(folder: Path, kind: str, missing: set[str], new_head: bool) -> None:
+    """Refuse a model whose weights the folder does not hold: a causal LM with any weight
+    missing (transformers would initialise it at random), a reward model without its trained
+    score head (unless `new_head`: a reward model or critic about to be trained)."""
+    if kind == "causal":
+        if is_classifier(folder):
+            raise ModelLoadError(
+                f"model folder {folder} holds a reward model (sequence classifier), not a "
+                "language model that answers prompts"
+            )
+        if missing:
+            raise ModelLoadError(
+                f"model folder {folder} lacks {len(missing)} weight(s) of a language model "
+                f"(e.g. {sorted(missing)[0]}); they would start random"
+            )
+        return
+    head = sorted(name for name in missing if name.split(".")[0] in ("score", "classifier"))
+    body = sorted(set(missing) - set(head))
+    if body:
+        raise ModelLoadError(
+            f"model folder {folder} lacks {len(body)} weight(s) of the model (e.g. {body[0]}); "
+            "they would start random"
+        )
+    if head and not new_head:
+        raise ModelLoadError(
+            f"model folder {folder} is not a reward model: it has no trained score head "
+            f"({head[0]} would start random); point to an rm stage's model folder"
+        )
