@@ -3,7 +3,7 @@
 python train.py experiment=insult_ppo              # the whole pipeline
 python train.py stage=sft model=tiny data=insult_zh
 python train.py --cfg job experiment=insult_ppo    # print the composed config
-accelerate launch --config_file conf/accelerate/ddp.yaml --num_processes 4 train.py ...
+accelerate launch --config_file accelerate/ddp.yaml --num_processes 4 train.py ...
 """
 
 import os

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import sys
@@ -19,7 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
-from rlhf.runs.resume import check_resumable, resume_run_dir
+from rlhf.runs.resume import (
+    check_resumable,
+    has_something_to_resume,
+    is_auto_resume,
+    resume_run_dir,
+)
 from rlhf.runtime.error_lines import (
     EXIT_INPUT_ERROR,
     describe_error,
@@ -29,6 +35,8 @@ from rlhf.runtime.error_lines import (
 from rlhf.stages.table import PIPELINE, stages_to_run
 from rlhf.sweeps.cluster import RESULT_FILE_ENV
 from rlhf.sweeps.jobs import SweepJob, current_job, run_recorded, with_sweep_logging
+
+log = logging.getLogger(__name__)
 
 
 def typed_config(cfg: DictConfig) -> Config:
@@ -78,7 +86,13 @@ def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, f
     if resumed is not None:  # checked before the heavy imports: a bad path fails fast
         declarations = stages_to_run(config.stage, config.pipeline.stages)
         stages = [(d.name, d.checkpoints) for d in declarations]
-        check_resumable(stages, config.stage == PIPELINE, resumed)
+        if is_auto_resume(config.resume):  # a requeued job: continue if it can, else start
+            resumed = resumed if has_something_to_resume(stages, resumed) else None
+            what = f"continuing the run in {resumed}" if resumed else "nothing to resume"
+            log.info("resume=auto: %s", what if resumed else what + ", starting fresh")
+        else:
+            check_resumable(stages, config.stage == PIPELINE, resumed)
+    if resumed is not None:
         run_dir = resumed
     config = dataclasses.replace(config, output_dir=output_dir, resume=resumed is not None)
     if job is not None:

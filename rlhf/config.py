@@ -123,15 +123,21 @@ class LoraSettings:
     bias: str = "none"  # which biases to train: none, all, lora_only
     modules_to_save: list[str] | None = None  # extra modules trained in full (e.g. a score head)
     top_layers: int | None = None  # adapt the last N decoder layers only (faster backward)
+    top_fraction: float | None = None  # or the top share of the layers (0.5: the upper half)
 
     section: ClassVar[str] = "model.lora"
     RANGES: ClassVar[dict[str, Range]] = {
         "r": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": Range(0, 1, high_open=True),
-        "top_layers": AT_LEAST_ONE,
+        "top_layers": AT_LEAST_ONE, "top_fraction": Range(0, 1, low_open=True),
     }  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_ranges(self)
+        _require(
+            self.top_layers is None or self.top_fraction is None,
+            "model.lora.top_fraction",
+            "set either top_layers (a count) or top_fraction (a share), not both",
+        )
         _one_of(self.bias, ("none", "all", "lora_only"), "model.lora.bias")
         _require(bool(self.target_modules), "model.lora.target_modules", "name at least one module")
 
@@ -659,7 +665,7 @@ class Config:
     cache_dir: str = "~/.cache/rlhf"  # built tiny models and converted GGUF models
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
     objective: str | None = None  # final metric train.py returns to a sweeper; null = the stage's
-    resume: Any = None  # true: continue the run in output_dir; a path: continue that run folder
+    resume: Any = None  # true: continue the run in output_dir; a path: that run; auto: if any
     model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
     data: DataConfig = field(  # conf/data: preference rows
         default_factory=lambda: DataConfig(train_file="train.jsonl")
@@ -685,7 +691,7 @@ class Config:
         _require(
             self.resume is None or isinstance(self.resume, (bool, str)),
             "resume",
-            f"true, false or a run folder, got {self.resume!r}",
+            f"true, false, auto or a run folder, got {self.resume!r}",
         )
         _require(
             self.ppo.critic != "lora" or self.model.lora.enabled,

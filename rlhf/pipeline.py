@@ -73,13 +73,13 @@ def check_launch_engine(config: Config, engine: str | None) -> None:
     if engine is not None and plain_only:
         shardable = [d.name for d in STAGES.values() if d.sharded_engines]
         raise ConfigError(
-            f"stage {plain_only[0]} runs data-parallel: launch it with conf/accelerate/ddp.yaml, "
+            f"stage {plain_only[0]} runs data-parallel: launch it with accelerate/ddp.yaml, "
             f"not {engine} (zero2 / zero3 / fsdp are for the {', '.join(shardable)} stages)"
         )
     if engine in ("deepspeed-zero3", "fsdp") and config.model.lora.enabled:
         raise ConfigError(
             f"model.lora.enabled: LoRA models sharded by {engine} are not merged for saving; "
-            "use conf/accelerate/zero2.yaml or ddp.yaml"
+            "use accelerate/zero2.yaml or ddp.yaml"
         )
 
 

@@ -22,7 +22,7 @@ from rlhf.runtime import distributed
 from rlhf.sweeps.cluster import AccelerateLaunch, accelerate_command, job_port, run_under_accelerate
 from tests.helpers import compose_with_hydra, free_port
 
-ACCELERATE_CONFIGS = sorted((PROJECT_ROOT / "conf" / "accelerate").glob("*.yaml"))
+ACCELERATE_CONFIGS = sorted((PROJECT_ROOT / "accelerate").glob("*.yaml"))
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -56,7 +56,7 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     # the reference in this process (its imports are paid for already), without W&B
     single = compose_config([*common, "ppo.batch_size=8", "ppo.mini_batch_size=8", "logger=none"])
     run(typed_config(single), single_dir)
-    launch = AccelerateLaunch("conf/accelerate/ddp.yaml", 2, main_process_port=free_port())
+    launch = AccelerateLaunch("accelerate/ddp.yaml", 2, main_process_port=free_port())
     objective, result = run_under_accelerate(
         launch,
         [
@@ -145,7 +145,7 @@ def test_slurm_accelerate_launcher_composes_into_the_plugin():
     cfg = compose_with_hydra(
         ["hydra/launcher=slurm_accelerate", "hydra.launcher.gpus_per_node=4",
          "hydra.launcher.nodes=2", "hydra.launcher.partition=gpu",
-         "hydra.launcher.accelerate_config=conf/accelerate/zero2.yaml"]
+         "hydra.launcher.accelerate_config=accelerate/zero2.yaml"]
     )  # fmt: skip
     launcher = Plugins.instance()._instantiate(cfg.hydra.launcher)  # what Hydra does at -m
     assert type(launcher).__name__ == "AccelerateSlurmLauncher"
@@ -173,13 +173,11 @@ def test_ppo_refuses_sharding_engines_and_lora_refuses_zero3(compose_config):
 
 
 def test_accelerate_command_for_the_second_of_two_nodes(tmp_path):
-    launch = AccelerateLaunch(
-        "conf/accelerate/ddp.yaml", 4, 2, 1, "node-a", job_port(20000, "4321_7")
-    )
+    launch = AccelerateLaunch("accelerate/ddp.yaml", 4, 2, 1, "node-a", job_port(20000, "4321_7"))
     command = accelerate_command(launch, ["experiment=insult_ppo", "ppo.kl_coef=0.1"], tmp_path)
     flags = dict(zip(command[3:15:2], command[4:15:2], strict=True))
     assert flags == {
-        "--config_file": str(PROJECT_ROOT / "conf/accelerate/ddp.yaml"),
+        "--config_file": str(PROJECT_ROOT / "accelerate/ddp.yaml"),
         "--num_processes": "8", "--num_machines": "2", "--machine_rank": "1",
         "--main_process_ip": "node-a", "--main_process_port": str(20000 + 43217 % 10000),
     }  # fmt: skip

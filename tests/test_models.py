@@ -110,6 +110,15 @@ def test_lora_top_layers_adapts_only_the_last_layers(tmp_path):
         lora_config(dataclasses.replace(settings, top_layers=3), 2)
 
 
+@pytest.mark.parametrize(
+    "fraction,depth,adapted", [(0.5, 30, list(range(15, 30))), (0.5, 18, list(range(9, 18))),
+                               (0.5, 2, [1]), (0.01, 2, [1]), (1.0, 4, [0, 1, 2, 3])],
+)  # fmt: skip
+def test_lora_top_fraction_fits_any_depth(fraction, depth, adapted):
+    settings = LoraSettings(enabled=True, top_fraction=fraction)
+    assert lora_config(settings, depth).layers_to_transform == adapted
+
+
 @pytest.mark.slow
 def test_smollm2_loads_offline_and_answers_sensibly(offline_environment):
     config = ModelConfig(

@@ -14,7 +14,7 @@ from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 class AccelerateSlurmQueueConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.rlhf_accelerate_launcher.launcher.AccelerateSlurmLauncher"
     # accelerate config each job is launched with (relative to the project root)
-    accelerate_config: str = "conf/accelerate/ddp.yaml"
+    accelerate_config: str = "accelerate/ddp.yaml"
     # processes per node (null: gpus_per_node)
     processes_per_node: Optional[int] = None  # noqa: UP045 (see above)
     # rendezvous port = this + SLURM job id mod 10000 (jobs sharing a node do not collide)

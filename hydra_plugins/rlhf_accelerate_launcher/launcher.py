@@ -33,7 +33,12 @@ class AccelerateSlurmLauncher(SlurmLauncher):
     def train_under_accelerate(self, cfg: DictConfig) -> float | None:
         import submitit
 
-        from rlhf.sweeps.cluster import AccelerateLaunch, job_port, run_under_accelerate
+        from rlhf.sweeps.cluster import (
+            AccelerateLaunch,
+            job_port,
+            run_under_accelerate,
+            with_auto_resume,
+        )
         from rlhf.sweeps.jobs import current_job, run_recorded
 
         job = submitit.JobEnvironment()
@@ -48,9 +53,8 @@ class AccelerateSlurmLauncher(SlurmLauncher):
         )
 
         def run() -> tuple[str | None, float | None]:
-            return run_under_accelerate(
-                launch, list(hydra.overrides.task), Path(hydra.runtime.output_dir)
-            )
+            overrides = with_auto_resume(list(hydra.overrides.task))
+            return run_under_accelerate(launch, overrides, Path(hydra.runtime.output_dir))
 
         sweep_job = current_job()
         if sweep_job is None or job.node != 0:  # one job.json per job: the first node's

@@ -186,13 +186,16 @@ def lora_config(settings: LoraSettings, num_layers: int, kind: str = "causal") -
     if not settings.enabled:
         return None
     layers = None
-    if settings.top_layers is not None:
-        if settings.top_layers > num_layers:
+    top = settings.top_layers
+    if settings.top_fraction is not None:  # a share works on any depth: at least one layer
+        top = max(1, round(settings.top_fraction * num_layers))
+    if top is not None:
+        if top > num_layers:
             raise ConfigError(
-                f"model.lora.top_layers: {settings.top_layers} is more than the model's "
-                f"{num_layers} layers"
+                f"model.lora.top_layers: {top} is more than the model's {num_layers} layers "
+                "(model.lora.top_fraction sets a share that fits any model)"
             )
-        layers = list(range(num_layers - settings.top_layers, num_layers))
+        layers = list(range(num_layers - top, num_layers))
     return LoraConfig(
         layers_to_transform=layers,
         r=settings.r,

@@ -108,15 +108,32 @@ def trl_checkpoint(stage_dir: Path) -> tuple[Path, int] | None:
     return None
 
 
+def is_auto_resume(resume: bool | str | None) -> bool:
+    return isinstance(resume, str) and resume.lower() == "auto"
+
+
 def resume_run_dir(resume: bool | str | None, output_dir: str) -> Path | None:
-    """The run folder a `resume` setting continues (None: a fresh run)."""
+    """The run folder a `resume` setting continues (None: a fresh run); `auto` names the run
+    folder like `true` (whether there is anything to continue is decided later)."""
     if resume is None or resume is False:
         return None
-    if resume is True or str(resume).lower() == "true":
+    if resume is True or str(resume).lower() in ("true", "auto"):
         return Path(output_dir)
     if str(resume).lower() in ("false", "null", "none", ""):
         return None
     return resolve_path(str(resume))
+
+
+def has_something_to_resume(stages: Sequence[tuple[str, CheckpointLayout]], run_dir: Path) -> bool:
+    """True when a stage in `run_dir` is complete, has a whole checkpoint, or (in a pipeline)
+    was started: what `resume=auto` continues; anything else starts fresh."""
+    if not run_dir.is_dir():
+        return False
+    for name, layout in stages:
+        stage_dir = run_dir / name
+        if is_complete(stage_dir) or layout.resume_point(stage_dir) is not None:
+            return True
+    return False
 
 
 def check_resumable(

@@ -34,7 +34,7 @@ RESULT_FILE_ENV = "RLHF_RESULT_FILE"  # where the run's main process writes its 
 class AccelerateLaunch:
     """Where one node's `accelerate launch` sits in the job."""
 
-    config_file: str  # accelerate config (conf/accelerate/*.yaml)
+    config_file: str  # accelerate config (accelerate/*.yaml)
     processes_per_node: int  # usually the GPUs per node
     num_machines: int = 1  # nodes in the job
     machine_rank: int = 0  # this node's index
@@ -60,6 +60,15 @@ def accelerate_command(launch: AccelerateLaunch, overrides: list[str], run_dir: 
         *overrides,
         f"hydra.run.dir={quoted_override_value(str(run_dir))}",
     ]  # fmt: skip
+
+
+def with_auto_resume(overrides: list[str]) -> list[str]:
+    """A SLURM job's overrides with `resume=auto` unless the user set `resume`: a job that
+    SLURM requeues (preempted, node failure) continues from its newest checkpoint instead of
+    failing ("nothing to resume") or starting over."""
+    if any(override.lstrip("+~").split("=", 1)[0] == "resume" for override in overrides):
+        return overrides
+    return [*overrides, "resume=auto"]
 
 
 def quoted_override_value(value: str) -> str:
