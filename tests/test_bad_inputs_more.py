@@ -178,3 +178,112 @@ def test_a_reward_returning_the_wrong_thing_is_named(returned, needle):
 def test_a_reward_of_real_numbers_is_accepted(returned):
     scores = checked(lambda prompts, completions: returned, "fn")(["p", "q"], ["a", "b"])
     assert scores.dtype.is_floating_point and scores.tolist() == [float(v) for v in returned]
+
+
+# --- names that do not exist -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["pipeline.stages=[]", "stage=pipeline"], "pipeline.stages: is empty"),
+        (["pipeline.stages=[sft,sft,ppo]", "stage=pipeline"], "pipeline.stages: sft listed twice"),
+        (
+            ["stage=ppo", "objective=ppo/objective/score"],
+            "objective: 'ppo/objective/score' is not a final metric of stage ppo (did you mean "
+            "'ppo/objective/scores'?)",
+        ),
+        (["stage=sft", "objective=rm/test/accuracy"], "objective: 'rm/test/accuracy' is not"),
+        (
+            ["stage=ppo", "objective=ppo/eval/score", "ppo.eval_every=3", "ppo.total_updates=10"],
+            "objective: 'ppo/eval/score' is measured only at updates that are multiples of "
+            "ppo.eval_every=3",
+        ),
+        (["stage=ppo", "objective=ppo/eval/score", "ppo.eval_every=0"], "objective: 'ppo/eval"),
+        (["ppo.checkpoint.best_metric=ppo/eval/scor"], "ppo.checkpoint.best_metric: 'ppo/eval/"),
+        (["ppo.stop_token=''"], "ppo.stop_token: must not be empty"),
+        (["model.lora.target_modules=[]"], "model.lora.target_modules: name at least one"),
+    ],
+    ids=[
+        "empty-pipeline",
+        "stage-twice",
+        "objective-typo",
+        "objective-of-another-stage",
+        "objective-never-measured-last",
+        "objective-eval-off",
+        "best-metric-typo",
+        "empty-stop-token",
+        "no-lora-targets",
+    ],  # fmt: skip
+)
+def test_names_that_do_not_exist_are_rejected_before_anything_loads(
+    compose_config, overrides, message
+):
+    with pytest.raises(ConfigError) as caught:
+        typed_config(compose_config(overrides))
+    assert str(caught.value).startswith(message), caught.value
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["stage=pipeline", "objective=sft/test/loss"],
+        ["stage=pipeline", "objective=eval/policy/score"],
+        ["stage=ppo", "objective=ppo/eval/score", "ppo.eval_every=5", "ppo.total_updates=20"],
+        ["stage=rm", "objective=rm/test/margin"],
+    ],
+)
+def test_an_objective_the_stages_produce_is_accepted(compose_config, overrides):
+    assert typed_config(compose_config(overrides)).objective == overrides[1].split("=")[1]
+
+
+def tokenizer_with_unknown_token():
+    """A word-level tokenizer whose unknown words encode to <unk> (as SentencePiece and
+    WordPiece vocabularies do; the tiny model's byte fallback has no unknown token)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = {"<unk>": 0, "<eos>": 1, "hello": 2, "world": 3, ".": 4}
+    backend = Tokenizer(WordLevel(vocabulary, unk_token="<unk>"))
+    backend.pre_tokenizer = WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+
+
+def test_a_stop_token_outside_the_vocabulary_is_refused():
+    from rlhf.ppo.trainer import stop_token_id
+
+    tokenizer = tokenizer_with_unknown_token()
+    assert stop_token_id(tokenizer, ".") == 4 and stop_token_id(tokenizer, None) == 1
+    for missing in ("<|stop|>", "goodbye"):
+        with pytest.raises(ConfigError) as caught:
+            stop_token_id(tokenizer, missing)
+        assert str(caught.value).startswith(f"ppo.stop_token: {missing!r} is not in this")
+    with pytest.raises(ConfigError, match="encodes to 2 tokens"):
+        stop_token_id(tokenizer, "hello world")
+
+
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (
+            {"target_modules": ["q_proj", "v_prj"]},
+            "model.lora.target_modules: 'v_prj' names no module of the model (did you mean "
+            "'v_proj'?); its linear layers: down_proj, gate_proj, k_proj, lm_head, o_proj",
+        ),
+        ({"target_modules": ["query"]}, "model.lora.target_modules: 'query' names no module"),
+        ({"modules_to_save": ["lm_haed"]}, "model.lora.modules_to_save: 'lm_haed' names no"),
+    ],
+)
+def test_lora_names_that_match_no_module_are_refused(tmp_path, settings, message):
+    from rlhf.config import LoraSettings, ModelConfig
+    from rlhf.models.checks import check_lora_targets
+    from rlhf.models.loading import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(ModelConfig(), tmp_path)
+    for good in (["q_proj", "v_proj"], ["model.layers.0.self_attn.q_proj"], ["mlp.up_proj"]):
+        check_lora_targets(model, LoraSettings(enabled=True, target_modules=good))
+    with pytest.raises(ConfigError) as caught:
+        check_lora_targets(model, LoraSettings(enabled=True, **settings))
+    assert str(caught.value).startswith(message), caught.value

@@ -1,6 +1,7 @@
 """What a model folder must hold before anything loads from it, each problem as one line naming
 the folder: a readable `config.json`, whole safetensors weights, tokenizer files, and the right
-kind of model (a causal LM where one answers, a sequence classifier where one scores).
+kind of model (a causal LM where one answers, a sequence classifier where one scores); and LoRA
+target names that exist in the loaded model.
 
 transformers' own messages for these are misleading ("install sentencepiece" for a folder
 without tokenizer files) or name no file (a bare JSONDecodeError, a SafetensorError), so the
@@ -9,11 +10,16 @@ folder is checked first; the checks read only the JSON files and the safetensors
 
 from __future__ import annotations
 
+import difflib
 import json
 import struct
 from pathlib import Path
 
-from rlhf.errors import ModelLoadError
+import torch
+from torch.nn import Linear
+
+from rlhf.config import LoraSettings
+from rlhf.errors import ConfigError, ModelLoadError
 
 # Any one of these is a tokenizer transformers can load (fast, BPE, WordPiece, SentencePiece).
 TOKENIZER_FILES = (
@@ -129,3 +135,27 @@ def check_kind(folder: Path, kind: str, missing: set[str], new_head: bool) -> No
             f"model folder {folder} is not a reward model: it has no trained score head "
             f"({head[0]} would start random); point to an rm stage's model folder"
         )
+
+
+def check_lora_targets(model: torch.nn.Module, settings: LoraSettings) -> None:
+    """Every name in `model.lora.target_modules` and `modules_to_save` names a module of this
+    model (PEFT's rule: the full name or its last dotted parts); PEFT itself only refuses a
+    list that matches nothing at all, and a typo beside a good name would silently adapt less."""
+    if not settings.enabled:
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    linear = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, Linear)}
+    )
+    for key, targets in (
+        ("model.lora.target_modules", settings.target_modules),
+        ("model.lora.modules_to_save", settings.modules_to_save or []),
+    ):
+        for target in targets:
+            if not any(name == target or name.endswith(f".{target}") for name in names):
+                close = difflib.get_close_matches(target, linear, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    f"{key}: {target!r} names no module of the model{hint}; its linear "
+                    f"layers: {', '.join(linear)}"
+                )

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.errors import ModelLoadError
-from rlhf.models.checks import check_kind
+from rlhf.models.checks import check_kind, check_lora_targets
 from rlhf.models.loading import (
     check_trainable_precision,
     load_model_and_tokenizer,
@@ -102,6 +102,7 @@ def build_actor_critic(
         check_trainable_precision(critic, "the critic")
     if settings.lora.enabled:
         num_layers = policy.config.num_hidden_layers
+        check_lora_targets(policy, settings.lora)
         policy = get_peft_model(policy, lora_config(settings.lora, num_layers))
         if ppo.critic == "lora":
             # the critic's adapter: the same layout, but no copies of modules_to_save (the

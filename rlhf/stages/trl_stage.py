@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from rlhf.config import Config, TrainerStageConfig
 from rlhf.data.loading import limit_lengths, load_preference_data, require_answers, seeded_subset
+from rlhf.models.checks import check_lora_targets
 from rlhf.models.loading import check_trainable_precision, load_model_and_tokenizer, lora_config
 from rlhf.models.saving import save_model
 from rlhf.runs.faults import maybe_kill
@@ -85,6 +86,7 @@ def run_trl_stage(stage: TrlStage, config: Config, paths: RunPaths) -> dict[str,
             **trainer_arguments(ctx, settings), **stage.extra_arguments(config)
         )
         num_layers = model.config.num_hidden_layers
+        check_lora_targets(model, config.model.lora)
         trainer = stage.trainer_class(
             model=model,
             args=args,
