@@ -193,6 +193,15 @@ def test_model_errors(warm_train, tmp_path, make_args, stage, needle):
     assert_one_line_and_nothing_finished(result, run_dir, stage, needle)
 
 
+def test_a_language_model_as_the_reward_model_trains_nothing(warm_train, tmp_path, tiny_sft_model):
+    """transformers would give the causal LM a random score head: PPO against random rewards."""
+    run_dir = tmp_path / "run"
+    reward = ["reward=reward_model", f"reward.model_path={tiny_sft_model}"]
+    result = warm_train([*PPO_TINY[:-1], *reward, "ppo.critic_init=policy"], run_dir)
+    needle = f"model folder {tiny_sft_model} is not a reward model: it has no trained score head"
+    assert_one_line_and_nothing_finished(result, run_dir, "ppo", needle)
+
+
 # --- reward functions ------------------------------------------------------------------------
 
 

@@ -287,3 +287,203 @@ def test_lora_names_that_match_no_module_are_refused(tmp_path, settings, message
     with pytest.raises(ConfigError) as caught:
         check_lora_targets(model, LoraSettings(enabled=True, **settings))
     assert str(caught.value).startswith(message), caught.value
+
+
+# --- the wrong kind of model, broken model folders ---------------------------------------------
+
+
+@pytest.fixture
+def language_model(tmp_path):
+    """A tiny causal LM saved as a stage would save it (config, safetensors, tokenizer)."""
+    from rlhf.config import ModelConfig
+    from rlhf.models.loading import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path / "cache")
+    folder = tmp_path / "lm"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def no_tokenizer(folder):
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (folder / name).unlink(missing_ok=True)
+    return "has no tokenizer files (one of tokenizer.json"
+
+
+def corrupt_config(folder):
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": ')
+    return "config.json is not valid JSON"
+
+
+def truncated_weights(folder):
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return "model.safetensors is truncated"
+
+
+def no_model_type(folder):
+    (folder / "config.json").write_text('{"hidden_size": 64}')
+    return "config.json names no model_type"
+
+
+BROKEN_FOLDERS = [no_tokenizer, corrupt_config, truncated_weights, no_model_type]
+
+
+@pytest.mark.parametrize("break_folder", BROKEN_FOLDERS)
+def test_a_broken_model_folder_is_one_line_naming_it_in_chat(language_model, break_folder, capsys):
+    from rlhf.chat import main as chat_main
+
+    needle = break_folder(language_model)
+    assert chat_main([str(language_model), "--prompt", "吃了没？"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: model folder {language_model}") and needle in line, line
+
+
+@pytest.mark.parametrize("break_folder", BROKEN_FOLDERS)
+def test_a_broken_model_folder_is_a_model_load_error_in_the_stages(language_model, break_folder):
+    """What every stage (eval's policy and baseline, PPO's start, a reward model) loads with."""
+    from rlhf.config import ModelConfig
+    from rlhf.errors import ModelLoadError
+    from rlhf.models.loading import load_model_and_tokenizer
+
+    needle = break_folder(language_model)
+    with pytest.raises(ModelLoadError) as caught:
+        load_model_and_tokenizer(ModelConfig(name_or_path=str(language_model)), ".")
+    assert str(caught.value).startswith(f"model folder {language_model}") and needle in str(
+        caught.value
+    )
+
+
+def test_a_language_model_is_not_a_reward_model(language_model):
+    """transformers would add a random score head (and only log it): PPO would train against
+    random rewards."""
+    from rlhf.config import ModelConfig
+    from rlhf.errors import ModelLoadError
+    from rlhf.rewards.reward_model import RewardModelScorer
+
+    with pytest.raises(ModelLoadError) as caught:
+        RewardModelScorer(language_model, None, ModelConfig())
+    assert str(caught.value) == (
+        f"model folder {language_model} is not a reward model: it has no trained score head "
+        "(score.weight would start random); point to an rm stage's model folder"
+    )
+
+
+def test_a_reward_model_is_not_a_language_model(language_model, tmp_path):
+    from rlhf.config import ModelConfig
+    from rlhf.errors import ModelLoadError
+    from rlhf.models.loading import load_model_and_tokenizer
+
+    reward, tokenizer = load_model_and_tokenizer(
+        ModelConfig(name_or_path=str(language_model)), ".", kind="reward", new_head=True
+    )
+    reward.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    with pytest.raises(ModelLoadError, match="holds a reward model .sequence classifier., not a"):
+        load_model_and_tokenizer(ModelConfig(name_or_path=str(tmp_path / "rm")), ".")
+    # and, read as a reward model, it keeps its trained head: nothing is new
+    scorer_settings = ModelConfig(name_or_path=str(tmp_path / "rm"))
+    again, _ = load_model_and_tokenizer(scorer_settings, ".", kind="reward")
+    assert torch_equal(again.score.weight, reward.score.weight)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach(), b.detach()))
+
+
+# --- data --------------------------------------------------------------------------------------
+
+ROWS = [
+    {"question": "你好", "good": "你好呀", "bad": "滚"},
+    {"question": "吃了没", "good": "吃了，谢谢", "bad": "关你屁事"},
+]
+
+
+def gbk_jsonl(folder):
+    import json
+
+    path = folder / "gbk.jsonl"
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ROWS)
+    path.write_bytes(text.encode("gbk"))
+    return path, f"data.train_file: {path} is not UTF-8 text (byte 0x"
+
+
+def gbk_csv(folder):
+    path = folder / "gbk.csv"
+    lines = ["question,good,bad", *(",".join(row.values()) for row in ROWS)]
+    path.write_bytes("\n".join(lines).encode("gbk"))
+    return path, f"data.train_file: {path} is not UTF-8 text (byte 0xc4 on line 2)"
+
+
+def latin1_on_line_3(folder):
+    import json
+
+    path = folder / "mixed.jsonl"
+    rows = [*ROWS, {"question": "café", "good": "oui", "bad": "non"}]
+    text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    path.write_bytes(_mixed(text))
+    return path, "(byte 0xe9 on line 3)"
+
+
+def _mixed(text: str) -> bytes:
+    """UTF-8 except the last line, which is Latin-1 (a file appended to by another tool)."""
+    *head, last = text.splitlines(keepends=True)
+    return "".join(head).encode("utf-8") + last.encode("latin-1")
+
+
+def parquet_with_numbers(folder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / "numbers.parquet"
+    table = pa.table({"question": [1, 2], "good": ["a", "b"], "bad": ["c", "d"]})
+    pq.write_table(table, path)
+    return path, "column 'question' (prompt) holds int values, not text (row 0: 1)"
+
+
+def parquet_with_lists(folder):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = folder / "lists.parquet"
+    table = pa.table({"question": ["q1", "q2"], "good": [["a"], ["b"]], "bad": ["c", "d"]})
+    pq.write_table(table, path)
+    return path, "column 'good' (chosen) holds list values, not text (row 0: ['a'])"
+
+
+def a_folder(folder):
+    path = folder / "data.jsonl"
+    path.mkdir()
+    return path, f"data.train_file: {path} is a folder, not a data file"
+
+
+@pytest.mark.parametrize(
+    "make_file",
+    [gbk_jsonl, gbk_csv, latin1_on_line_3, parquet_with_numbers, parquet_with_lists, a_folder],
+)
+def test_a_data_file_that_cannot_be_read_is_one_line_naming_it(tmp_path, make_file):
+    from rlhf.config import ColumnMap, DataConfig
+    from rlhf.data.loading import load_preference_data
+    from rlhf.errors import DataError
+
+    path, needle = make_file(tmp_path)
+    columns = ColumnMap(prompt="question", chosen="good", rejected="bad")
+    with pytest.raises(DataError) as caught:
+        load_preference_data(DataConfig(train_file=str(path), columns=columns))
+    assert needle in str(caught.value) and "\n" not in str(caught.value), caught.value
+
+
+def test_a_test_file_that_is_a_folder_names_data_test_file(tmp_path):
+    from rlhf.config import DataConfig
+    from rlhf.data.loading import load_preference_data
+    from rlhf.errors import DataError
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "p", "chosen": "c", "rejected": "r"}\n', encoding="utf-8")
+    (tmp_path / "test").mkdir()
+    config = DataConfig(train_file=str(train), test_file=str(tmp_path / "test"))
+    with pytest.raises(DataError, match=r"^data.test_file: .*/test is a folder, not a data file"):
+        load_preference_data(config)

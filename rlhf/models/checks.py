@@ -70,8 +70,10 @@ def safetensors_problem(path: Path) -> str | None:
         if name != "__metadata__" and isinstance(entry, dict) and "data_offsets" in entry
     ]
     expected = 8 + length + max(ends, default=0)
-    if size != expected:
-        return f"{path.name} is {size} bytes but its header describes {expected} (truncated?)"
+    if size < expected:
+        return f"{path.name} is truncated ({size} bytes, its header describes {expected})"
+    if size > expected:
+        return f"{path.name} is corrupt ({size} bytes, its header describes {expected})"
     return None
 
 
