@@ -126,6 +126,41 @@ def test_resume_path_with_no_checkpoint(warm_train, tmp_path):
     assert f"resume: no checkpoint in {stopped}/ppo/checkpoints" in line
 
 
+@pytest.mark.parametrize(
+    "break_checkpoint,needle",
+    [
+        (lambda c: None, "update-000002: no trainable.safetensors"),  # an empty folder
+        (lambda c: (c / "trainable.safetensors").write_bytes(b"\x08"), "too short for a"),
+    ],
+    ids=["empty", "truncated"],
+)
+def test_resume_from_a_broken_checkpoint_names_it(warm_train, tmp_path, break_checkpoint, needle):
+    stopped = tmp_path / "stopped"
+    checkpoint = stopped / "ppo" / "checkpoints" / "update-000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint.parent / "update-latest").mkdir()  # a stray name: not a checkpoint of ours
+    break_checkpoint(checkpoint)
+    result = warm_train(["stage=ppo", f"resume={stopped}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: resume: no whole checkpoint in {stopped}: ") and needle in line
+
+
+def test_resume_of_a_complete_stage_with_a_corrupt_run_record(warm_train, tmp_path):
+    stopped = tmp_path / "stopped"
+    (stopped / "sft").mkdir(parents=True)
+    (stopped / "sft" / "COMPLETE").write_text("2026-01-01T00:00:00\n")
+    (stopped / "sft" / "run_info.json").write_text('{"status": "complete", "final_met')
+    result = warm_train(["stage=sft", f"resume={stopped}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line == (
+        f"error: {stopped}/sft/run_info.json is not a valid run record (JSONDecodeError), but "
+        f"{stopped}/sft is marked COMPLETE: delete {stopped}/sft/COMPLETE to run the stage "
+        "again, or restore the file"
+    )
+
+
 # --- data ------------------------------------------------------------------------------------
 
 

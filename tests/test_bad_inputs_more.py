@@ -487,3 +487,104 @@ def test_a_test_file_that_is_a_folder_names_data_test_file(tmp_path):
     config = DataConfig(train_file=str(train), test_file=str(tmp_path / "test"))
     with pytest.raises(DataError, match=r"^data.test_file: .*/test is a folder, not a data file"):
         load_preference_data(config)
+
+
+# --- folders from earlier runs -----------------------------------------------------------------
+
+
+def whole_ppo_checkpoint(folder):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, folder / "trainable.safetensors")
+    torch.save({"optimizer": {}}, folder / "state.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"update": int(folder.name[-6:])}))
+    return folder
+
+
+def whole_trl_checkpoint(folder, weights="model.safetensors"):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, folder / weights)
+    (folder / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    return folder
+
+
+def test_a_broken_newest_ppo_checkpoint_falls_back_to_the_whole_one(tmp_path):
+    from rlhf.runs.resume import PPO_CHECKPOINTS
+
+    stage = tmp_path / "ppo"
+    good = whole_ppo_checkpoint(stage / "checkpoints" / "update-000002")
+    newest = whole_ppo_checkpoint(stage / "checkpoints" / "update-000004")
+    (newest / "state.pt").unlink()
+    (stage / "checkpoints" / "update-final").mkdir()  # stray names are not checkpoints
+    (stage / "checkpoints" / "update-000009.bak").mkdir()
+    point = PPO_CHECKPOINTS.resume_point(stage)
+    assert point is not None and point.checkpoint == good and point.step == 2
+    assert PPO_CHECKPOINTS.broken(stage) == [f"{newest}: no state.pt"]
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (lambda c: (c / "model.safetensors").unlink(), "no weights (*.safetensors, global_step*"),
+        (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is not a"),
+        (lambda c: (c / "trainer_state.json").write_text("[]"), "trainer_state.json is not a"),
+        (
+            lambda c: (c / "model.safetensors").write_bytes(
+                (c / "model.safetensors").read_bytes()[:-4]
+            ),
+            "model.safetensors is truncated",
+        ),
+    ],
+    ids=["no-weights", "corrupt-state", "state-not-an-object", "truncated-weights"],
+)
+def test_a_trl_checkpoint_that_is_not_whole_is_not_resumed(tmp_path, damage, problem):
+    from rlhf.runs.resume import TRL_CHECKPOINTS, check_resumable
+
+    stage = tmp_path / "sft"
+    checkpoint = whole_trl_checkpoint(stage / "trainer" / "checkpoint-4")
+    assert TRL_CHECKPOINTS.resume_point(stage).checkpoint == checkpoint
+    damage(checkpoint)
+    assert TRL_CHECKPOINTS.resume_point(stage) is None
+    with pytest.raises(ConfigError) as caught:
+        check_resumable([("sft", TRL_CHECKPOINTS)], False, tmp_path)
+    assert str(caught.value).startswith(f"resume: no whole checkpoint in {tmp_path}: {checkpoint}")
+    assert problem in str(caught.value)
+
+
+def test_a_peft_adapter_checkpoint_counts_as_whole(tmp_path):
+    from rlhf.runs.resume import TRL_CHECKPOINTS
+
+    checkpoint = whole_trl_checkpoint(
+        tmp_path / "rm" / "trainer" / "checkpoint-2", "adapter_model.safetensors"
+    )
+    assert TRL_CHECKPOINTS.resume_point(tmp_path / "rm").checkpoint == checkpoint
+
+
+@pytest.mark.parametrize(
+    "record,reason",
+    [
+        ('{"status": "compl', "is not a valid run record (JSONDecodeError)"),
+        ('{"status": "complete"}', "is not a valid run record (KeyError)"),
+        ("[1, 2]", "is not a valid run record (TypeError)"),
+        (None, "is missing (FileNotFoundError)"),
+    ],
+)
+def test_a_complete_stage_with_a_broken_run_record(tmp_path, record, reason):
+    from rlhf.errors import RunFolderError
+    from rlhf.runs.folders import completed_metrics
+
+    (tmp_path / "COMPLETE").write_text("done\n")
+    if record is not None:
+        (tmp_path / "run_info.json").write_text(record)
+    with pytest.raises(RunFolderError) as caught:
+        completed_metrics(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path / 'run_info.json'} {reason}")
