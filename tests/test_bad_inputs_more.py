@@ -588,3 +588,50 @@ def test_a_complete_stage_with_a_broken_run_record(tmp_path, record, reason):
     with pytest.raises(RunFolderError) as caught:
         completed_metrics(tmp_path)
     assert str(caught.value).startswith(f"{tmp_path / 'run_info.json'} {reason}")
+
+
+def test_compare_warns_about_broken_job_files_and_compares_the_other_jobs(tmp_path, capsys):
+    import json
+
+    from rlhf.sweeps import compare
+
+    def job(name: str, record: str | None, config: str, score: float | None = None):
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(config)
+        if record is not None:
+            (folder / "job.json").write_text(record)
+        if score is not None:
+            (folder / "ppo").mkdir()
+            update = {"step": 1, "ppo/objective/scores": score, "ppo/objective/kl": 0.5}
+            (folder / "ppo" / "metrics.jsonl").write_text(json.dumps(update) + "\n")
+        return folder
+
+    good_config = "ppo: {kl_coef: 0.1, cliprange: 0.2}\n"
+    job("0_a", json.dumps({"job": 0, "label": "a", "status": "complete"}), good_config, 1.5)
+    broken_record = job("1_b", '{"job": 1, "status": "compl', good_config, 2.5)
+    broken_config = job("2_c", json.dumps({"job": 2, "status": "complete"}), "ppo: [kl: 0.1\n", 3.5)
+    not_a_mapping = job("3_d", "[1, 2]", "just a string\n")
+    assert compare.main([str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 4 and all(line.startswith("warning: ") for line in warnings)
+    assert warnings[0].startswith(f"warning: {broken_record / 'job.json'} cannot be read (JSON")
+    assert warnings[0].endswith("the job's status is unknown (its other files are still read)")
+    assert warnings[1].startswith(f"warning: {broken_config / '.hydra/config.yaml'} cannot be")
+    assert warnings[2].startswith(f"warning: {not_a_mapping / 'job.json'} holds list, not a")
+    assert (
+        warnings[3] == f"warning: {not_a_mapping / '.hydra/config.yaml'} holds str, not a mapping"
+    )
+    rows = list(csv_rows(tmp_path / "compare" / "table.csv"))
+    assert [(r["status"], r["score"]) for r in rows] == [
+        ("complete", "1.5"), ("unknown", "2.5"), ("complete", "3.5"), ("unknown", ""),
+    ]  # fmt: skip
+    assert "4 jobs (2 complete, 0 running, 0 failed, 2 unknown)" in captured.out
+
+
+def csv_rows(path):
+    import csv
+
+    with path.open(encoding="utf-8") as handle:
+        yield from csv.DictReader(handle)
