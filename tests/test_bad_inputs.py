@@ -55,6 +55,9 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
             "ppo.batch_size: batch_size × samples_per_prompt (7) is not divisible",
         ),
         ("ppo.health.stop_on=[kl_maxx]", "ppo.health.stop_on: 'kl_maxx' is not one of"),
+        ("ppo.total_updates=-5", "ppo.total_updates: must be >= 1, got -5"),
+        ("ppo.length_sampler=[8,2]", "ppo.length_sampler: [min, max] is reversed: [8, 2]"),
+        ("ppo.kl_coef=[0.1", "cannot parse the override 'ppo.kl_coef=[0.1': no viable"),
     ],
     ids=[
         "unknown-key",
@@ -65,6 +68,9 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "cliprange-zero",
         "batch-not-divisible",
         "unknown-alarm",
+        "negative-updates",
+        "reversed-range",
+        "unparseable-override",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):
@@ -107,6 +113,18 @@ def test_a_fresh_interpreter_reports_the_same_single_line(tmp_path):
     assert result.returncode == 2
     (line,) = [line for line in result.stderr.splitlines() if line.strip()]
     assert line == "error: unknown config key 'ppo.klcoef' (did you mean 'ppo.kl_coef'?)"
+
+
+def test_a_run_folder_inside_a_file_is_one_line(warm_train, tmp_path):
+    """Hydra makes the run folder before any of our code runs."""
+    (tmp_path / "notes.txt").write_text("a file")
+    result = warm_train(["stage=sft", "logger=none"], tmp_path / "notes.txt" / "run")
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"error: {tmp_path}/notes.txt/run: a part of the path is a file, not a folder "
+        "(Not a directory)"
+    )
 
 
 def test_resume_path_that_does_not_exist(warm_train, tmp_path):

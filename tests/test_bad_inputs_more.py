@@ -635,3 +635,98 @@ def csv_rows(path):
 
     with path.open(encoding="utf-8") as handle:
         yield from csv.DictReader(handle)
+
+
+# --- paths and overrides -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key,make_path,message",
+    [
+        ("cache_dir", lambda t: t / "file.txt", "cache_dir: {t}/file.txt is a file, not a folder"),
+        (
+            "pipeline.stage_cache_dir",
+            lambda t: t / "file.txt" / "cache",
+            "pipeline.stage_cache_dir: {t}/file.txt is a file, not a folder ({t}/file.txt/cache "
+            "would be inside it)",
+        ),
+        (
+            "output_dir",
+            lambda t: t / ("n" * 300) / "run",
+            "output_dir: the name nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn... is 300 bytes, "
+            "longer than file systems allow (255)",
+        ),
+        ("logger.dir", lambda t: t / "file.txt" / "wandb", "logger.dir: {t}/file.txt is a file"),
+    ],
+)
+def test_a_folder_setting_that_cannot_be_a_folder_names_its_key(
+    compose_config, tmp_path, key, make_path, message
+):
+    from rlhf.app import check_folders
+
+    (tmp_path / "file.txt").write_text("a file")
+    config = typed_config(compose_config([f"{key}={make_path(tmp_path)}"]))
+    with pytest.raises(ConfigError) as caught:
+        check_folders(config)
+    assert str(caught.value).startswith(message.format(t=tmp_path)), caught.value
+    check_folders(typed_config(compose_config([f"{key}={tmp_path / 'new' / 'folder'}"])))
+
+
+@pytest.mark.parametrize(
+    "override,hydra_says",
+    [
+        ("ppo.kl_coef=[0.1", "no viable alternative at input '[0.1'"),
+        ("ppo.kl_coef=0.1)", "extraneous input ')' expecting <EOF>"),
+        ("data.columns={prompt:q", "no viable alternative at input '{prompt:q'"),
+        ("a b=3", "LexerNoViableAltException: a b=3"),
+    ],
+)
+def test_an_unparseable_override_is_named_next_to_hydras_message(override, hydra_says):
+    from hydra.errors import OverrideParseException
+
+    from rlhf.runtime.error_lines import describe_error
+    from tests.helpers import compose_with_hydra
+
+    with pytest.raises(OverrideParseException) as caught:
+        compose_with_hydra([override])
+    line = describe_error(caught.value)
+    assert (
+        line.startswith(f"error: cannot parse the override {override!r}: ") and hydra_says in line
+    )
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize(
+    "code,needle",
+    [
+        (28, "no space left on the device"),  # ENOSPC
+        (36, "a file or folder name is longer than the file system allows"),  # ENAMETOOLONG
+        (20, "a part of the path is a file, not a folder"),  # ENOTDIR
+        (13, "permission denied"),  # EACCES
+    ],
+)
+def test_file_system_errors_are_one_line_and_other_os_errors_keep_their_traceback(code, needle):
+    import errno
+    import os
+
+    from rlhf.runtime.error_lines import describe_error, is_path_error
+
+    assert errno.errorcode[code]  # the numbers are Linux's
+    exc = OSError(code, os.strerror(code), "/runs/x/model/model.safetensors")
+    assert is_path_error(exc)
+    line = describe_error(exc)
+    assert line.startswith(f"error: /runs/x/model/model.safetensors: {needle}") and "\n" not in line
+    assert not is_path_error(OSError(errno.ECONNREFUSED, "refused"))
+    assert not is_path_error(ValueError("not an OS error"))
+
+
+@pytest.mark.parametrize("override", ["=3", "+=1", "~=x"])
+def test_an_override_without_a_key_is_named(override):
+    from rlhf.app import check_override_keys
+
+    check_override_keys(["stage=sft", "--multirun", "+foo=1", "~ppo.seed", "--cfg", "job"])
+    with pytest.raises(ConfigError) as caught:
+        check_override_keys(["stage=sft", override])
+    assert (
+        str(caught.value) == f"cannot parse the override {override!r}: it names no key (key=value)"
+    )
