@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -730,3 +731,79 @@ def test_an_override_without_a_key_is_named(override):
     assert (
         str(caught.value) == f"cannot parse the override {override!r}: it names no key (key=value)"
     )
+
+
+# --- faults while writing ----------------------------------------------------------------------
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
+    tiny_sft_model, tmp_path, monkeypatch
+):
+    """Simulated with the fault point `RLHF_FAULT=ppo:disk_full_during_checkpoint:2`: the
+    OSError(ENOSPC) a full disk gives, raised half-way through writing checkpoint 2 (its tensors
+    written, its optimiser state not). train.py turns it into one line (the test above)."""
+    from safetensors.torch import load_file
+
+    from rlhf.config import CheckpointConfig
+    from rlhf.ppo.checkpoint import Checkpointer
+    from rlhf.runs.resume import PPO_CHECKPOINTS, ppo_checkpoint_problem, ppo_checkpoints
+    from rlhf.runtime.error_lines import describe_error
+    from tests.ppo_helpers import make_config, make_trainer
+
+    config = make_config(tiny_sft_model, total_updates=3, eval_every=0, log_samples_every=0)
+    trainer = make_trainer(config, tmp_path)
+    settings = CheckpointConfig(every=1, best_metric=None)
+    monkeypatch.setenv("RLHF_FAULT", "ppo:disk_full_during_checkpoint:2")
+    with pytest.raises(OSError) as caught:
+        trainer.train(Checkpointer(settings, tmp_path, 3, run_id=None))
+    assert describe_error(caught.value) == (
+        f"error: {tmp_path}/checkpoints/.tmp-update-000002/state.pt: no space left on the "
+        "device (No space left on device)"
+    )
+    monkeypatch.delenv("RLHF_FAULT")
+    previous = tmp_path / "checkpoints" / "update-000001"
+    assert ppo_checkpoints(tmp_path) == [previous] and ppo_checkpoint_problem(previous) is None
+    assert PPO_CHECKPOINTS.resume_point(tmp_path).checkpoint == previous
+    # usable: a fresh trainer continues from it, with its weights
+    again = make_trainer(config, tmp_path / "again")
+    Checkpointer(settings, tmp_path, 3, run_id=None).resume(again, previous)  # clears .tmp-*
+    assert again.update == 1 and not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    saved = load_file(previous / "trainable.safetensors")
+    restored = again.trainable_tensors()
+    assert saved.keys() == restored.keys()
+    assert all(torch_equal(saved[name], restored[name]) for name in saved)
+
+
+def test_a_write_error_while_saving_a_model_keeps_the_folder_that_was_there(
+    language_model, tmp_path, monkeypatch
+):
+    """Simulated by a save_pretrained that writes half a weights file, then raises ENOSPC."""
+    import errno
+    import os
+
+    from rlhf.config import ModelConfig
+    from rlhf.models.checks import check_model_folder
+    from rlhf.models.loading import load_model_and_tokenizer
+    from rlhf.models.saving import save_model
+
+    model, tokenizer = load_model_and_tokenizer(ModelConfig(name_or_path=str(language_model)), ".")
+    final = tmp_path / "stage" / "model"
+    save_model(model, tokenizer, final)  # a first save (the stage's earlier attempt)
+    before = (final / "model.safetensors").read_bytes()
+
+    def disk_full(folder, **kwargs):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(before[: len(before) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+    monkeypatch.setattr(model, "save_pretrained", disk_full)
+    with pytest.raises(OSError):
+        save_model(model, tokenizer, final)
+    assert check_model_folder(final) == final  # the earlier model, whole
+    assert (final / "model.safetensors").read_bytes() == before
+    assert [p.name for p in final.parent.iterdir()] == ["model"]  # no half-written folder left
+    shutil_free = tmp_path / "fresh" / "model"
+    monkeypatch.setattr(model, "save_pretrained", disk_full)
+    with pytest.raises(OSError):
+        save_model(model, tokenizer, shutil_free)
+    assert not shutil_free.exists() and list(shutil_free.parent.iterdir()) == []

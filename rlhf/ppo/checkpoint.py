@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from rlhf.config import CheckpointConfig
 from rlhf.errors import ConfigError, NumericError
 from rlhf.paths import publish_dir
-from rlhf.runs.faults import maybe_kill
+from rlhf.runs.faults import maybe_fail_write, maybe_kill
 from rlhf.runs.resume import (
     PPO_PREFIX,
     PPO_TENSORS_FILE,
@@ -109,6 +109,7 @@ def _write_checkpoint(
     tensors = {k: v.detach().cpu().contiguous() for k, v in state["trainable"].items()}
     save_file(tensors, tmp / TENSORS_FILE)
     maybe_kill("ppo", "during_checkpoint", state["update"])
+    maybe_fail_write("ppo", "disk_full_during_checkpoint", state["update"], tmp / TORCH_STATE_FILE)
     torch.save(
         {
             "optimizer": state["optimizer"],
