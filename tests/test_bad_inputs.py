@@ -144,11 +144,18 @@ def test_resume_path_with_no_checkpoint(warm_train, tmp_path):
     assert f"resume: no checkpoint in {stopped}/ppo/checkpoints" in line
 
 
+def truncated_tensors(checkpoint):
+    """A checkpoint with all its files, the tensors cut to one byte (a copy that stopped)."""
+    (checkpoint / "trainable.safetensors").write_bytes(b"\x08")
+    (checkpoint / "state.pt").write_bytes(b"not read")
+    (checkpoint / "trainer_state.json").write_text('{"update": 2}')
+
+
 @pytest.mark.parametrize(
     "break_checkpoint,needle",
     [
         (lambda c: None, "update-000002: no trainable.safetensors"),  # an empty folder
-        (lambda c: (c / "trainable.safetensors").write_bytes(b"\x08"), "too short for a"),
+        (truncated_tensors, "trainable.safetensors is 1 bytes long, too short for a"),
     ],
     ids=["empty", "truncated"],
 )
