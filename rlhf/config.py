@@ -459,7 +459,7 @@ class PPOConfig:
         "cliprange": POSITIVE, "cliprange_low": Range(0, 1, low_open=True, high_open=True),
         "cliprange_high": POSITIVE, "dual_clip": Range(1, low_open=True),
         "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "entropy_coef": NON_NEGATIVE,
-        "target_kl": POSITIVE, "ratio_threshold": Range(1, low_open=True),
+        "target_kl": NON_NEGATIVE, "ratio_threshold": Range(1, low_open=True),
         "critic_warmup_updates": NON_NEGATIVE, "total_updates": AT_LEAST_ONE,
         "eval_every": NON_NEGATIVE, "eval_prompts": AT_LEAST_ONE,
         "log_samples_every": NON_NEGATIVE, "seed": SEED,
