@@ -26,11 +26,16 @@ venv: $(STAMP)
 run: venv
 	$(PY) train.py experiment=insult_ppo
 
+# One pytest-xdist worker a core; a test module stays on one worker (its module fixtures are
+# built once). TEST_WORKERS=0 runs in this process, in order.
+TEST_WORKERS ?= auto
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope
+
 test: venv
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

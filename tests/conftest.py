@@ -6,19 +6,31 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+# Under pytest-xdist (`make test` runs one worker a core) each worker, and every train.py it
+# starts, gets its share of the cores: workers that each spin a thread pool over all of them
+# are slower together than one. Set before torch is first imported.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-from rlhf.config import register_schemas
-from tests.helpers import CONF_DIR, WarmTrain
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from rlhf.config import register_schemas  # noqa: E402
+from tests.helpers import CONF_DIR, WarmTrain  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_environment(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """No hub, no W&B key, and one model cache for the whole session."""
-    cache = Path(os.environ.get("RLHF_TEST_CACHE") or tmp_path_factory.mktemp("rlhf_cache"))
+    """No hub, no W&B key, and one model cache for the whole session (shared by the xdist
+    workers of a run: cache entries are published atomically, whichever worker builds first)."""
+    shared_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared_root = shared_root.parent  # <basetemp>/popen-gwN → the run's own folder
+    cache = Path(os.environ.get("RLHF_TEST_CACHE") or shared_root / "rlhf_cache")
+    cache.mkdir(parents=True, exist_ok=True)
     os.environ["RLHF_CACHE"] = str(cache)
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"

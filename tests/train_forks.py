@@ -41,6 +41,13 @@ def preload() -> None:
 
     import rlhf.app  # noqa: F401
     import rlhf.pipeline  # noqa: F401
+    import rlhf.reporting.plots  # noqa: F401  (matplotlib: every PPO run plots)
+    from rlhf.stages.table import STAGES
+
+    for (
+        declaration
+    ) in STAGES.values():  # the runners import lazily: PEFT's model zoo, TRL's trainers
+        declaration.load_runner()
 
 
 def exit_status(code: object) -> int:
