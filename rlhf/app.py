@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> float | None:
     try:
         return _run_validated(cfg, None)[1]
     except (RlhfError, OSError) as exc:
-        if isinstance(exc, OSError) and not is_path_error(exc):
+        if not isinstance(exc, RlhfError) and not is_path_error(exc):
             raise  # a bug, with its traceback
         print(describe_error(exc), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)

@@ -95,7 +95,9 @@ def one_line_errors(full_traceback: bool) -> Iterator[None]:
     try:
         yield
     except (RlhfError, HydraException, OSError) as exc:
-        if full_traceback or (isinstance(exc, OSError) and not is_path_error(exc)):
+        # (Hydra's MissingConfigException is an OSError too)
+        known = isinstance(exc, (RlhfError, HydraException)) or is_path_error(exc)
+        if full_traceback or not known:
             raise
         print(describe_error(exc), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
