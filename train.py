@@ -33,4 +33,5 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     with one_line_errors(full_traceback=USER_WANTS_TRACEBACKS):
+        app.check_override_keys(sys.argv[1:])
         main()

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
+from rlhf.paths import folder_path_problem
 from rlhf.runs.resume import (
     check_resumable,
     has_something_to_resume,
@@ -30,6 +31,7 @@ from rlhf.runtime.error_lines import (
     EXIT_INPUT_ERROR,
     describe_error,
     describe_omegaconf_error,
+    is_path_error,
     suggest,
 )
 from rlhf.stages.table import PIPELINE, stages_to_run
@@ -72,13 +74,16 @@ def run(cfg: DictConfig) -> float | None:
         return run_recorded(job, lambda: _run_validated(cfg, job))
     try:
         return _run_validated(cfg, None)[1]
-    except RlhfError as exc:
+    except (RlhfError, OSError) as exc:
+        if not isinstance(exc, RlhfError) and not is_path_error(exc):
+            raise  # a bug, with its traceback
         print(describe_error(exc), file=sys.stderr)
         sys.exit(EXIT_INPUT_ERROR)
 
 
 def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, float | None]:
     config = typed_config(cfg)
+    check_folders(config)
     # one run folder for all processes of an `accelerate launch`: the main process's
     output_dir = shared_output_dir(config.output_dir)
     run_dir = Path(output_dir)
@@ -105,6 +110,28 @@ def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, f
         result = {"objective": objective, "result": value}
         Path(os.environ[RESULT_FILE_ENV]).write_text(json.dumps(result))
     return objective, value
+
+
+def check_override_keys(argv: list[str]) -> None:
+    """An override with no key (`=3`, `+=1`) is one line: Hydra's grammar lets it through and
+    then fails with a ValueError about config groups that names no override."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue  # Hydra's flags (--multirun, --cfg job) and their values
+        if not arg.split("=", 1)[0].lstrip("+~"):
+            raise ConfigError(f"cannot parse the override {arg!r}: it names no key (key=value)")
+
+
+def check_folders(config: Config) -> None:
+    """The folders the run will write, checked before anything is written: none may lie inside
+    a file or hold a name the file system refuses."""
+    folders = {"cache_dir": config.cache_dir, "output_dir": config.output_dir,
+               "pipeline.stage_cache_dir": config.pipeline.stage_cache_dir,
+               "logger.dir": config.logger.dir}  # fmt: skip
+    for key, folder in folders.items():
+        problem = folder_path_problem(folder) if folder else None
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
 
 
 def shared_output_dir(output_dir: str) -> str:

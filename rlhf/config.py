@@ -10,7 +10,9 @@ converts the composed config into these objects once with `OmegaConf.to_object`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,10 +21,16 @@ from omegaconf import OmegaConf
 
 from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
-from rlhf.stages.table import PIPELINE, POLICY, STAGES, producer
+from rlhf.stages.table import PIPELINE, POLICY, STAGES, producer, stages_to_run
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
 HALF_DTYPES = ("bfloat16", "float16")
+# transformers' SchedulerType names (tests/test_bad_inputs_more.py compares them with transformers)
+LR_SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+    "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+    "warmup_stable_decay", "greedy",
+)  # fmt: skip
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -33,6 +41,76 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 def _one_of(value: Any, choices: tuple, key: str) -> None:
     _require(value in choices, key, f"{value!r} is not one of {', '.join(map(str, choices))}")
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts (each element of a list field); always finite."""
+
+    low: float | None = None  # None: unbounded below
+    high: float | None = None  # None: unbounded above
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False  # high itself is excluded
+
+    def contains(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return False
+        return self.high is None or not (
+            value > self.high or (self.high_open and value == self.high)
+        )
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            if self.low == self.high:
+                return f"{_number(self.low)}"
+            left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {left}{_number(self.low)}, {_number(self.high)}{right}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return "a finite number"
+
+
+def _number(bound: float) -> str:
+    return "2**32" if bound == SEED_LIMIT else f"{bound:g}"
+
+
+SEED_LIMIT = 2**32  # set_seed seeds numpy, whose seeds are 0 <= seed < 2**32
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+AT_LEAST_ONE = Range(1)
+SHARE = Range(0, 1)  # a share or probability: [0, 1]
+FINITE = Range()
+SEED = Range(0, SEED_LIMIT, high_open=True)
+
+
+def _check_ranges(schema: Any) -> None:
+    """Every field named in the schema's RANGES holds a value in its range (None is left to the
+    type: Optional fields mean "off")."""
+    for name, allowed in schema.RANGES.items():
+        value = getattr(schema, name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for item in values:
+            if item is None:
+                continue
+            _require(
+                isinstance(item, (int, float)) and not isinstance(item, bool),
+                _key(schema, name),
+                f"must be a number, got {item!r}",
+            )
+            _require(
+                allowed.contains(item),
+                _key(schema, name),
+                f"must be {allowed.describe()}, got {value!r}",
+            )
+
+
+def _key(schema: Any, name: str) -> str:
+    """The dotted config key of a field (`section` is the schema's place in `Config`)."""
+    return f"{schema.section}.{name}" if schema.section else name
 
 
 @dataclass
@@ -49,24 +127,21 @@ class LoraSettings:
     top_layers: int | None = None  # adapt the last N decoder layers only (faster backward)
     top_fraction: float | None = None  # or the top share of the layers (0.5: the upper half)
 
+    section: ClassVar[str] = "model.lora"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "r": AT_LEAST_ONE, "alpha": POSITIVE, "dropout": Range(0, 1, high_open=True),
+        "top_layers": AT_LEAST_ONE, "top_fraction": Range(0, 1, low_open=True),
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
-        _require(self.r > 0, "model.lora.r", f"must be > 0, got {self.r}")
-        _require(
-            self.top_layers is None or self.top_layers > 0,
-            "model.lora.top_layers",
-            f"must be > 0 when set, got {self.top_layers}",
-        )
-        _require(
-            self.top_fraction is None or 0 < self.top_fraction <= 1,
-            "model.lora.top_fraction",
-            f"must be in (0, 1] when set, got {self.top_fraction}",
-        )
+        _check_ranges(self)
         _require(
             self.top_layers is None or self.top_fraction is None,
             "model.lora.top_fraction",
             "set either top_layers (a count) or top_fraction (a share), not both",
         )
         _one_of(self.bias, ("none", "all", "lora_only"), "model.lora.bias")
+        _require(bool(self.target_modules), "model.lora.target_modules", "name at least one module")
 
 
 @dataclass
@@ -84,6 +159,21 @@ class TinyModelSpec:
         default_factory=lambda: ["experiments/insult_ppo/data/train.jsonl"]
     )  # text whose characters get their own token (others fall back to bytes)
     seed: int = 0  # seed of the random weights
+
+    section: ClassVar[str] = "model.tiny"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "hidden_size": AT_LEAST_ONE, "intermediate_size": AT_LEAST_ONE, "num_layers": AT_LEAST_ONE,
+        "num_heads": AT_LEAST_ONE, "max_positions": AT_LEAST_ONE, "seed": SEED,
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        _one_of(self.architecture, ("llama",), "model.tiny.architecture")
+        _require(
+            self.hidden_size % self.num_heads == 0,
+            "model.tiny.hidden_size",
+            f"{self.hidden_size} does not split into model.tiny.num_heads={self.num_heads} heads",
+        )
 
 
 @dataclass
@@ -142,18 +232,26 @@ class DataConfig:
     overlong: str = "drop"  # what to do with rows over a limit: drop or truncate
     seed: int = 0  # seed for shuffling and splitting
 
+    section: ClassVar[str] = "data"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "test_size": Range(0, 1, low_open=True, high_open=True),
+        "max_prompt_length": AT_LEAST_ONE, "max_completion_length": AT_LEAST_ONE, "seed": SEED,
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _require(
             self.train_file is not None or self.hub_id is not None,
             "data.train_file",
             "set a local file or data.hub_id",
         )
-        _require(
-            0 < self.test_size < 1, "data.test_size", f"must be in (0, 1), got {self.test_size}"
-        )
-        _require(self.max_prompt_length > 0, "data.max_prompt_length", "must be > 0")
-        _require(self.max_completion_length > 0, "data.max_completion_length", "must be > 0")
         _one_of(self.overlong, ("drop", "truncate"), "data.overlong")
+        columns = [c for c in dataclasses.astuple(self.columns) if c is not None]
+        _require(
+            len(set(columns)) == len(columns),
+            "data.columns",
+            f"prompt, chosen and rejected must be different columns, got {columns}",
+        )
 
 
 @dataclass
@@ -173,9 +271,15 @@ class RewardConfig:
 
     section: ClassVar[str] = "reward"  # where this config sits, the prefix of its error keys
     KINDS: ClassVar[tuple[str, ...]] = ("reward_model", "function", "classifier", "weighted")
+    RANGES: ClassVar[dict[str, Range]] = {
+        # a mean and a standard deviation need two scores
+        "calibrate_samples": Range(2), "scale": FINITE, "clip": POSITIVE,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
         key = self.section
+        _check_ranges(self)
+        _require(self.scale != 0, f"{key}.scale", "must not be 0 (every score would be 0)")
         _one_of(self.kind, self.KINDS, f"{key}.kind")
         if self.kind == "function":
             _require(
@@ -213,9 +317,9 @@ def _component(spec: Any, base: type[RewardConfig], key: str) -> tuple[float, Re
     spec = dict(spec)
     weight = spec.pop("weight", 1.0)
     _require(
-        isinstance(weight, int | float) and not isinstance(weight, bool),
+        isinstance(weight, int | float) and not isinstance(weight, bool) and math.isfinite(weight),
         f"{key}.weight",
-        f"must be a number, got {weight!r}",
+        f"must be a finite number, got {weight!r}",
     )
     return float(weight), _typed_reward(spec, _sectioned(base, key), also=("weight",))
 
@@ -272,10 +376,23 @@ class CheckpointConfig:
     best_metric: str | None = "ppo/eval/score"  # logged metric that picks the best; null = off
     best_mode: str = "max"  # max or min: which direction of best_metric is better
 
+    section: ClassVar[str] = "ppo.checkpoint"
+    RANGES: ClassVar[dict[str, Range]] = {"every": NON_NEGATIVE, "keep_last": AT_LEAST_ONE}
+    EVAL_METRICS: ClassVar[tuple[str, ...]] = (
+        "ppo/eval/score", "ppo/eval/length", "ppo/eval/eos_rate", "ppo/eval/distinct",
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
-        _require(self.every >= 0, "ppo.checkpoint.every", f"must be >= 0, got {self.every}")
-        _require(self.keep_last >= 1, "ppo.checkpoint.keep_last", "must be >= 1")
+        _check_ranges(self)
         _one_of(self.best_mode, ("max", "min"), "ppo.checkpoint.best_mode")
+        metric = self.best_metric
+        _require(
+            metric is None or metric.startswith("ppo/"),
+            "ppo.checkpoint.best_metric",
+            f"{metric!r} is not a metric PPO logs (they start with ppo/)",
+        )
+        if metric is not None and metric.startswith("ppo/eval/"):
+            _one_of(metric, self.EVAL_METRICS, "ppo.checkpoint.best_metric")
 
 
 @dataclass
@@ -301,7 +418,16 @@ class HealthConfig:
         "distinct_min", "length_corr_max", "length_drift_max",
     )  # fmt: skip
 
+    section: ClassVar[str] = "ppo.health"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "kl_max": FINITE, "kl_min": FINITE, "entropy_min": NON_NEGATIVE, "eos_rate_min": SHARE,
+        "truncation_rate_max": SHARE, "ratio_max": POSITIVE, "distinct_min": SHARE,
+        "distinct_n": AT_LEAST_ONE, "length_corr_max": Range(-1, 1), "trend_window": Range(2),
+        "length_drift_max": Range(1, low_open=True),  # a ratio and its inverse bound the drift
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
+        _check_ranges(self)
         for name in self.stop_on:
             _one_of(name, self.ALARMS, "ppo.health.stop_on")
         _require(self.distinct_n >= 1, "ppo.health.distinct_n", "must be >= 1")
@@ -312,6 +438,11 @@ class HealthConfig:
             f"got {self.length_drift_max}",
         )
         _require(self.trend_window >= 2, "ppo.health.trend_window", "must be >= 2")
+        _require(
+            self.kl_min is None or self.kl_max is None or self.kl_min < self.kl_max,
+            "ppo.health.kl_min",
+            f"{self.kl_min} is not below ppo.health.kl_max={self.kl_max}: every KL would alarm",
+        )
 
 
 LOSS_AGGREGATIONS = (
@@ -441,21 +572,26 @@ class PPOConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
     health: HealthConfig = field(default_factory=HealthConfig)  # warn/stop thresholds
 
+    section: ClassVar[str] = "ppo"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "batch_size": AT_LEAST_ONE, "samples_per_prompt": AT_LEAST_ONE,
+        "max_new_tokens": AT_LEAST_ONE, "min_new_tokens": NON_NEGATIVE, "temperature": POSITIVE,
+        "top_k": Range(0, 0), "top_p": Range(1, 1), "length_sampler": AT_LEAST_ONE,
+        "missing_eos_penalty": NON_NEGATIVE, "overlong_buffer": AT_LEAST_ONE,
+        "overlong_penalty": NON_NEGATIVE, "kl_coef": NON_NEGATIVE, "kl_target": POSITIVE,
+        "kl_horizon": AT_LEAST_ONE, "gamma": SHARE, "lam": SHARE, "ppo_epochs": AT_LEAST_ONE,
+        "mini_batch_size": AT_LEAST_ONE, "gradient_accumulation_steps": AT_LEAST_ONE,
+        "learning_rate": POSITIVE, "critic_learning_rate": POSITIVE, "max_grad_norm": POSITIVE,
+        "cliprange": POSITIVE, "cliprange_low": Range(0, 1, low_open=True, high_open=True),
+        "cliprange_high": POSITIVE, "dual_clip": Range(1, low_open=True),
+        "cliprange_value": POSITIVE, "vf_coef": NON_NEGATIVE, "entropy_coef": NON_NEGATIVE,
+        "target_kl": NON_NEGATIVE, "ratio_threshold": Range(1, low_open=True),
+        "critic_warmup_updates": NON_NEGATIVE, "total_updates": AT_LEAST_ONE,
+        "eval_every": NON_NEGATIVE, "eval_prompts": AT_LEAST_ONE,
+        "log_samples_every": NON_NEGATIVE, "seed": SEED,
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
-        _one_of(self.on_nonfinite, ("stop", "skip"), "ppo.on_nonfinite")
-        for key in ("batch_size", "mini_batch_size", "ppo_epochs", "max_new_tokens"):
-            _require(getattr(self, key) > 0, f"ppo.{key}", "must be > 0")
-        _require(self.cliprange > 0, "ppo.cliprange", f"must be > 0, got {self.cliprange}")
-        _require(
-            self.cliprange_low is None or 0 < self.cliprange_low < 1,
-            "ppo.cliprange_low",
-            f"must be in (0, 1) when set, got {self.cliprange_low}",
-        )
-        _require(
-            self.cliprange_high is None or self.cliprange_high > 0,
-            "ppo.cliprange_high",
-            f"must be > 0 when set, got {self.cliprange_high}",
-        )
         for key, off in (("top_k", 0), ("top_p", 1.0)):
             _require(
                 getattr(self, key) == off,
@@ -463,23 +599,19 @@ class PPOConfig:
                 f"must be {off} for training: truncated sampling is not the distribution whose "
                 "log-probs PPO trains (use ppo.temperature to sharpen sampling)",
             )
+        _check_ranges(self)
+        self._check_lengths()
         _require(
-            self.critic_learning_rate is None or self.critic_learning_rate > 0,
-            "ppo.critic_learning_rate",
-            "must be > 0 when set",
-        )
-        _require(self.cliprange_value > 0, "ppo.cliprange_value", "must be > 0")
-        _require(self.kl_coef >= 0, "ppo.kl_coef", f"must be >= 0, got {self.kl_coef}")
-        _require(self.temperature > 0, "ppo.temperature", "must be > 0")
-        _require(0 <= self.gamma <= 1, "ppo.gamma", "must be in [0, 1]")
-        _require(0 <= self.lam <= 1, "ppo.lam", "must be in [0, 1]")
-        _require(
-            self.dual_clip is None or self.dual_clip > 1, "ppo.dual_clip", "must be > 1 when set"
+            self.cliprange_low is not None or self.cliprange < 1,
+            "ppo.cliprange",
+            f"{self.cliprange} leaves no lower clip (1 - cliprange <= 0); keep it below 1 or set "
+            "ppo.cliprange_low",
         )
         _require(
-            self.overlong_buffer is None or 0 < self.overlong_buffer <= self.max_new_tokens,
-            "ppo.overlong_buffer",
-            "must be in (0, max_new_tokens] when set",
+            self.critic_warmup_updates < self.total_updates,
+            "ppo.critic_warmup_updates",
+            f"{self.critic_warmup_updates} warm-up updates leave none of ppo.total_updates="
+            f"{self.total_updates} to train the policy",
         )
         rollout = self.batch_size * self.samples_per_prompt
         step = self.mini_batch_size * self.gradient_accumulation_steps
@@ -489,10 +621,12 @@ class PPOConfig:
             f"batch_size × samples_per_prompt ({rollout}) is not divisible by "
             f"mini_batch_size × gradient_accumulation_steps ({step})",
         )
+        _one_of(self.on_nonfinite, ("stop", "skip"), "ppo.on_nonfinite")
         _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs", "full"), "ppo.kl_estimator")
         _one_of(self.lr_scheduler, ("constant", "linear"), "ppo.lr_scheduler")
         if self.critic_init is not None:
             _one_of(self.critic_init, ("reward_model", "policy"), "ppo.critic_init")
+        _require(self.stop_token != "", "ppo.stop_token", "must not be empty (null: EOS)")
         self._check_estimator()
 
     def _check_estimator(self) -> None:
@@ -546,6 +680,36 @@ class PPOConfig:
             "k1 as a loss is zero in expectation, and the exact KL needs the reference's logits",
         )
 
+    def _check_lengths(self) -> None:
+        """Answer lengths: the shortest below the longest, a [min, max] sampler in order."""
+        _require(
+            self.min_new_tokens <= self.max_new_tokens,
+            "ppo.min_new_tokens",
+            f"{self.min_new_tokens} is above ppo.max_new_tokens={self.max_new_tokens}",
+        )
+        _require(
+            self.overlong_buffer is None or self.overlong_buffer <= self.max_new_tokens,
+            "ppo.overlong_buffer",
+            f"{self.overlong_buffer} is longer than ppo.max_new_tokens={self.max_new_tokens}",
+        )
+        sampler = self.length_sampler
+        if sampler is None:
+            return
+        _require(
+            len(sampler) == 2, "ppo.length_sampler", f"must be [min, max], got {list(sampler)}"
+        )
+        _require(
+            sampler[0] <= sampler[1],
+            "ppo.length_sampler",
+            f"[min, max] is reversed: {list(sampler)}",
+        )
+        _require(
+            self.min_new_tokens <= sampler[0],
+            "ppo.min_new_tokens",
+            f"{self.min_new_tokens} is above the shortest limit ppo.length_sampler draws "
+            f"({sampler[0]})",
+        )
+
 
 @dataclass
 class TrainerStageConfig:
@@ -560,7 +724,7 @@ class TrainerStageConfig:
     lr_scheduler_type: str = "linear"  # transformers scheduler name
     warmup_steps: float = 0.0  # warm-up optimiser steps, or a share of all steps when < 1
     weight_decay: float = 0.0  # AdamW weight decay
-    max_grad_norm: float = 1.0  # gradient clipping
+    max_grad_norm: float = 1.0  # clip the gradient norm to this; 0 = off
     logging_steps: int = 5  # log every N optimiser steps
     max_train_samples: int | None = None  # use only the first N (shuffled) training rows
     max_eval_samples: int | None = None  # evaluate on N (shuffled) test rows; null = all
@@ -569,25 +733,23 @@ class TrainerStageConfig:
     save_total_limit: int = 2  # newest TRL checkpoints kept
 
     section: ClassVar[str] = "stage"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "learning_rate": POSITIVE, "num_train_epochs": POSITIVE, "max_steps": Range(-1),
+        "per_device_train_batch_size": AT_LEAST_ONE, "per_device_eval_batch_size": AT_LEAST_ONE,
+        "gradient_accumulation_steps": AT_LEAST_ONE, "warmup_steps": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE, "logging_steps": AT_LEAST_ONE,
+        "max_train_samples": AT_LEAST_ONE, "max_eval_samples": AT_LEAST_ONE, "seed": SEED,
+        "save_steps": AT_LEAST_ONE, "save_total_limit": AT_LEAST_ONE,
+    }  # fmt: skip
 
     def __post_init__(self) -> None:
-        key = self.section
-        _require(self.learning_rate > 0, f"{key}.learning_rate", "must be > 0")
+        _check_ranges(self)
         _require(
-            self.per_device_train_batch_size > 0,
-            f"{key}.per_device_train_batch_size",
-            "must be > 0",
+            self.max_steps != 0,
+            f"{self.section}.max_steps",
+            "0 would train no step; -1 trains num_train_epochs, N > 0 trains N steps",
         )
-        _require(
-            self.max_train_samples is None or self.max_train_samples > 0,
-            f"{key}.max_train_samples",
-            "must be > 0 when set",
-        )
-        _require(
-            self.max_eval_samples is None or self.max_eval_samples > 0,
-            f"{key}.max_eval_samples",
-            "must be > 0 when set",
-        )
+        _one_of(self.lr_scheduler_type, LR_SCHEDULERS, f"{self.section}.lr_scheduler_type")
 
 
 @dataclass
@@ -595,11 +757,9 @@ class SFTStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "sft"
     rejected_share: float = 0.0  # share of rows trained on the rejected answer (a mixed cold start)
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(0 <= self.rejected_share <= 1, "sft.rejected_share", "must be in [0, 1]")
-
     completion_only_loss: bool = True  # loss on the answer tokens only
+
+    RANGES: ClassVar[dict[str, Range]] = {**TrainerStageConfig.RANGES, "rejected_share": SHARE}
 
 
 @dataclass
@@ -618,10 +778,10 @@ class RMStageConfig(TrainerStageConfig):
         "echo_negatives", "garbled_negatives", "curt_negatives", "truncated_negatives",
     )  # fmt: skip
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for name in self.NEGATIVES:
-            _require(0 <= getattr(self, name) <= 1, f"rm.{name}", "must be in [0, 1]")
+    RANGES: ClassVar[dict[str, Range]] = {
+        **TrainerStageConfig.RANGES, "center_rewards_coefficient": NON_NEGATIVE,
+        **{name: SHARE for name in NEGATIVES},
+    }  # fmt: skip
 
 
 # TRL 1.16's DPOConfig.loss_type values (trl/trainer/dpo_trainer.py, _compute_loss)
@@ -639,15 +799,13 @@ class DPOStageConfig(TrainerStageConfig):
     loss_type: str = "sigmoid"  # TRL's DPO loss: sigmoid (DPO), ipo, hinge, robust, ...
     label_smoothing: float = 0.0  # assumed share of flipped labels (robust), ε of exo_pair
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        **TrainerStageConfig.RANGES, "beta": POSITIVE, "label_smoothing": Range(0, 0.5, high_open=True),
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
         _one_of(self.loss_type, DPO_LOSS_TYPES, "dpo.loss_type")
-        _require(
-            0 <= self.label_smoothing < 0.5,
-            "dpo.label_smoothing",
-            f"must be in [0, 0.5), got {self.label_smoothing}",
-        )
 
 
 @dataclass
@@ -667,6 +825,13 @@ class EvalConfig:
     hacking_margin: float | None = 0.3  # policy's RM share − judge share above this: hacking
     length_drift_factor: float | None = 2.0  # policy/baseline mean length outside [1/f, f]: hacking
 
+    section: ClassVar[str] = "eval"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "num_prompts": AT_LEAST_ONE, "max_new_tokens": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE,
+        "threshold": FINITE, "collapse_distinct": SHARE, "judge_threshold": FINITE,
+        "hacking_margin": SHARE, "length_drift_factor": Range(1, low_open=True),
+    }  # fmt: skip
+
     def __post_init__(self) -> None:
         # typed here, not by the schema: OmegaConf cannot merge `eval.judge={...}` into a null
         # structured node, so the field is open and converted once
@@ -677,8 +842,7 @@ class EvalConfig:
             "eval.judge",
             f"a reward config ({{kind: ..., ...}}) or null, got {self.judge!r}",
         )
-        _require(self.num_prompts > 0, "eval.num_prompts", "must be > 0")
-        _require(0 <= self.collapse_distinct <= 1, "eval.collapse_distinct", "must be in [0, 1]")
+        _check_ranges(self)
         _require(
             self.hacking_margin is None or 0 <= self.hacking_margin <= 1,
             "eval.hacking_margin",
@@ -697,8 +861,11 @@ class PipelineConfig:
     stage_cache_dir: str | None = "outputs/stage_cache"  # finished sft/rm by config hash; null: off
 
     def __post_init__(self) -> None:
+        _require(bool(self.stages), "pipeline.stages", "is empty: name the stages to run in order")
         for stage in self.stages:
             _one_of(stage, tuple(STAGES), "pipeline.stages")
+        twice = sorted({stage for stage in self.stages if self.stages.count(stage) > 1})
+        _require(not twice, "pipeline.stages", f"{', '.join(twice)} listed twice (one folder each)")
 
 
 @dataclass
@@ -741,8 +908,14 @@ class Config:
     )  # conf/pipeline: stage order, cache
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # conf/logger: tracking
 
+    section: ClassVar[str] = ""
+    RANGES: ClassVar[dict[str, Range]] = {"seed": SEED}
+
     def __post_init__(self) -> None:
+        _check_ranges(self)
         _one_of(self.stage, (*STAGES, PIPELINE), "stage")
+        _require(bool(self.cache_dir), "cache_dir", "must not be empty")
+        self._check_objective()
         _require(
             self.resume is None or isinstance(self.resume, (bool, str)),
             "resume",
@@ -766,7 +939,7 @@ class Config:
                 "'reward_model' starts a separate critic (ppo.critic=separate) from the reward "
                 "model (reward.kind=reward_model)",
             )
-        trains = self.pipeline.stages if self.stage == "pipeline" else [self.stage]
+        trains = self.pipeline.stages if self.stage == PIPELINE else [self.stage]
         _require(
             self.model.dtype not in HALF_DTYPES
             or self.model.lora.enabled
@@ -781,6 +954,31 @@ class Config:
     def algorithm(self) -> str:
         """What trains this run's policy (`algorithm_name`): W&B runs carry it in their config."""
         return algorithm_name(self.stage, self.pipeline.stages, self.ppo.advantage_estimator)
+
+    def _check_objective(self) -> None:
+        """`objective` must be a final metric that the stages of this run declare (the stage
+        table), checked before anything trains; a stage declaring none is checked when it ends."""
+        objective = self.objective
+        declarations = stages_to_run(self.stage, self.pipeline.stages)
+        if objective is None or not all(d.final_metrics for d in declarations):
+            return
+        if not any(d.returns_metric(objective) for d in declarations):
+            names = [name for d in declarations for name in d.final_metrics]
+            close = difflib.get_close_matches(objective, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(
+                f"objective: {objective!r} is not a final metric of stage {self.stage}{hint}; "
+                f"its final metrics: {', '.join(names)}"
+            )
+        eval_every, total = self.ppo.eval_every, self.ppo.total_updates
+        if objective.startswith("ppo/eval/"):
+            _require(
+                eval_every > 0 and total % eval_every == 0,
+                "objective",
+                f"{objective!r} is measured only at updates that are multiples of "
+                f"ppo.eval_every={eval_every}, and the last update ppo.total_updates={total} is "
+                "not one",
+            )
 
 
 def register_schemas() -> None:

@@ -23,3 +23,7 @@ class RewardError(RlhfError):
 
 class NumericError(RlhfError):
     """A loss, reward, advantage or gradient went non-finite during PPO."""
+
+
+class RunFolderError(RlhfError):
+    """A folder from an earlier run (a stage's run record, a checkpoint) is broken."""

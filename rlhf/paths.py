@@ -34,3 +34,23 @@ def publish_dir_once(tmp: Path, final: Path) -> Path:
         if not final.is_dir() or not any(final.iterdir()):
             raise
     return final
+
+
+def folder_path_problem(path: str | os.PathLike, name_max: int = 255) -> str | None:
+    """Why `path` cannot be (or become) a folder, without creating it: a name in it is longer
+    than the file system allows (`name_max` bytes, the usual limit), or a part of it is a file.
+    None: it can."""
+    target = resolve_path(path)
+    for part in target.parts:
+        if len(os.fsencode(part)) > name_max:
+            return (
+                f"the name {part[:40]}... is {len(os.fsencode(part))} bytes, longer than file "
+                f"systems allow ({name_max})"
+            )
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir():
+        return None
+    inside = "" if existing == target else f" ({target} would be inside it)"
+    return f"{existing} is a file, not a folder{inside}"

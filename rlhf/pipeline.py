@@ -94,7 +94,9 @@ def run_or_reuse(
             log.info("%s: complete in %s, skipped on resume", stage, stage_dir)
             return finished
         if declaration.checkpoints.resume_point(stage_dir) is None:
-            log.info("%s: no checkpoint in %s, starting it over", stage, stage_dir)
+            for problem in declaration.checkpoints.broken(stage_dir):
+                log.warning("%s: checkpoint %s, not resumable", stage, problem)
+            log.info("%s: no whole checkpoint in %s, starting it over", stage, stage_dir)
             config = dataclasses.replace(config, resume=False)
     return declaration.load_runner()(config, paths)
 

@@ -66,6 +66,9 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
             "eval.judge.scale: a judge is scored raw",
         ),
         ("ppo.critic=none", "ppo.critic: gae needs a critic for its values"),
+        ("ppo.total_updates=-5", "ppo.total_updates: must be >= 1, got -5"),
+        ("ppo.length_sampler=[8,2]", "ppo.length_sampler: [min, max] is reversed: [8, 2]"),
+        ("ppo.kl_coef=[0.1", "cannot parse the override 'ppo.kl_coef=[0.1': no viable"),
     ],
     ids=[
         "unknown-key",
@@ -81,6 +84,9 @@ def assert_one_line_and_nothing_finished(result, run_dir, stage: str, needle: st
         "judge-component-without-target",
         "judge-scaled",
         "gae-without-critic",
+        "negative-updates",
+        "reversed-range",
+        "unparseable-override",
     ],  # fmt: skip
 )
 def test_config_errors(warm_train, tmp_path, override, needle):
@@ -132,6 +138,18 @@ def test_a_fresh_interpreter_reports_the_same_single_line(tmp_path):
     assert line == "error: unknown config key 'ppo.klcoef' (did you mean 'ppo.kl_coef'?)"
 
 
+def test_a_run_folder_inside_a_file_is_one_line(warm_train, tmp_path):
+    """Hydra makes the run folder before any of our code runs."""
+    (tmp_path / "notes.txt").write_text("a file")
+    result = warm_train(["stage=sft", "logger=none"], tmp_path / "notes.txt" / "run")
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line == (
+        f"error: {tmp_path}/notes.txt/run: a part of the path is a file, not a folder "
+        "(Not a directory)"
+    )
+
+
 def test_resume_path_that_does_not_exist(warm_train, tmp_path):
     result = warm_train(["stage=ppo", f"resume={tmp_path / 'gone'}"], tmp_path / "run")
     assert result.returncode == 2
@@ -147,6 +165,48 @@ def test_resume_path_with_no_checkpoint(warm_train, tmp_path):
     assert result.returncode == 2
     (line,) = error_lines(result)
     assert f"resume: no checkpoint in {stopped}/ppo/checkpoints" in line
+
+
+def truncated_tensors(checkpoint):
+    """A checkpoint with all its files, the tensors cut to one byte (a copy that stopped)."""
+    (checkpoint / "trainable.safetensors").write_bytes(b"\x08")
+    (checkpoint / "state.pt").write_bytes(b"not read")
+    (checkpoint / "trainer_state.json").write_text('{"update": 2}')
+
+
+@pytest.mark.parametrize(
+    "break_checkpoint,needle",
+    [
+        (lambda c: None, "update-000002: no trainable.safetensors"),  # an empty folder
+        (truncated_tensors, "trainable.safetensors is 1 bytes long, too short for a"),
+    ],
+    ids=["empty", "truncated"],
+)
+def test_resume_from_a_broken_checkpoint_names_it(warm_train, tmp_path, break_checkpoint, needle):
+    stopped = tmp_path / "stopped"
+    checkpoint = stopped / "ppo" / "checkpoints" / "update-000002"
+    checkpoint.mkdir(parents=True)
+    (checkpoint.parent / "update-latest").mkdir()  # a stray name: not a checkpoint of ours
+    break_checkpoint(checkpoint)
+    result = warm_train(["stage=ppo", f"resume={stopped}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: resume: no whole checkpoint in {stopped}: ") and needle in line
+
+
+def test_resume_of_a_complete_stage_with_a_corrupt_run_record(warm_train, tmp_path):
+    stopped = tmp_path / "stopped"
+    (stopped / "sft").mkdir(parents=True)
+    (stopped / "sft" / "COMPLETE").write_text("2026-01-01T00:00:00\n")
+    (stopped / "sft" / "run_info.json").write_text('{"status": "complete", "final_met')
+    result = warm_train(["stage=sft", f"resume={stopped}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line == (
+        f"error: {stopped}/sft/run_info.json is not a valid run record (JSONDecodeError), but "
+        f"{stopped}/sft is marked COMPLETE: delete {stopped}/sft/COMPLETE to run the stage "
+        "again, or restore the file"
+    )
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -193,7 +253,7 @@ def test_data_errors(warm_train, tmp_path, make_overrides, needle):
 def folder_without_weights(tmp_path) -> str:
     folder = tmp_path / "pickled"
     folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (folder / "pytorch_model.bin").write_bytes(b"never unpickled")
     return str(folder)
 
@@ -239,6 +299,15 @@ def test_judge_errors_stop_the_eval_stage_before_a_model_loads(
     args = ["stage=eval", "logger=none", "reward=keywords", f"eval.judge={make_judge(tmp_path)}"]
     result = warm_train(args, run_dir)
     assert_one_line_and_nothing_finished(result, run_dir, "eval", needle)
+
+
+def test_a_language_model_as_the_reward_model_trains_nothing(warm_train, tmp_path, tiny_sft_model):
+    """transformers would give the causal LM a random score head: PPO against random rewards."""
+    run_dir = tmp_path / "run"
+    reward = ["reward=reward_model", f"reward.model_path={tiny_sft_model}"]
+    result = warm_train([*PPO_TINY[:-1], *reward, "ppo.critic_init=policy"], run_dir)
+    needle = f"model folder {tiny_sft_model} is not a reward model: it has no trained score head"
+    assert_one_line_and_nothing_finished(result, run_dir, "ppo", needle)
 
 
 # --- reward functions ------------------------------------------------------------------------

@@ -131,5 +131,5 @@ def test_eos_override_reaches_policy_and_reward_models(tmp_path):
     stop = tokenizer.convert_tokens_to_ids("<|im_start|>")
     assert tokenizer.eos_token_id == stop != tokenizer.pad_token_id
     assert policy.config.eos_token_id == policy.generation_config.eos_token_id == stop
-    reward, _ = load_model_and_tokenizer(settings, tmp_path, kind="reward")
+    reward, _ = load_model_and_tokenizer(settings, tmp_path, kind="reward", new_head=True)
     assert reward.config.eos_token_id == stop

@@ -141,7 +141,7 @@ def test_eval_judge_config_is_typed_and_checked():
         ),
         (
             {"judge": {"kind": "weighted", "components": [{**RUDENESS, "weight": "x"}]}},
-            r"eval.judge.components\[0\].weight: must be a number",
+            r"eval.judge.components\[0\].weight: must be a finite number",
         ),
         (
             {"judge": {"kind": "weighted", "components": [{"kind": "function"}]}},
@@ -181,7 +181,9 @@ def judge_of(judge: dict, **settings) -> Judge:
 
 def saved_tiny(tmp_path: Path, name: str, labels: dict | None = None, stats=None) -> Path:
     """A tiny one-output sequence classifier saved as `name` (a judge RM or a classifier)."""
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), tmp_path, kind="reward", new_head=True
+    )
     if labels is not None:
         model.config.id2label = labels
     model.save_pretrained(tmp_path / name)
@@ -349,7 +351,9 @@ def test_samples_table_gets_judge_columns(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory, offline_environment) -> Path:
     folder = tmp_path_factory.mktemp("tiny_rm") / "rm"
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), offline_environment, kind="reward")
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), offline_environment, kind="reward", new_head=True
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -63,7 +63,9 @@ def test_pad_equals_eos_variant(tmp_path):
 
 
 def test_reward_kind_has_one_output(tmp_path):
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), tmp_path, kind="reward", new_head=True
+    )
     batch = tokenizer(["你好", "谢谢你"], return_tensors="pt", padding=True)
     assert model(**batch).logits.shape == (2, 1)
     assert model.config.pad_token_id == tokenizer.pad_token_id

@@ -60,7 +60,7 @@ def test_ppo_stops_before_training_when_the_reward_model_reads_text_differently(
         ModelConfig(tiny=TinyModelSpec(pad_equals_eos=True)), tmp_path
     )
     model, _ = load_model_and_tokenizer(
-        ModelConfig(tiny=TinyModelSpec(pad_equals_eos=True)), tmp_path, kind="reward"
+        ModelConfig(tiny=TinyModelSpec(pad_equals_eos=True)), tmp_path, kind="reward", new_head=True
     )
     model.save_pretrained(tmp_path / "other_rm")
     shared_pad.save_pretrained(tmp_path / "other_rm")
@@ -94,7 +94,9 @@ def test_distinct_2_and_collapse():
 def test_chat_answers_scores_and_reports_a_missing_folder(tiny_sft_model, tmp_path, capsys):
     assert chat_main([str(tiny_sft_model), "--prompt", "吃了没？", "--max-new-tokens", "8"]) == 0
     assert capsys.readouterr().out.strip()
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), tmp_path, kind="reward", new_head=True
+    )
     model.save_pretrained(tmp_path / "rm")
     tokenizer.save_pretrained(tmp_path / "rm")
     assert chat_main([str(tmp_path / "rm"), "--prompt", "吃了没？", "--answer", "关你什么事"]) == 0

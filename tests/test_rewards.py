@@ -101,7 +101,7 @@ def test_overlong_penalty_by_hand():
 
 def test_reward_model_scores_the_last_real_token_when_pad_equals_eos(tmp_path):
     model, tokenizer = load_model_and_tokenizer(
-        ModelConfig(tiny=TinyModelSpec(pad_equals_eos=True)), tmp_path, kind="reward"
+        ModelConfig(tiny=TinyModelSpec(pad_equals_eos=True)), tmp_path, kind="reward", new_head=True
     )
     eos = tokenizer.eos_token_id
     short = [5, 6, 7, eos]  # a response that ends with EOS, which is also the pad id
@@ -119,7 +119,9 @@ def test_reward_model_scores_the_last_real_token_when_pad_equals_eos(tmp_path):
 def test_scorers_run_on_this_process_device(tmp_path):
     """The reward model and the classifier sit on this process's device (cuda:<local rank> under
     a multi-GPU launch), not on GPU 0 for every process."""
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), tmp_path, kind="reward")
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), tmp_path, kind="reward", new_head=True
+    )
     model.config.id2label = {0: "NEGATIVE"}
     model.save_pretrained(tmp_path / "classifier")
     tokenizer.save_pretrained(tmp_path / "classifier")

@@ -9,6 +9,8 @@ import json
 import logging
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from rlhf import app
 from rlhf.app import typed_config
@@ -31,6 +33,8 @@ def run_toy(config, paths):
                 raise RuntimeError(f"toy: crashed at step {step}")
             checkpoint = ctx.stage_dir / "trainer" / f"checkpoint-{step}"
             checkpoint.mkdir(parents=True)
+            # whole as TRL leaves one: weights, then trainer_state.json last
+            save_file({"step": torch.tensor([step])}, str(checkpoint / "model.safetensors"))
             (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
             ctx.tracker.log({"toy/step": step}, step=step)
         ctx.final_metrics = {"toy/steps": float(STEPS), "toy/resumed_at": float(start)}

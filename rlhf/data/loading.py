@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from datasets import Dataset, load_dataset
 from transformers import PreTrainedTokenizerBase
@@ -35,10 +36,14 @@ class PreferenceData:
 
 def _read_local(name: str, key: str) -> tuple[Dataset, str]:
     path = resolve_path(name)
+    if path.is_dir():
+        raise DataError(f"{key}: {path} is a folder, not a data file")
     if not path.is_file():
         raise DataError(f"{key}: file {path} does not exist")
     if path.suffix not in FORMATS:
         raise DataError(f"{key}: {path.name} is not one of {', '.join(FORMATS)}")
+    if FORMATS[path.suffix] != "parquet":
+        _require_utf8(path, key)
     try:
         dataset = load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for unreadable files
@@ -46,6 +51,20 @@ def _read_local(name: str, key: str) -> tuple[Dataset, str]:
             raise DataError(f"{key}: {path} has no rows") from exc
         raise DataError(f"{key}: cannot read {path}: {' '.join(str(exc).split())[:200]}") from exc
     return dataset, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _require_utf8(path: Path, key: str) -> None:
+    """JSON and CSV files are read as UTF-8: say so for a file in another encoding (GBK is
+    common for Chinese data) instead of a UnicodeDecodeError from deep in the reader."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{key}: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+            f"save it as UTF-8 (e.g. iconv -f GBK -t UTF-8 {path.name} > utf8_{path.name})"
+        ) from exc
 
 
 def _read_hub(cfg: DataConfig, split: str) -> tuple[Dataset, str]:
@@ -70,9 +89,15 @@ def _standardise(dataset: Dataset, cfg: DataConfig, source: str) -> Dataset:
     if len(dataset) == 0:
         raise DataError(f"{source} has no rows")
     dataset = dataset.select_columns(list(mapping)).rename_columns(mapping)
+    columns = {field: column for column, field in mapping.items()}
     for field in fields:
         for index, value in enumerate(dataset[field]):
-            if not isinstance(value, str) or not value.strip():
+            if value is not None and not isinstance(value, str):
+                raise DataError(
+                    f"{source}: column {columns[field]!r} ({field}) holds "
+                    f"{type(value).__name__} values, not text (row {index}: {value!r})"
+                )
+            if value is None or not value.strip():
                 raise DataError(f"{source}: row {index} has an empty {field!r} ({value!r})")
     return dataset
 

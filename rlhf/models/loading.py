@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from huggingface_hub import snapshot_download
 from peft import LoraConfig
+from safetensors import SafetensorError
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -24,10 +25,12 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as transformers_logging
 
 from rlhf.chat_templates import CHAT_TEMPLATES, CHATML_TEMPLATE
 from rlhf.config import LoraSettings, ModelConfig
 from rlhf.errors import ConfigError, ModelLoadError
+from rlhf.models.checks import check_kind, check_model_folder, check_tokenizer_files
 from rlhf.models.gguf import converted_gguf_dir
 from rlhf.models.tiny import tiny_model_dir
 from rlhf.paths import resolve_path
@@ -36,16 +39,6 @@ log = logging.getLogger(__name__)
 
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "tokenizer*"]
 MODEL_CLASSES = {"causal": AutoModelForCausalLM, "reward": AutoModelForSequenceClassification}
-
-
-def _check_weights(folder: Path) -> Path:
-    if not (folder / "config.json").is_file():
-        raise ModelLoadError(f"model folder {folder} has no config.json")
-    if not any(folder.glob("*.safetensors")):
-        raise ModelLoadError(
-            f"model folder {folder} holds no *.safetensors weights (pickled weights are not loaded)"
-        )
-    return folder
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -78,12 +71,12 @@ def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
         return converted_gguf_dir(cfg.gguf_file, cache)
     local = resolve_path(cfg.name_or_path)
     if local.exists():
-        return _check_weights(local)
+        return check_model_folder(local)
     if not _looks_like_hub_id(cfg.name_or_path):
         raise ModelLoadError(f"model.name_or_path: folder {local} does not exist")
     folder = _from_hub(cfg)
     if folder is not None:
-        return _check_weights(folder)
+        return check_model_folder(folder)
     if cfg.gguf_fallback:
         log.info("using the GGUF fallback %s for %s", cfg.gguf_fallback, cfg.name_or_path)
         return converted_gguf_dir(cfg.gguf_fallback, cache)
@@ -96,7 +89,14 @@ def resolve_model_dir(cfg: ModelConfig, cache_dir: str | Path) -> Path:
 def load_tokenizer(model_dir: Path, cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token and a chat template guaranteed; `model.eos_token`
     and `model.chat_template` replace the file's (every stage stops answers at EOS)."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=cfg.trust_remote_code)
+    check_tokenizer_files(model_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_dir, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError, ImportError, TypeError, KeyError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"cannot load the tokenizer of {model_dir}: {reason}") from exc
     if cfg.eos_token is not None:
         if cfg.eos_token not in tokenizer.get_vocab():
             raise ConfigError(f"model.eos_token: {cfg.eos_token!r} is not a token of {model_dir}")
@@ -119,9 +119,16 @@ def load_model(
     cfg: ModelConfig,
     tokenizer: PreTrainedTokenizerBase,
     kind: str = "causal",
+    new_head: bool = False,
 ) -> PreTrainedModel:
-    """Weights from `model_dir`: `causal` LM, or `reward` (one-output sequence classifier)."""
-    return load_model_report(model_dir, cfg, tokenizer, kind)[0]
+    """Weights from `model_dir`: `causal` LM, or `reward` (one-output sequence classifier).
+    Every weight must come from the folder (models/checks.py `check_kind`), except a reward
+    model's score head with `new_head` (a reward model about to be trained from a causal LM)."""
+    model, missing = load_model_report(model_dir, cfg, tokenizer, kind)
+    check_kind(model_dir, kind, missing, new_head)
+    if missing:
+        log.info("%s: new score head (%s)", model_dir, ", ".join(sorted(missing)))
+    return model
 
 
 def load_model_report(
@@ -130,9 +137,12 @@ def load_model_report(
     tokenizer: PreTrainedTokenizerBase,
     kind: str = "causal",
 ) -> tuple[PreTrainedModel, set[str]]:
-    """`load_model`, and the names of the weights the folder lacked (freshly initialised, e.g.
-    the score head of a sequence classifier built from a causal LM)."""
+    """The model, and the names of the weights the folder lacked (freshly initialised, e.g.
+    the score head of a sequence classifier built from a causal LM). transformers' own load
+    report of them is not printed: the caller decides whether they are a problem."""
     extra = {"num_labels": 1} if kind == "reward" else {}
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
     try:
         model, info = MODEL_CLASSES[kind].from_pretrained(
             model_dir,
@@ -142,8 +152,11 @@ def load_model_report(
             output_loading_info=True,
             **extra,
         )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load {kind} model from {model_dir}: {exc}") from exc
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ModelLoadError(f"cannot load a {kind} model from {model_dir}: {reason}") from exc
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.eos_token is not None:  # generate() without an explicit stop token stops there too
         model.config.eos_token_id = tokenizer.eos_token_id
@@ -196,8 +209,8 @@ def lora_config(settings: LoraSettings, num_layers: int, kind: str = "causal") -
 
 
 def load_model_and_tokenizer(
-    cfg: ModelConfig, cache_dir: str | Path, kind: str = "causal"
+    cfg: ModelConfig, cache_dir: str | Path, kind: str = "causal", new_head: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     model_dir = resolve_model_dir(cfg, cache_dir)
     tokenizer = load_tokenizer(model_dir, cfg)
-    return load_model(model_dir, cfg, tokenizer, kind), tokenizer
+    return load_model(model_dir, cfg, tokenizer, kind, new_head), tokenizer

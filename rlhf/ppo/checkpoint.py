@@ -36,14 +36,20 @@ from safetensors.torch import load_file, save_file
 from rlhf.config import CheckpointConfig
 from rlhf.errors import ConfigError, NumericError
 from rlhf.paths import publish_dir
-from rlhf.runs.faults import maybe_kill
-from rlhf.runs.resume import PPO_PREFIX, STATE_FILE, ppo_checkpoints
+from rlhf.runs.faults import maybe_fail_write, maybe_kill
+from rlhf.runs.resume import (
+    PPO_PREFIX,
+    PPO_TENSORS_FILE,
+    PPO_TORCH_STATE_FILE,
+    STATE_FILE,
+    ppo_checkpoints,
+)
 from rlhf.runtime import distributed
 
 log = logging.getLogger(__name__)
 
-TENSORS_FILE = "trainable.safetensors"
-TORCH_STATE_FILE = "state.pt"
+TENSORS_FILE = PPO_TENSORS_FILE
+TORCH_STATE_FILE = PPO_TORCH_STATE_FILE
 BEST_FILE = "best_checkpoint.json"
 JSON_STATE = ("update", "data_order", "kl_controller", "score_processor", "health")
 
@@ -103,6 +109,7 @@ def _write_checkpoint(
     tensors = {k: v.detach().cpu().contiguous() for k, v in state["trainable"].items()}
     save_file(tensors, tmp / TENSORS_FILE)
     maybe_kill("ppo", "during_checkpoint", state["update"])
+    maybe_fail_write("ppo", "disk_full_during_checkpoint", state["update"], tmp / TORCH_STATE_FILE)
     torch.save(
         {
             "optimizer": state["optimizer"],

@@ -128,6 +128,12 @@ def stop_token_id(tokenizer: PreTrainedTokenizerBase, stop_token: str | None) ->
             f"ppo.stop_token: {stop_token!r} is not one token of this tokenizer "
             f"(it encodes to {len(ids)} tokens)"
         )
+    # an unknown text encodes to the unknown token, which generation never ends on
+    if ids[0] == tokenizer.unk_token_id or tokenizer.decode(ids) != stop_token:
+        raise ConfigError(
+            f"ppo.stop_token: {stop_token!r} is not in this tokenizer's vocabulary (it encodes "
+            f"to {tokenizer.convert_ids_to_tokens(ids[0])!r}, so answers would stop nowhere)"
+        )
     return ids[0]
 
 

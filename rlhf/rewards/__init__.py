@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from rlhf.config import ModelConfig, RewardConfig
@@ -50,6 +51,46 @@ def with_tokens_argument(function: Callable) -> RewardFunction:
     return function if takes_tokens else text_only(function)
 
 
+def as_scores(raw: object, name: str) -> torch.Tensor:
+    """What a reward source returned as a flat float tensor (N,): a tensor, an array, or a flat
+    list of real numbers; anything else (strings, None, nested or ragged lists) is a
+    RewardError naming the source and what it returned, not a torch error."""
+    if isinstance(raw, torch.Tensor) or hasattr(raw, "__array__"):
+        try:
+            tensor = torch.as_tensor(raw)
+        except (TypeError, ValueError, RuntimeError) as exc:  # e.g. a numpy array of strings
+            raise RewardError(f"reward {name} returned an array torch cannot read: {exc}") from exc
+        if tensor.is_complex() or tensor.dtype == torch.bool:
+            raise RewardError(f"reward {name} returned a tensor of {tensor.dtype}, not real scores")
+        return tensor.to(torch.float32).flatten().cpu()
+    if not isinstance(raw, (list, tuple)):
+        raise RewardError(
+            f"reward {name} returned {type(raw).__name__} {_short(raw)}, not a list of scores"
+        )
+    for index, item in enumerate(raw):
+        if not _is_real_number(item):
+            raise RewardError(
+                f"reward {name} returned a list whose item {index} is "
+                f"{type(item).__name__} {_short(item)}, not a number (one score per completion)"
+            )
+    return torch.tensor([float(item) for item in raw], dtype=torch.float32)
+
+
+def _is_real_number(item: object) -> bool:
+    """A Python int or float (not a bool), or a 0-d numpy/torch number."""
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, (int, float)):
+        return True
+    is_scalar = hasattr(item, "item") and getattr(item, "ndim", 1) == 0
+    return is_scalar and getattr(item, "dtype", None) not in (np.bool_, torch.bool)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def checked(source: RewardFunction, name: str) -> RewardFunction:
     """Wrap a source so that bad output is caught where it happens, with its name."""
     source = with_tokens_argument(source)
@@ -61,7 +102,7 @@ def checked(source: RewardFunction, name: str) -> RewardFunction:
             raw = source(prompts, completions, tokens)
         except Exception as exc:
             raise RewardError(f"reward {name} raised {type(exc).__name__}: {exc}") from exc
-        scores = torch.as_tensor(raw, dtype=torch.float32).flatten().cpu()
+        scores = as_scores(raw, name)
         if scores.numel() != len(completions):
             raise RewardError(
                 f"reward {name} returned {scores.numel()} scores for {len(completions)} completions"

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlhf.errors import RunFolderError
+
 COMPLETE = "COMPLETE"
 RUN_INFO = "run_info.json"
 
@@ -39,4 +41,15 @@ def completed_metrics(stage_dir: Path) -> dict[str, float] | None:
     """The final metrics of a finished stage (its run record's), or None when it is not finished."""
     if not is_complete(stage_dir):
         return None
-    return json.loads((stage_dir / RUN_INFO).read_text())["final_metrics"]
+    path = stage_dir / RUN_INFO
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))["final_metrics"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        reason = "is missing" if isinstance(exc, FileNotFoundError) else "is not a valid run record"
+        raise RunFolderError(
+            f"{path} {reason} ({type(exc).__name__}), but {stage_dir} is marked {COMPLETE}: "
+            f"delete {stage_dir / COMPLETE} to run the stage again, or restore the file"
+        ) from exc
+    if not isinstance(metrics, dict):
+        raise RunFolderError(f"{path}: final_metrics is not a mapping; delete {COMPLETE} to rerun")
+    return metrics

@@ -18,12 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlhf.errors import ConfigError
+from rlhf.models.safetensors_header import safetensors_problem
 from rlhf.paths import resolve_path
 from rlhf.runs.folders import RUN_INFO, is_complete
 
 PPO_PREFIX = "update-"
+PPO_PATTERN = re.compile(rf"^{PPO_PREFIX}(\d+)$")  # other names in checkpoints/ are not ours
 TRL_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"  # the JSON part of a PPO checkpoint, and TRL's own file
+PPO_TENSORS_FILE = "trainable.safetensors"  # rlhf/ppo/checkpoint.py writes these three
+PPO_TORCH_STATE_FILE = "state.pt"
+# where a TRL checkpoint keeps its weights: safetensors files (full model or PEFT adapter), or
+# the folders of a DeepSpeed or FSDP engine's sharded state
+TRL_WEIGHT_GLOBS = ("*.safetensors", "global_step*", "pytorch_model_fsdp*")
 
 
 @dataclass
@@ -35,9 +42,41 @@ class ResumePoint:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(path.read_text())
+        found = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return found if isinstance(found, dict) else None
+
+
+def _state_problem(folder: Path) -> str | None:
+    if not (folder / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    if _read_json(folder / STATE_FILE) is None:
+        return f"{STATE_FILE} is not a valid JSON object"
+    return None
+
+
+def ppo_checkpoint_problem(folder: Path) -> str | None:
+    """Why a PPO checkpoint folder cannot be resumed from (None: it is whole)."""
+    for name in (PPO_TENSORS_FILE, PPO_TORCH_STATE_FILE):
+        if not (folder / name).is_file():
+            return f"no {name}"
+    return safetensors_problem(folder / PPO_TENSORS_FILE) or _state_problem(folder)
+
+
+def trl_checkpoint_problem(folder: Path) -> str | None:
+    """Why a TRL checkpoint folder cannot be resumed from (None: it is whole). TRL writes in
+    place, `trainer_state.json` last; weights it never wrote would start the model over."""
+    problem = _state_problem(folder)
+    if problem is not None:
+        return problem
+    weights = [path for pattern in TRL_WEIGHT_GLOBS for path in folder.glob(pattern)]
+    if not weights:
+        return f"no weights ({', '.join(TRL_WEIGHT_GLOBS)})"
+    for path in weights:
+        if path.suffix == ".safetensors" and (problem := safetensors_problem(path)):
+            return problem
+    return None
 
 
 class CheckpointLayout:
@@ -49,6 +88,11 @@ class CheckpointLayout:
         """Where the stage continues in `stage_dir`, or None when it holds no whole checkpoint."""
         return None
 
+    def broken(self, stage_dir: Path) -> list[str]:
+        """'<folder>: <what is wrong>' for each checkpoint in `stage_dir` that is not whole
+        (skipped by `resume_point`, named in the error when none is whole)."""
+        return []
+
     def setting(self, stage: str) -> str:
         """The config key that makes `stage` write checkpoints (for the error line)."""
         return "a stage with checkpoints"
@@ -58,11 +102,15 @@ class PpoCheckpoints(CheckpointLayout):
     folder = "checkpoints"
 
     def resume_point(self, stage_dir: Path) -> ResumePoint | None:
-        checkpoints = ppo_checkpoints(stage_dir)
+        checkpoints = [p for p in ppo_checkpoints(stage_dir) if ppo_checkpoint_problem(p) is None]
         if not checkpoints:
             return None
         state = _read_json(checkpoints[-1] / STATE_FILE) or {}
         return ResumePoint(checkpoints[-1], int(state.get("update", 0)), state.get("run_id"))
+
+    def broken(self, stage_dir: Path) -> list[str]:
+        found = ((p, ppo_checkpoint_problem(p)) for p in ppo_checkpoints(stage_dir))
+        return [f"{path}: {problem}" for path, problem in found if problem]
 
     def setting(self, stage: str) -> str:
         return f"{stage}.checkpoint.every"
@@ -78,6 +126,10 @@ class TrlCheckpoints(CheckpointLayout):
         info = _read_json(stage_dir / RUN_INFO) or {}
         return ResumePoint(found[0], found[1], info.get("tracker_run_id"))
 
+    def broken(self, stage_dir: Path) -> list[str]:
+        found = ((p, trl_checkpoint_problem(p)) for _, p in trl_checkpoints(stage_dir))
+        return [f"{path}: {problem}" for path, problem in found if problem]
+
     def setting(self, stage: str) -> str:
         return f"{stage}.save_steps"
 
@@ -88,22 +140,35 @@ TRL_CHECKPOINTS = TrlCheckpoints()
 
 
 def ppo_checkpoints(stage_dir: Path) -> list[Path]:
-    """Published PPO checkpoints, oldest first."""
+    """Published PPO checkpoint folders (whole or not), oldest first."""
     folder = stage_dir / PPO_CHECKPOINTS.folder
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PPO_PREFIX)]
-    return sorted(found, key=lambda p: int(p.name.removeprefix(PPO_PREFIX)))
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if p.is_dir() and (m := PPO_PATTERN.match(p.name))
+    ]
+    return [path for _, path in sorted(found)]
+
+
+def trl_checkpoints(stage_dir: Path) -> list[tuple[int, Path]]:
+    """(global step, folder) of the TRL checkpoint folders (whole or not), newest first."""
+    folder = stage_dir / TRL_CHECKPOINTS.folder
+    if not folder.is_dir():
+        return []
+    numbered = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if p.is_dir() and (m := TRL_PATTERN.match(p.name))
+    ]
+    return sorted(numbered, reverse=True)
 
 
 def trl_checkpoint(stage_dir: Path) -> tuple[Path, int] | None:
     """The newest whole TRL checkpoint and its global step."""
-    folder = stage_dir / TRL_CHECKPOINTS.folder
-    if not folder.is_dir():
-        return None
-    numbered = [(int(m.group(1)), p) for p in folder.iterdir() if (m := TRL_PATTERN.match(p.name))]
-    for step, path in sorted(numbered, reverse=True):
-        if _read_json(path / STATE_FILE) is not None:
+    for step, path in trl_checkpoints(stage_dir):
+        if trl_checkpoint_problem(path) is None:
             return path, step
     return None
 
@@ -150,6 +215,12 @@ def check_resumable(
             return
         if pipeline and (stage_dir / RUN_INFO).is_file():
             return  # an unfinished stage without a checkpoint starts over
+    broken = [problem for name, layout in stages for problem in layout.broken(run_dir / name)]
+    if broken:
+        raise ConfigError(
+            f"resume: no whole checkpoint in {run_dir}: {'; '.join(broken)} (start the run "
+            "afresh, or restore the folder)"
+        )
     name, layout = stages[0]
     if pipeline or layout.folder is None:
         where, hint = str(run_dir), "a stage with checkpoints"

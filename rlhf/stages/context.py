@@ -14,6 +14,7 @@ earlier, unfinished attempt left in its checkpoint folder.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import time
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from rlhf.runs.tracking import Tracker, open_tracker
 from rlhf.runtime import distributed
 from rlhf.stages.table import STAGES
 from rlhf.sweeps.jobs import current_job, sweep_record
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -58,8 +61,14 @@ def stage_context(config: Config, paths: RunPaths, stage: str) -> Iterator[Stage
     stage_dir.mkdir(parents=True, exist_ok=True)
     layout = STAGES[stage].checkpoints
     resume = layout.resume_point(stage_dir) if config.resume else None
+    broken = layout.broken(stage_dir) if config.resume else []
     if config.resume and resume is None:
-        raise ConfigError(f"resume: no checkpoint of stage {stage} in {stage_dir}")
+        why = f": {'; '.join(broken)}" if broken else ""
+        raise ConfigError(f"resume: no whole checkpoint of stage {stage} in {stage_dir}{why}")
+    for problem in broken:  # a newer, broken checkpoint: the whole one before it is used
+        log.warning(
+            "resume: skipping checkpoint %s (continuing from %s)", problem, resume.checkpoint
+        )
     if main:
         (stage_dir / COMPLETE).unlink(missing_ok=True)
         if resume is None and layout.folder is not None:  # an earlier attempt's: never mixed in

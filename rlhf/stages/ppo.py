@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.errors import ModelLoadError
+from rlhf.models.checks import check_kind, check_lora_targets
 from rlhf.models.loading import (
     check_trainable_precision,
     load_model_and_tokenizer,
@@ -71,6 +72,7 @@ def load_separate_critic(
     settings = config.model.pointing_to(source)
     folder = resolve_model_dir(settings, config.cache_dir)
     critic, new = load_model_report(folder, settings, tokenizer, kind="reward")
+    check_kind(folder, "reward", new, new_head=True)  # the body must come from the folder
     head = [name for name in new if name.startswith("score.")]
     if head and what == "the reward model":
         raise ModelLoadError(
@@ -101,6 +103,7 @@ def build_actor_critic(
         check_trainable_precision(critic, "the critic")
     if settings.lora.enabled:
         num_layers = policy.config.num_hidden_layers
+        check_lora_targets(policy, settings.lora)
         policy = get_peft_model(policy, lora_config(settings.lora, num_layers))
         if ppo.critic == "lora":
             # the critic's adapter: the same layout, but no copies of modules_to_save (the

@@ -111,6 +111,7 @@ def held_out_metrics(
 class RmStage(TrlStage):
     name = "rm"
     model_kind = "reward"
+    new_head = True  # trained from a causal LM: transformers adds the score head
     config_class = RewardConfig
     trainer_class = RewardTrainer
 

@@ -19,6 +19,7 @@ Adding a stage: its runner module, one declaration here, and its config section 
 
 from __future__ import annotations
 
+import fnmatch
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,13 @@ class StageDeclaration:
     checkpoints: CheckpointLayout = NO_CHECKPOINTS  # how it checkpoints and resumes
     sharded_engines: bool = True  # may run under ZeRO-2/3 or FSDP (False: plain processes only)
     summary: str | None = None  # "module:function" → its lines of a pipeline's closing summary
+    # the final metrics it returns (fnmatch patterns), so that `objective` is checked before
+    # anything trains; () = not declared: checked when the stage ends
+    final_metrics: tuple[str, ...] = ()
+
+    def returns_metric(self, name: str) -> bool:
+        """Whether `name` is one of the final metrics this stage declares."""
+        return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.final_metrics)
 
     def load_runner(self) -> Callable[..., dict[str, float]]:
         """The runner: function(config: Config, paths: RunPaths) -> final metrics."""
@@ -60,6 +68,14 @@ def _imported(name: str) -> Callable:
     return getattr(importlib.import_module(module), function)
 
 
+RM_TEST_METRICS = (
+    "accuracy", "margin", "chosen_score", "rejected_score", "score_std",
+    "length_corr", "short_length_corr", "short_accuracy", "short_above_threshold",  # brevity
+)  # fmt: skip
+EVAL_MODEL_METRICS = (
+    "score", "above_threshold", "length", "eos_rate", "distinct", "distinct_2", "collapsed",
+)  # fmt: skip
+
 STAGES: dict[str, StageDeclaration] = {
     declaration.name: declaration
     for declaration in (
@@ -67,6 +83,12 @@ STAGES: dict[str, StageDeclaration] = {
             "sft",
             runner="rlhf.stages.sft:run",
             objective="sft/test/loss",
+            final_metrics=(
+                "sft/test/loss",
+                "sft/test/mean_token_accuracy",
+                "sft/test_rows",
+                "sft/train_rows",
+            ),  # fmt: skip
             produces=POLICY,
             cache_sections=("model", "data", "sft"),
             checkpoints=TRL_CHECKPOINTS,
@@ -75,6 +97,10 @@ STAGES: dict[str, StageDeclaration] = {
             "rm",
             runner="rlhf.stages.rm:run",
             objective="rm/test/accuracy",
+            final_metrics=(
+                *(f"rm/test/{name}" for name in RM_TEST_METRICS),
+                "rm/train_rows",
+            ),  # fmt: skip
             produces=REWARD_MODEL,
             cache_sections=("model", "data", "rm"),
             checkpoints=TRL_CHECKPOINTS,
@@ -83,6 +109,7 @@ STAGES: dict[str, StageDeclaration] = {
             "dpo",
             runner="rlhf.stages.dpo:run",
             objective="dpo/test/loss",
+            final_metrics=("dpo/test/*", "dpo/train_rows"),
             produces=POLICY,
             starts_from="sft",
             cache_sections=("model", "data", "dpo"),
@@ -92,6 +119,14 @@ STAGES: dict[str, StageDeclaration] = {
             "ppo",
             runner="rlhf.stages.ppo:run",
             objective="ppo/objective/scores",
+            final_metrics=(
+                "ppo/objective/scores",
+                "ppo/objective/kl",
+                "ppo/objective/rlhf_reward",
+                # only when the last update evaluates (PPOConfig checks eval_every)
+                *(f"ppo/eval/{name}" for name in ("score", "length", "eos_rate", "distinct")),
+                "ppo/eval/judge_*",  # with eval.judge and eval.judge_in_ppo
+            ),  # fmt: skip
             produces=POLICY,
             starts_from="sft",
             checkpoints=PPO_CHECKPOINTS,
@@ -101,6 +136,23 @@ STAGES: dict[str, StageDeclaration] = {
             "eval",
             runner="rlhf.stages.eval:run",
             objective="eval/policy/score",
+            final_metrics=(
+                "eval/threshold",
+                "eval/num_prompts",
+                "eval/win_rate",
+                "eval/kl",
+                *(
+                    f"eval/{model}/{name}"
+                    for model in ("baseline", "policy")
+                    for name in EVAL_MODEL_METRICS
+                ),
+                # with eval.judge (rlhf/stages/hacking.py)
+                "eval/judge_*",
+                "eval/*/judge_*",
+                "eval/*/rm_judge_gap",
+                "eval/length_ratio",
+                "eval/hacking_suspected",
+            ),  # fmt: skip
             starts_from="sft",
             summary="rlhf.stages.hacking:closing_summary",  # "reward hacking suspected" or not
         ),

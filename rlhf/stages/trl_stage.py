@@ -26,6 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from rlhf.config import Config, TrainerStageConfig
 from rlhf.data.loading import limit_lengths, load_preference_data, require_answers, seeded_subset
+from rlhf.models.checks import check_lora_targets
 from rlhf.models.loading import check_trainable_precision, load_model_and_tokenizer, lora_config
 from rlhf.models.saving import save_model
 from rlhf.runs.faults import maybe_kill
@@ -48,6 +49,7 @@ class TrlStage:
 
     name: str
     model_kind = "causal"  # causal: a language model; reward: a one-output sequence classifier
+    new_head = False  # the model may start without its score head (a reward model being trained)
     config_class: type  # TRL's config class (SFTConfig, RewardConfig, ...)
     trainer_class: type[Trainer]  # TRL's trainer class
 
@@ -88,6 +90,7 @@ def run_trl_stage(stage: TrlStage, config: Config, paths: RunPaths) -> dict[str,
             **trainer_arguments(ctx, settings), **stage.extra_arguments(config)
         )
         num_layers = model.config.num_hidden_layers
+        check_lora_targets(model, config.model.lora)
         trainer = stage.trainer_class(
             model=model,
             args=args,
@@ -123,7 +126,7 @@ def load_stage_inputs(
     require_answers(data, answers, stage.name)
     ctx.info["data_fingerprint"] = data.fingerprint
     model, tokenizer = load_model_and_tokenizer(
-        config.model, config.cache_dir, kind=stage.model_kind
+        config.model, config.cache_dir, kind=stage.model_kind, new_head=stage.new_head
     )
     train = seeded_subset(data.train, settings.max_train_samples, settings.seed)
     train = limit_lengths(train, tokenizer, config.data, "train", answers)

@@ -33,7 +33,7 @@ import yaml
 from rlhf.config import recorded_algorithm
 from rlhf.runs.folders import RUN_INFO
 from rlhf.runs.tracking import read_jsonl
-from rlhf.sweeps.jobs import job_dirs, read_job_file
+from rlhf.sweeps.jobs import JOB_FILE, job_dirs
 
 SCORE = "ppo/objective/scores"
 KL = "ppo/objective/kl"
@@ -70,7 +70,7 @@ class JobResult:
     num: int | None
     folder: Path
     label: str
-    status: str  # complete, failed or running (no job.json yet, or not finished)
+    status: str  # complete, failed, running (no job.json yet, or not finished) or unknown
     algorithm: str | None = None  # what trains the job's policy (None: not in its config)
     error: str | None = None
     wall_seconds: float | None = None
@@ -78,6 +78,7 @@ class JobResult:
     cliprange: float | None = None  # ppo.cliprange of the job's config
     history: list[dict[str, float]] = field(default_factory=list)
     eval_metrics: dict[str, float] = field(default_factory=dict)  # the eval stage's final ones
+    warnings: list[str] = field(default_factory=list)  # files of the job that could not be read
 
 
 def penalised_score(score: float, kl: float, beta: float) -> float:
@@ -153,19 +154,39 @@ def stage_of(metric: str) -> str:
     return metric.split("/", 1)[0]
 
 
-def _final_metrics(stage_dir: Path) -> dict[str, float]:
+def _read_mapping(path: Path, parse: Any, warnings: list[str]) -> dict | None:
+    """The mapping in a JSON or YAML file; None when it does not exist (yet) and, with a
+    warning naming the file, when it cannot be read."""
+    if not path.is_file():
+        return None
     try:
-        info = json.loads((stage_dir / RUN_INFO).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return info.get("final_metrics") or {}
+        found = parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        reason = " ".join(str(exc).split())[:120]
+        warnings.append(f"{path} cannot be read ({type(exc).__name__}: {reason})")
+        return None
+    if not isinstance(found, dict):
+        warnings.append(f"{path} holds {type(found).__name__}, not a mapping")
+        return None
+    return found
+
+
+def _final_metrics(stage_dir: Path, warnings: list[str]) -> dict[str, float]:
+    info = _read_mapping(stage_dir / RUN_INFO, json.loads, warnings) or {}
+    metrics = info.get("final_metrics")
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def load_job(folder: Path, now: float) -> JobResult:
-    record = read_job_file(folder) or {}
-    config_file = folder / ".hydra" / "config.yaml"
-    config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    status = record.get("status", "running")
+    warnings: list[str] = []
+    record = _read_mapping(folder / JOB_FILE, json.loads, warnings)
+    # no job.json yet: the job is running; an unreadable one: nobody knows
+    status = "running" if record is None else record.get("status", "running")
+    if warnings:
+        status, record = "unknown", {}
+        warnings[-1] += "; the job's status is unknown (its other files are still read)"
+    record = record or {}
+    config = _read_mapping(folder / ".hydra" / "config.yaml", yaml.safe_load, warnings) or {}
     wall = record.get("wall_seconds")
     if wall is None and "started_unix" in record:
         wall = round(now - record["started_unix"], 2)  # still running: time so far
@@ -178,10 +199,11 @@ def load_job(folder: Path, now: float) -> JobResult:
         algorithm=recorded_algorithm(config or {}),
         error=record.get("error"),
         wall_seconds=wall,
-        kl_coef=_config_value(config or {}, "ppo.kl_coef"),
-        cliprange=_config_value(config or {}, "ppo.cliprange"),
+        kl_coef=_config_value(config, "ppo.kl_coef"),
+        cliprange=_config_value(config, "ppo.cliprange"),
         history=[r for r in read_jsonl(folder / stage_of(SCORE) / "metrics.jsonl") if SCORE in r],
-        eval_metrics=_final_metrics(folder / stage_of(EVAL_SCORE)),
+        eval_metrics=_final_metrics(folder / stage_of(EVAL_SCORE), warnings),
+        warnings=warnings,
     )
 
 
@@ -228,6 +250,9 @@ def compare(sweep_dir: Path, out_dir: Path) -> list[dict[str, Any]]:
     )
 
     jobs = load_sweep(sweep_dir)
+    for job in jobs:  # a broken job folder is named, and the other jobs are compared
+        for warning in job.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
     rows = [final_row(job) for job in jobs]
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table.md").write_text(markdown_table(rows), encoding="utf-8")
@@ -273,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = compare(args.sweep_dir, out_dir)
     print(markdown_table(rows), end="")
     counts = {s: sum(row["status"] == s for row in rows) for s in ("complete", "running", "failed")}
+    if any(row["status"] == "unknown" for row in rows):  # job.json unreadable (warned above)
+        counts["unknown"] = sum(row["status"] == "unknown" for row in rows)
     print(
         f"\n{len(rows)} jobs ({', '.join(f'{n} {s}' for s, n in counts.items())}); table and plots in {out_dir}"
     )

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rlhf.config import Config
 from rlhf.errors import RlhfError
-from rlhf.runtime.error_lines import describe_error
+from rlhf.runtime.error_lines import describe_error, is_path_error
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ def run_recorded(
         record.update(status="complete", objective=objective, objective_value=value)
         return value
     except Exception as exc:  # noqa: BLE001 (any failure of one job must not stop the sweep)
-        error = describe_error(exc) if isinstance(exc, RlhfError) else f"error: {exc!r}"
+        known = isinstance(exc, RlhfError) or is_path_error(exc)
+        error = describe_error(exc) if known else f"error: {exc!r}"
         record.update(status="failed", error=" ".join(error.split())[:1000])
         if isinstance(exc, RlhfError):
             log.error("job #%d (%s) failed: %s", job.num, job.label, record["error"])
