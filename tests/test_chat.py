@@ -33,7 +33,9 @@ def chat(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
 @pytest.fixture(scope="module")
 def tiny_rm(tmp_path_factory, offline_environment) -> Path:
     folder = tmp_path_factory.mktemp("chat_rm") / "rm"
-    model, tokenizer = load_model_and_tokenizer(ModelConfig(), offline_environment, kind="reward")
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), offline_environment, kind="reward", new_head=True
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

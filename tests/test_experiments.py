@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
@@ -59,8 +60,17 @@ def test_sentiment_ppo_runs_with_a_local_classifier(warm_train, tmp_path, offlin
     assert "ppo/objective/scores" in final_metrics(tmp_path / "run" / "ppo")
 
 
-def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tmp_path):
-    cache = tmp_path / "stage_cache"
+@pytest.fixture(scope="module")
+def insult_stage_cache(tmp_path_factory):
+    """One stage cache for the insult_* quick runs of this module: SFT and RM are trained by the
+    first run that needs them and reused by the rest (as a user's runs share outputs/)."""
+    return tmp_path_factory.mktemp("insult_stage_cache")
+
+
+def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(
+    warm_train, tmp_path, insult_stage_cache
+):
+    cache = insult_stage_cache
     quick = ["experiment=insult_ppo_quick", "logger=none", f"pipeline.stage_cache_dir={cache}"]
     first = warm_train(quick, tmp_path / "first")
     assert first.returncode == 0, first.stderr[-3000:]
@@ -106,9 +116,9 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(warm_train, tm
 
 
 def test_insult_grpo_and_dpo_quick_reuse_sft_and_rm_and_are_evaluated_like_ppo(
-    warm_train, tmp_path
+    warm_train, tmp_path, insult_stage_cache
 ):
-    cache = tmp_path / "stage_cache"
+    cache = insult_stage_cache
     common = ["logger=none", f"pipeline.stage_cache_dir={cache}", "eval.num_prompts=20"]
     grpo = warm_train(["experiment=insult_grpo_quick", *common], tmp_path / "grpo")
     assert grpo.returncode == 0, grpo.stderr[-3000:]

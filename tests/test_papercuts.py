@@ -29,7 +29,9 @@ def test_every_experiment_composes_with_every_model(compose_config, experiment, 
         assert lora is None or lora.layers_to_transform is None or lora.layers_to_transform
 
 
-@pytest.mark.parametrize("model", MODELS_HERE[1:])
+@pytest.mark.parametrize(
+    "model", ["smollm2_135m", pytest.param("gemma3_270m", marks=pytest.mark.slow)]
+)  # Gemma's header comes after joining its four chunk packages: ~20 s
 def test_every_experiment_fits_the_real_depth_of_each_model(compose_config, model):
     config = typed_config(compose_config([f"model={model}"]))
     depth = gguf_depth(config.model.gguf_fallback)  # from the weights' header, not converted

@@ -178,7 +178,12 @@ def test_estimator_settings_that_cannot_work_are_refused(compose_config, overrid
     [
         (["stage=ppo"], "ppo", "separate"),
         (["stage=ppo", "algorithm=grpo", "ppo.samples_per_prompt=4"], "grpo", "none"),
-        (["experiment=insult_ppo", "ppo.advantage_estimator=rloo"], "rloo", "none"),
+        (["experiment=insult_rloo"], "rloo", "none"),
+        (
+            ["experiment=insult_ppo", "ppo.advantage_estimator=rloo", "ppo.samples_per_prompt=4"],
+            "rloo",
+            "none",
+        ),
         (["experiment=insult_grpo"], "grpo", "none"),
         (["experiment=insult_dpo"], "dpo", "separate"),
         (["stage=sft"], "sft", "separate"),
