@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from rlhf.chat import Chat
+from rlhf.chat import main as chat_main
 from rlhf.config import ModelConfig
 from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
@@ -78,7 +79,9 @@ def test_batch_mode_scores_a_jsonl_file_with_a_reward_model(tiny_rm, tmp_path):
         assert row["score"] == pytest.approx(rm.score(row["question"], row["answer"]), abs=1e-5)
 
 
-def test_batch_mode_input_errors_are_one_line_and_write_nothing(tiny_rm, tmp_path):
+def test_batch_mode_input_errors_are_one_line_and_write_nothing(tiny_rm, tmp_path, capsys):
+    """The first case as a user runs it (a process: exit status 2); the rest through the same
+    `main` in this process (each fresh process would spend ~10 s importing)."""
     out = tmp_path / "scores.jsonl"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "吃了没？", "answer": "没"}\n{"question": "几点了？"}\n')
@@ -89,10 +92,14 @@ def test_batch_mode_input_errors_are_one_line_and_write_nothing(tiny_rm, tmp_pat
         (["--questions", str(tmp_path / "q.txt"), "--out", str(out)], "give a .jsonl file"),
     ]
     (tmp_path / "q.txt").write_text("吃了没？\n")
-    for args, message in cases:
-        result = chat([str(tiny_rm), *args])
-        assert result.returncode == 2, (args, result.stderr[-2000:])
-        (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+    for index, (args, message) in enumerate(cases):
+        if index == 0:
+            result = chat([str(tiny_rm), *args])
+            returncode, stderr = result.returncode, result.stderr
+        else:
+            returncode, stderr = chat_main([str(tiny_rm), *args]), capsys.readouterr().err
+        assert returncode == 2, (args, stderr[-2000:])
+        (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
         assert message in line
         assert not out.exists()
 
