@@ -109,7 +109,7 @@ STAGES: dict[str, StageDeclaration] = {
             "dpo",
             runner="rlhf.stages.dpo:run",
             objective="dpo/test/loss",
-            final_metrics=("dpo/test/*", "dpo/train_rows"),
+            final_metrics=("dpo/test/*", "dpo/test_rows", "dpo/train_rows"),
             produces=POLICY,
             starts_from="sft",
             cache_sections=("model", "data", "dpo"),
