@@ -82,3 +82,19 @@ def tiny_sft_model(shared_tmp: Path, offline_environment: Path) -> Path:
             shutil.rmtree(folder, ignore_errors=True)  # a worker that died half-way
             train_tiny_sft(folder)
     return folder / "sft" / "model"
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory: pytest.TempPathFactory, offline_environment: Path) -> Path:
+    """A folder holding a tiny one-output sequence classifier with its (random) score head saved:
+    a reward model to point chat and `eval.judge` at."""
+    from rlhf.config import ModelConfig
+    from rlhf.models.loading import load_model_and_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_rm") / "rm"
+    model, tokenizer = load_model_and_tokenizer(
+        ModelConfig(), offline_environment, kind="reward", new_head=True
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

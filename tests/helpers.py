@@ -104,3 +104,8 @@ def free_port() -> int:
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     """The stderr lines a user reads (Hydra's and libraries' log records aside)."""
     return [line for line in result.stderr.splitlines() if "error" in line.lower()]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every record of a JSON-lines file a finished run wrote (strict: a broken line fails)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]

@@ -5,16 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from rlhf.chat import Chat
 from rlhf.chat import main as chat_main
-from rlhf.config import ModelConfig
-from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
-from tests.helpers import subprocess_environment
+from tests.helpers import read_jsonl, subprocess_environment
 
 QUESTIONS = ["吃了没？", "几点了？", "怎么学编程？"]
 
@@ -29,21 +26,6 @@ def chat(args: list[str], stdin: str | None = None) -> subprocess.CompletedProce
         cwd=PROJECT_ROOT,
         env=subprocess_environment(),
     )
-
-
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory, offline_environment) -> Path:
-    folder = tmp_path_factory.mktemp("chat_rm") / "rm"
-    model, tokenizer = load_model_and_tokenizer(
-        ModelConfig(), offline_environment, kind="reward", new_head=True
-    )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_batch_mode_answers_a_text_file_like_one_question_at_a_time(tiny_sft_model, tmp_path):

@@ -9,14 +9,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.helpers import read_jsonl
+
 DPO_TINY = [
     "stage=dpo", "logger=none", "dpo.max_train_samples=64", "dpo.max_eval_samples=32",
     "dpo.logging_steps=1", "dpo.per_device_train_batch_size=8",
 ]  # fmt: skip
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

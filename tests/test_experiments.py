@@ -9,6 +9,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
 from rlhf.models.tiny import tiny_model_dir
+from tests.helpers import read_jsonl
 
 SHRINK = ["model=tiny", "logger=none", "ppo.total_updates=2", "ppo.eval_every=1"]
 
@@ -26,8 +27,7 @@ def test_keyword_ppo_runs_and_plots(warm_train, tmp_path):
 
 
 def scores_by_update(stage_dir) -> list[float]:
-    lines = (stage_dir / "metrics.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = read_jsonl(stage_dir / "metrics.jsonl")
     return [r["ppo/objective/scores"] for r in records if "ppo/objective/scores" in r]
 
 

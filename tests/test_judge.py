@@ -26,6 +26,7 @@ from rlhf.stages.eval import (
     write_samples,
 )
 from rlhf.stages.hacking import closing_summary, hacking_check, hacking_summary, judge_metrics
+from tests.helpers import read_jsonl
 from tests.ppo_helpers import make_config, make_trainer
 
 Q = "怎样才能存下更多钱？"
@@ -346,21 +347,6 @@ def test_samples_table_gets_judge_columns(tmp_path):
 
 
 # --- end to end ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory, offline_environment) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_rm") / "rm"
-    model, tokenizer = load_model_and_tokenizer(
-        ModelConfig(), offline_environment, kind="reward", new_head=True
-    )
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def test_eval_stage_with_a_judge_flags_an_rm_that_likes_everything(

@@ -15,11 +15,7 @@ from safetensors.torch import load_file
 
 from rlhf import app
 from rlhf.runs.resume import ppo_checkpoints
-from tests.helpers import run_train
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+from tests.helpers import read_jsonl, run_train
 
 
 def killed_at(fault: str, args: list[str], run_dir):

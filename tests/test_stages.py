@@ -12,10 +12,7 @@ from safetensors.torch import load_file
 from rlhf.config import ModelConfig
 from rlhf.models.loading import resolve_model_dir
 from rlhf.reporting.wandb_files import read_run, run_files
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+from tests.helpers import read_jsonl
 
 
 @pytest.fixture(scope="module")
