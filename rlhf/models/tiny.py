@@ -76,8 +76,11 @@ def build_model(spec: TinyModelSpec, tokenizer: PreTrainedTokenizerFast) -> Llam
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
     )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
+    # its own seed, without touching the caller's generator: a run that builds the model
+    # (first use of a cache) then draws the same fresh heads as a run that finds it cached
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model

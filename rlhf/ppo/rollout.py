@@ -14,6 +14,30 @@ from rlhf.runtime.generation import EncodedPrompts
 
 
 @dataclass
+class Responses:
+    """Sampled answers to a batch of prompts, before scoring (what `PPOSession.generate`
+    returns): prompts left-padded (B, Tq), responses right-padded (B, Tr) with everything after
+    the first stop token set to pad."""
+
+    prompts: list[str]
+    encoded: EncodedPrompts
+    responses: torch.Tensor  # (B, Tr)
+    mask: torch.Tensor  # (B, Tr) bool, True on real response tokens (the stop token included)
+    ended: torch.Tensor  # (B,) bool, stopped at the stop token
+    texts: list[str]  # decoded without special tokens
+    max_new_tokens: int  # the length limit they were sampled with
+
+    @property
+    def tokens(self) -> list[torch.Tensor]:
+        """Each answer's real tokens (1-D, the stop token included where it ended)."""
+        lengths = self.mask.sum(1).tolist()
+        return [row[:n] for row, n in zip(self.responses, lengths, strict=True)]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
 class Rollout:
     prompts: list[str]
     encoded: EncodedPrompts
@@ -35,6 +59,14 @@ class Rollout:
     returns: torch.Tensor | None = None
     loss_mask: torch.Tensor | None = None  # (B, Tr) bool, the tokens the loss trains on
     uniform: torch.Tensor | None = None  # (B,) bool, in a group whose scores are all equal
+
+    @classmethod
+    def of(cls, batch: Responses, raw_scores: torch.Tensor, scores: torch.Tensor) -> Rollout:
+        """A rollout of sampled (or given) responses and their scores, raw and processed."""
+        return cls(
+            batch.prompts, batch.encoded, batch.responses, batch.mask, batch.ended, batch.texts,
+            raw_scores, scores, max_new_tokens=batch.max_new_tokens,
+        )  # fmt: skip
 
 
 def response_slice(

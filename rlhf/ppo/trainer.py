@@ -62,7 +62,7 @@ from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
 from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
-from rlhf.ppo.rollout import Rollout
+from rlhf.ppo.rollout import Responses, Rollout
 from rlhf.rewards import RewardFunction, with_tokens_argument
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.rewards.tokens import ResponseTokens
@@ -190,6 +190,7 @@ class PPOTrainer:
         self._order: list[int] = []
         self._timings: dict[str, float] = defaultdict(float)
         self._last_rollout: Rollout | None = None
+        self._update_started = time.perf_counter()
         self._main = distributed.is_main_process()
         self.health = HealthMonitor(config.health)
 
@@ -257,33 +258,53 @@ class PPOTrainer:
         self._timings["score"] += time.perf_counter() - started
         return raw
 
+    def sample(
+        self,
+        prompts: list[str],
+        rows: list[int] | None = None,
+        evaluation: bool = False,
+        update: int | None = None,
+        settings: SamplingSettings | None = None,
+    ) -> Responses:
+        """Phase 1: sample answers to `prompts` (this update's sampling settings, or
+        `settings`). `rows`: the prompts' rows in the global batch and `update` (this one by
+        default), which seed each answer's sampling."""
+        rows = list(range(len(prompts))) if rows is None else rows
+        settings = settings or self.sampling(evaluation)
+        stream = "evaluation" if evaluation else "rollout"
+        update = self.update if update is None else update
+        seeds = row_seeds(self.config.seed, stream, update, rows)
+        encoded, responses, mask, ended, texts = self._sample(prompts, settings, seeds)
+        return Responses(
+            prompts, encoded, responses, mask, ended, texts, settings.max_new_tokens
+        )  # fmt: skip
+
+    def scored(self, batch: Responses, raw: torch.Tensor, evaluation: bool = False) -> Rollout:
+        """Phase 2 after the reward source: missing-EOS penalty, scale, normalisation, clip and
+        the soft overlong penalty on the raw scores (evaluation: left raw)."""
+        if evaluation:
+            return Rollout.of(batch, raw, raw.to(batch.responses.device))
+        scores = self.processor(raw, batch.ended.cpu())
+        self._check_finite("score", "scores", scores, everywhere=True)
+        if self.config.overlong_buffer is not None:
+            scores = scores + core.overlong_penalty(
+                batch.mask.sum(1).cpu(),
+                batch.max_new_tokens,  # the limit these answers had (length_sampler)
+                min(self.config.overlong_buffer, batch.max_new_tokens),
+                self.config.overlong_penalty,
+            )
+        return Rollout.of(batch, raw, scores.to(batch.responses.device))
+
     def generate(
         self, prompts: list[str], rows: list[int] | None = None, evaluation: bool = False
     ) -> Rollout:
-        """Phases 1–2: sample and score (evaluation: its own sampling, scores left raw). `rows`:
-        the prompts' rows in the global batch, which seed each answer's sampling."""
-        rows = list(range(len(prompts))) if rows is None else rows
-        settings = self.sampling(evaluation)
-        stream = "evaluation" if evaluation else "rollout"
-        seeds = row_seeds(self.config.seed, stream, self.update, rows)
-        encoded, responses, mask, ended, texts = self._sample(prompts, settings, seeds)
-        tokens = ResponseTokens(encoded.input_ids, encoded.attention_mask, responses, mask, ended)
-        raw = self._score(prompts, texts, tokens)
-        scores = raw if evaluation else self.processor(raw, ended.cpu())
-        if not evaluation:
-            self._check_finite("score", "scores", scores, everywhere=True)
-        if not evaluation and self.config.overlong_buffer is not None:
-            scores = scores + core.overlong_penalty(
-                mask.sum(1).cpu(),
-                settings.max_new_tokens,  # the limit these answers had (length_sampler)
-                min(self.config.overlong_buffer, settings.max_new_tokens),
-                self.config.overlong_penalty,
-            )
-        device = responses.device
-        return Rollout(
-            prompts, encoded, responses, mask, ended, texts, raw, scores.to(device),
-            max_new_tokens=settings.max_new_tokens,
+        """Phases 1–2: sample and score (evaluation: its own sampling, scores left raw)."""
+        batch = self.sample(prompts, rows, evaluation)
+        tokens = ResponseTokens(
+            batch.encoded.input_ids, batch.encoded.attention_mask, batch.responses, batch.mask,
+            batch.ended,
         )  # fmt: skip
+        return self.scored(batch, self._score(prompts, batch.texts, tokens), evaluation)
 
     @torch.no_grad()
     def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
@@ -599,45 +620,71 @@ class PPOTrainer:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def step(self) -> dict[str, float]:
-        """One PPO update: all phases, returns the metrics logged for it."""
+    @property
+    def last_rollout(self) -> Rollout | None:
+        """The rollout the last update trained on (None after a skipped batch)."""
+        return self._last_rollout
+
+    def begin_update(self) -> None:
+        """Start the next update: count it, reset its phase timings and last rollout."""
         self.update += 1
         self._timings = defaultdict(float)
         self._last_rollout = None
-        started = time.perf_counter()
-        lr = self.scheduler.get_last_lr()[0]  # this update's (stepped once per update)
+        self._update_started = time.perf_counter()
+
+    def step(self) -> dict[str, float]:
+        """One update of the training loop: sample and score this update's prompts (phases
+        1–2), then `learn` from them; returns the metrics logged for it."""
+        self.begin_update()
         try:
             rollout = self.generate(*self.next_prompts())
-            generated = time.perf_counter()
+        except NumericError as exc:
+            return self._skip_batch(exc)
+        spent = time.perf_counter() - self._update_started
+        self._timings["generate"] = spent - self._timings["score"]
+        return self.learn(rollout)
+
+    def learn(self, rollout: Rollout) -> dict[str, float]:
+        """Phases 3–7 of the update `begin_update` started, on a sampled and scored rollout
+        (from `step`, or given from outside by `rlhf.session.PPOSession.step`): forward
+        passes, rewards and advantages, the optimisation epochs, the KL controller; returns
+        the update's metrics reduced over processes."""
+        lr = self.scheduler.get_last_lr()[0]  # this update's (stepped once per update)
+        started = time.perf_counter()
+        try:
             self.forward_passes(rollout)
             self.shape_rewards(rollout)
         except NumericError as exc:
-            if self.config.on_nonfinite == "stop":
-                raise
-            log.warning("%s; batch skipped (ppo.on_nonfinite=skip)", exc)
-            self.scheduler.step()
-            return {"ppo/nonfinite_skipped_batches": 1.0}
-        self._timings["generate"] = generated - started - self._timings["score"]
+            return self._skip_batch(exc)
         forwarded = time.perf_counter()
         # eval mode, dropout off: the first epoch's ratio is exactly 1
         with checkpointing_in_eval(self.model):
             update_stats = self.optimise(rollout)
         self.scheduler.step()
         done = time.perf_counter()
-        self._timings["forward"] = forwarded - generated
+        self._timings["forward"] = forwarded - started
         self._timings["update"] = done - forwarded
         self._last_rollout = rollout
         metrics = rollout_metrics(rollout)
         metrics.update({f"ppo/{k}": v for k, v in update_stats.items()})
         metrics["ppo/kl_coef"] = self.kl_controller.value
         metrics["ppo/lr"] = lr
-        metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / (done - started)
+        total = done - self._update_started
+        metrics["ppo/tokens_per_second"] = rollout.mask.sum().item() / total
         metrics.update({f"timing/{k}": v for k, v in self._timings.items()})
-        metrics["timing/total"] = done - started
+        metrics["timing/total"] = total
         metrics = reduce_metrics(metrics)
         global_batch = rollout.responses.shape[0] * distributed.world_size()
         self.kl_controller.update(metrics[self.controller_kl_metric], global_batch)
         return metrics
+
+    def _skip_batch(self, exc: NumericError) -> dict[str, float]:
+        """A non-finite score or advantage: stop (on_nonfinite=stop), or skip the batch."""
+        if self.config.on_nonfinite == "stop":
+            raise exc
+        log.warning("%s; batch skipped (ppo.on_nonfinite=skip)", exc)
+        self.scheduler.step()
+        return {"ppo/nonfinite_skipped_batches": 1.0}
 
     @property
     def controller_kl_metric(self) -> str:
@@ -687,7 +734,7 @@ class PPOTrainer:
             metrics["ppo/eval/judge_above_threshold"] = above / n
         return metrics
 
-    def _observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
+    def observe_health(self, metrics: dict[str, float]) -> list[Alarm]:
         """Alarms from the reduced metrics and the responses of every process, so that every
         process raises the same ones (and a configured stop stops them all)."""
         rollout = self._last_rollout
@@ -728,7 +775,7 @@ class PPOTrainer:
         metrics = self.step()
         if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
             metrics.update(self.evaluate())
-        alarms = self._observe_health(metrics)
+        alarms = self.observe_health(metrics)
         if c.log_samples_every and self.update % c.log_samples_every == 0 and self._last_rollout:
             rows = distributed.gather_objects(sample_rows(self._last_rollout, self.update))
             self.tracker.log_table("ppo/samples", SAMPLE_COLUMNS, sum(rows, []))

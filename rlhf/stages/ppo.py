@@ -11,6 +11,7 @@ checkpoint is loaded after the models are built and training continues from its 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -22,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, set_seed
 
 from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
-from rlhf.errors import ModelLoadError
+from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.models.checks import check_kind, check_lora_targets
 from rlhf.models.loading import (
     check_trainable_precision,
@@ -37,10 +38,11 @@ from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.reporting.plots import plot_ppo_run
-from rlhf.rewards import build_reward
+from rlhf.rewards import RewardFunction, build_reward
 from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
 from rlhf.runs.folders import RunPaths
+from rlhf.runs.tracking import Tracker
 from rlhf.runtime import distributed
 from rlhf.stages.context import StageContext, stage_context
 from rlhf.stages.table import REWARD_MODEL, producer
@@ -48,7 +50,7 @@ from rlhf.stages.table import REWARD_MODEL, producer
 log = logging.getLogger(__name__)
 
 
-def critic_source(config: Config, reward_model: str | None) -> tuple[str, str]:
+def critic_source(config: Config, reward_model: str | None) -> tuple[str | None, str]:
     """(folder a separate critic starts from, what it is): `ppo.critic_model`, else the reward
     model when `ppo.critic_init` says so (the default when the reward is a reward model: N+
     implementation details, OpenRLHF), else the policy's starting point."""
@@ -69,6 +71,11 @@ def load_separate_critic(
     """A one-output sequence classifier on the critic's starting folder. A reward model keeps
     its trained head; a folder without one (a causal LM) gets transformers' fresh head."""
     source, what = critic_source(config, reward_model)
+    if source is None:
+        raise ConfigError(
+            "ppo.critic_init: the separate critic starts from the reward model, and there is "
+            "none here; set reward.model_path, ppo.critic_model or ppo.critic_init=policy"
+        )
     settings = config.model.pointing_to(source)
     folder = resolve_model_dir(settings, config.cache_dir)
     critic, new = load_model_report(folder, settings, tokenizer, kind="reward")
@@ -88,18 +95,22 @@ def build_actor_critic(
     policy: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     reward_model: str | None = None,
+    reference: PreTrainedModel | None = None,
+    critic: PreTrainedModel | None = None,
 ) -> ActorCritic:
-    """Wrap the policy with LoRA if configured and attach reference and critic (see ActorCritic)."""
+    """Wrap the policy with LoRA if configured and attach reference and critic (see ActorCritic).
+    A `reference` or separate `critic` given as a model is used as it is, else built from
+    the config."""
     ppo, settings = config.ppo, config.model
-    reference = None
-    if ppo.reference_model is not None:
+    if reference is None and ppo.reference_model is not None:
         reference_settings = settings.pointing_to(ppo.reference_model)
         reference = load_model_and_tokenizer(reference_settings, config.cache_dir)[0]
-    elif not settings.lora.enabled:
+    elif reference is None and not settings.lora.enabled:
         reference = copy.deepcopy(policy)  # frozen snapshot of the starting policy
-    critic = None
+    if critic is not None and ppo.critic != "separate":
+        raise ConfigError(f"a critic model was given, but ppo.critic={ppo.critic} builds none")
     if ppo.critic == "separate":
-        critic = load_separate_critic(config, tokenizer, reward_model)
+        critic = critic or load_separate_critic(config, tokenizer, reward_model)
         check_trainable_precision(critic, "the critic")
     if settings.lora.enabled:
         num_layers = policy.config.num_hidden_layers
@@ -131,6 +142,62 @@ def partner_tokenizers(config: Config, reward_model: str) -> dict[str, PreTraine
     }
 
 
+def load_prompts(
+    config: Config, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[str], list[str], str]:
+    """(train prompts, the first ppo.eval_prompts held-out prompts, the data's fingerprint),
+    within data.max_prompt_length."""
+    data = load_preference_data(config.data)
+    train = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
+    test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
+    return list(train), list(test[: config.ppo.eval_prompts]), data.fingerprint
+
+
+def new_trainer(
+    config: Config,
+    policy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tracker: Tracker,
+    reward: RewardFunction,
+    prompts: tuple[list[str], list[str]],
+    reward_model: str | None = None,
+    judge: Judge | None = None,
+    reference: PreTrainedModel | None = None,
+    critic: PreTrainedModel | None = None,
+) -> PPOTrainer:
+    """The actor-critic around `policy` and the PPO trainer on it, as this stage and
+    rlhf.session.PPOSession build them. `prompts`: (train prompts, held-out prompts)."""
+    model = build_actor_critic(config, policy, tokenizer, reward_model, reference, critic)
+    model = model.to(distributed.device())
+    if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
+        set_seed(config.seed + distributed.rank())
+    processor = ScoreProcessor(
+        config.reward.scale,
+        config.reward.normalize,
+        config.reward.clip,
+        config.ppo.missing_eos_penalty,
+        gather=distributed.gather_1d,  # normalise with the moments of the global batch
+    )
+    return PPOTrainer(
+        config.ppo,
+        model,
+        tokenizer,
+        reward,
+        prompts[0],
+        prompts[1],
+        config.data.system_prompt,
+        tracker,
+        processor,
+        mixed_precision=config.model.mixed_precision,
+        judge=judge,
+    )
+
+
+def session_context(config: Config, run_dir: Path) -> contextlib.AbstractContextManager:
+    """The ppo stage's folder, run record and tracker in `run_dir`, for a PPOSession."""
+    return stage_context(config, RunPaths(run_dir), "ppo")
+
+
 def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTokenizerBase) -> None:
     model.save_critic(ctx.stage_dir / "critic")
     policy = model.policy
@@ -159,12 +226,9 @@ def last_logged_update(stage_dir: Path) -> dict[str, float]:
 
 def run(config: Config, paths: RunPaths) -> dict[str, float]:
     with stage_context(config, paths, "ppo") as ctx:
-        data = load_preference_data(config.data)
-        ctx.info["data_fingerprint"] = data.fingerprint
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
         ctx.info["policy_start"] = config.model.name_or_path
-        prompts = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
-        test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
+        prompts, held_out, ctx.info["data_fingerprint"] = load_prompts(config, tokenizer)
         reward_stage = producer(REWARD_MODEL, config.pipeline.stages).name
         reward_model = config.reward.model_path or str(paths.model_dir(reward_stage))
         check_tokenizers_agree("policy", tokenizer, partner_tokenizers(config, reward_model))
@@ -172,36 +236,18 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
             config.reward, Path(reward_model), config.data.system_prompt, config.model
         )
         judge = evaluation_judge(config, Path(reward_model))
-        model = build_actor_critic(config, policy, tokenizer, reward_model).to(distributed.device())
-        if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
-            set_seed(config.seed + distributed.rank())
-        processor = ScoreProcessor(
-            config.reward.scale,
-            config.reward.normalize,
-            config.reward.clip,
-            config.ppo.missing_eos_penalty,
-            gather=distributed.gather_1d,  # normalise with the moments of the global batch
-        )
-        trainer = PPOTrainer(
-            config.ppo,
-            model,
-            tokenizer,
-            reward,
-            list(prompts),
-            list(test[: config.ppo.eval_prompts]),
-            config.data.system_prompt,
-            ctx.tracker,
-            processor,
-            mixed_precision=config.model.mixed_precision,
-            judge=judge,
-        )
+        trainer = new_trainer(
+            config, policy, tokenizer, ctx.tracker, reward, (prompts, held_out),
+            reward_model, judge,
+        )  # fmt: skip
+        model = trainer.model
         checkpointer = Checkpointer(
             config.ppo.checkpoint, ctx.stage_dir, config.ppo.total_updates, ctx.tracker.run_id
         )
         if ctx.resume is not None:  # calibration and all state come from the checkpoint
             checkpointer.resume(trainer, ctx.resume.checkpoint)
         elif config.reward.calibrate:
-            gain, bias = trainer.calibrate_reward(list(prompts[: config.reward.calibrate_samples]))
+            gain, bias = trainer.calibrate_reward(prompts[: config.reward.calibrate_samples])
             ctx.info["reward_calibration"] = {"gain": gain, "bias": bias}
             if distributed.is_main_process():
                 (ctx.stage_dir / "reward_calibration.json").write_text(
