@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, set_seed
 from rlhf.errors import ConfigError, RewardError
 from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.paths import PROJECT_ROOT
+from rlhf.reporting.wandb_files import read_run, run_files
 from rlhf.rewards import build_reward
 from rlhf.runs.tracking import NullBackend, Tracker
 from rlhf.session import PPOSession, compose
@@ -136,7 +137,9 @@ def loop_once(session: PPOSession) -> dict[str, float]:
 def test_save_and_load_continue_exactly_and_the_run_folder_is_a_ppo_stage(
     tmp_path, offline_environment
 ):
-    with PPOSession(compose(SMALL, output_dir=tmp_path / "straight")) as straight:
+    # the straight run logs to W&B (offline), as a user's session would
+    straight_config = compose([*SMALL, "logger=wandb"], output_dir=tmp_path / "straight")
+    with PPOSession(straight_config) as straight:
         loop_once(straight)
         straight.save(tmp_path / "saved")
         loop_once(straight)
@@ -163,6 +166,11 @@ def test_save_and_load_continue_exactly_and_the_run_folder_is_a_ppo_stage(
     assert len(samples) == 16 and {s["update"] for s in samples} == {1, 2}
     with pytest.raises(ConfigError, match="does not exist"):
         resumed.load(tmp_path / "nowhere")
+    (wandb_run,) = run_files(tmp_path / "straight" / "wandb")
+    run = read_run(wandb_run)
+    assert run["state"] == "finished" and run["exit_code"] == 0
+    assert run["summary"]["env/reward_mean"] == pytest.approx(records[1]["env/reward_mean"])
+    assert run["config"]["ppo"]["batch_size"] == 8
 
 
 def example(name: str):
