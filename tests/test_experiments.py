@@ -9,7 +9,6 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf.config import TinyModelSpec
 from rlhf.models.tiny import tiny_model_dir
-from tests.helpers import read_jsonl
 
 SHRINK = ["model=tiny", "logger=none", "ppo.total_updates=2", "ppo.eval_every=1"]
 
@@ -26,21 +25,9 @@ def test_keyword_ppo_runs_and_plots(warm_train, tmp_path):
     assert final_metrics(tmp_path / "ppo")["ppo/objective/scores"] >= 0.1
 
 
-def scores_by_update(stage_dir) -> list[float]:
-    records = read_jsonl(stage_dir / "metrics.jsonl")
-    return [r["ppo/objective/scores"] for r in records if "ppo/objective/scores" in r]
-
-
-def test_keyword_ppo_quick_lifts_the_keyword_reward(warm_train, tmp_path):
-    """The quick variant learns: over 12 updates the mean keyword reward of the last 3 updates is
-    at least 0.1 above the first 3 (measured on seeds 0–3 of 10–12 updates: +0.21 to +0.26; one
-    keyword more in a third of the answers is +0.1)."""
-    result = warm_train(["experiment=keyword_ppo_quick", "logger=none"], tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    scores = scores_by_update(tmp_path / "ppo")
-    assert len(scores) == 12
-    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
-    assert last - first >= 0.1, scores
+# keyword_ppo_quick's learning is asserted through its loop (tests/test_session.py): the loop
+# runs this experiment's config on the trainer's own phases, which test_session shows make the
+# same update as train.py's loop.
 
 
 def test_sentiment_ppo_runs_with_a_local_classifier(warm_train, tmp_path, offline_environment):
