@@ -781,9 +781,7 @@ class RMStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "rm"
     learning_rate: float = 1e-4  # AdamW peak learning rate (lower than SFT's: a fresh score head)
     center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
-    # share of the training pairs with chosen and rejected swapped (seeded by rm.seed): a
-    # deliberately weaker proxy RM (experiments/overopt/); 0 = the data as it is
-    label_noise: float = 0.0
+    label_noise: float = 0.0  # share of training pairs swapped, seeded by rm.seed (a weak proxy)
     # extra pairs (share of the training rows) of chosen vs. a hard negative a weak policy writes,
     # from rlhf/data/hard_negatives.py:
     echo_negatives: float = 0.0  # ... the question echoed back as the answer
