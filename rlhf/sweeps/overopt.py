@@ -12,11 +12,12 @@ evaluation, as in Gao et al., whose fit for RL is
 
 peaking at d* = exp(α/β − 1) with gold(d*) = β · d* when β > 0 (β ≤ 0: no peak, gold still
 rising at this KL). Seeds: jobs whose swept overrides differ only in a key named `seed` or
-`*.seed` are repeats of one setting, reported as mean ± std (sample std). A seed is flagged when
-its final gold gain is an outlier among its setting's seeds by the modified z-score of Iglewicz
-and Hoaglin: |0.6745 · (x − median) / MAD| > 3.5, MAD the median absolute deviation (mean
-absolute deviation × 1.2533 when the MAD is 0); it needs at least 3 seeds. Running jobs count
-with what they have logged so far.
+`*.seed` are repeats of one setting, reported as mean ± std (sample std) over its complete
+seeds. A seed is flagged when its final gold gain is an outlier among its setting's complete
+seeds by the modified z-score of Iglewicz and Hoaglin: |0.6745 · (x − median) / MAD| > 3.5, MAD
+the median absolute deviation (mean absolute deviation × 1.2533 when the MAD is 0); it needs at
+least 3 seeds. Running jobs are drawn, fitted and listed with what they have logged so far, but
+left out of the seed statistics (their latest point is not their final one).
 """
 
 from __future__ import annotations
