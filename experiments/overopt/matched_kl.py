@@ -1,7 +1,7 @@
 """Gold reward of two over-optimisation sweeps at matched KL: the single proxy RM against the
 ensemble (experiments/overopt/REPORT.md).
 
-    python experiments/overopt/matched_kl.py <proxy sweep> <ensemble sweep>
+    PYTHONPATH=. python experiments/overopt/matched_kl.py <proxy sweep> <ensemble sweep>
 
 Prints each sweep's Gao fit, then the gold gain at the same √KL values: from each fit, and as
 the mean of the evaluations that fall in each √KL bin (every job, every evaluation after
