@@ -10,8 +10,8 @@ evaluation, as in Gao et al., whose fit for RL is
 
     gold(d) = d · (α − β · ln d),   least squares over every job's points (linear in α, β),
 
-peaking at d* = exp(α/β − 1) with gold(d*) = β · d* when β > 0 (β ≤ 0: no peak, gold still
-rising at this KL). Seeds: jobs whose swept overrides differ only in a key named `seed` or
+peaking at d* = exp(α/β − 1) with gold(d*) = β · d* when β > 0 (β ≤ 0: no peak; with β < 0
+that point is a minimum). Seeds: jobs whose swept overrides differ only in a key named `seed` or
 `*.seed` are repeats of one setting, reported as mean ± std (sample std) over its complete
 seeds. A seed is flagged when its final gold gain is an outlier among its setting's complete
 seeds by the modified z-score of Iglewicz and Hoaglin: |0.6745 · (x − median) / MAD| > 3.5, MAD
@@ -177,7 +177,7 @@ def fit_lines(fit: GaoFit | None) -> list[str]:
     peak = (
         f"gold peaks at √KL d* = exp(α/β − 1) = {fit.peak:.4g} (gain {fit.peak_gold:.4g})"
         if fit.peak is not None
-        else "β ≤ 0: no peak, the gold gain still rises at this KL"
+        else "β ≤ 0: the fitted curve has no peak (no over-optimisation turn to locate)"
     )
     return [
         f"Gao fit gold(d) = d·(α − β·ln d) over {fit.points} evaluations: "
