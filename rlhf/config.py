@@ -256,13 +256,16 @@ class DataConfig:
 
 @dataclass
 class RewardConfig:
-    kind: str = "reward_model"  # reward_model, function, classifier or weighted
+    kind: str = "reward_model"  # reward_model, function, classifier, weighted or ensemble
     model_path: str | None = None  # reward_model: folder of a trained RM (null: the rm stage's)
     function: Any = None  # function: {_target_: module.fn, ...kwargs}; fn(prompts, completions)
     classifier: str | None = None  # classifier: text-classification model id or folder
     label: str | None = None  # classifier: label whose score is the reward
     use_logit: bool = True  # classifier: reward = logit (true) or probability (false)
     components: list[Any] = field(default_factory=list)  # weighted: [{weight, <reward config>}]
+    members: list[str] = field(default_factory=list)  # ensemble: RM folders or glob patterns
+    aggregate: str = "mean"  # ensemble: mean, min (worst case) or mean_minus_std
+    std_coef: float = 1.0  # ensemble, mean_minus_std: score = mean − std_coef · std of members
     calibrate: bool = False  # before PPO: gain and bias so the starting policy's scores are N(0, 1)
     calibrate_samples: int = 64  # answers of the starting policy scored for that calibration
     scale: float = 1.0  # multiply raw scores by this
@@ -270,10 +273,14 @@ class RewardConfig:
     clip: float | None = None  # clip scores to [-clip, clip] after scaling
 
     section: ClassVar[str] = "reward"  # where this config sits, the prefix of its error keys
-    KINDS: ClassVar[tuple[str, ...]] = ("reward_model", "function", "classifier", "weighted")
+    KINDS: ClassVar[tuple[str, ...]] = (
+        "reward_model", "function", "classifier", "weighted", "ensemble",
+    )  # fmt: skip
+    AGGREGATES: ClassVar[tuple[str, ...]] = ("mean", "min", "mean_minus_std")
     RANGES: ClassVar[dict[str, Range]] = {
         # a mean and a standard deviation need two scores
         "calibrate_samples": Range(2), "scale": FINITE, "clip": POSITIVE,
+        "std_coef": NON_NEGATIVE,
     }  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -292,6 +299,13 @@ class RewardConfig:
         if self.kind == "weighted":
             _require(bool(self.components), f"{key}.components", "needs at least one component")
             self.weighted_parts()  # every component checked now, not when scoring starts
+        if self.kind == "ensemble":
+            _require(
+                bool(self.members),
+                f"{key}.members",
+                "needs at least one reward-model folder or glob pattern",
+            )
+            _one_of(self.aggregate, self.AGGREGATES, f"{key}.aggregate")
         _require(self.clip is None or self.clip > 0, f"{key}.clip", "must be > 0")
 
     def weighted_parts(self) -> list[tuple[float, RewardConfig]]:
@@ -767,6 +781,7 @@ class RMStageConfig(TrainerStageConfig):
     section: ClassVar[str] = "rm"
     learning_rate: float = 1e-4  # AdamW peak learning rate (lower than SFT's: a fresh score head)
     center_rewards_coefficient: float | None = None  # pushes mean reward to 0 (Eisenstein 2023)
+    label_noise: float = 0.0  # share of training pairs swapped, seeded by rm.seed (a weak proxy)
     # extra pairs (share of the training rows) of chosen vs. a hard negative a weak policy writes,
     # from rlhf/data/hard_negatives.py:
     echo_negatives: float = 0.0  # ... the question echoed back as the answer
@@ -780,7 +795,7 @@ class RMStageConfig(TrainerStageConfig):
 
     RANGES: ClassVar[dict[str, Range]] = {
         **TrainerStageConfig.RANGES, "center_rewards_coefficient": NON_NEGATIVE,
-        **{name: SHARE for name in NEGATIVES},
+        "label_noise": SHARE, **{name: SHARE for name in NEGATIVES},
     }  # fmt: skip
 
 

@@ -62,6 +62,16 @@ def test_rm_reaches_pairwise_accuracy_on_the_test_split(warm_train, tmp_path):
     assert metrics["rm/test/short_above_threshold"] > 0.8
     assert metrics["rm/test/short_accuracy"] < 0.7
     assert metrics["rm/test/length_corr"] < -0.5  # shorter answers score higher
+    # the RM report: calibration of sigmoid(score difference) over the test pairs (119 of the
+    # 120 fit the token limits)
+    report = (tmp_path / "rm" / "report.md").read_text()
+    bins = [line for line in report.splitlines() if line.startswith("| [")]
+    assert len(bins) == 10 and sum(int(line.split(" | ")[1]) for line in bins) == 119
+    assert (
+        0 <= metrics["rm/test/ece"] <= 1 and f"rm/test/ece: {metrics['rm/test/ece']:.4g}" in report
+    )
+    assert metrics["rm/flipped_pairs"] == 0
+    assert info["label_noise"] == {"share": 0.0, "flipped_pairs": 0}
 
 
 def test_brevity_negatives_teach_the_rm_that_short_is_not_rude(warm_train, tmp_path):

@@ -17,9 +17,9 @@ import pytest
 
 from rlhf.paths import PROJECT_ROOT
 from rlhf.reporting.wandb_files import read_run
-from rlhf.sweeps import compare
+from rlhf.sweeps import compare, overopt
 from rlhf.sweeps.jobs import job_label, job_params, safe_dirname
-from tests.helpers import compose_with_hydra
+from tests.helpers import compose_with_hydra, read_jsonl
 
 GRID = {(0.01, 0.1), (0.01, 0.3), (0.2, 0.1), (0.2, 0.3)}  # (kl_coef, cliprange)
 # insult_ppo_quick with SFT and RM cut to a few steps, three PPO updates (β acts from the second
@@ -162,7 +162,7 @@ def test_compare_tabulates_and_plots_the_grid(grid_sweep, capsys):
             final["ppo/objective/rlhf_reward"]
         )
         assert int(row["updates"]) == 3 and float(row["response_length"]) > 0
-    assert (out / "table.md").read_text().count("| complete |") == 4
+    assert (out / "table.md").read_text().split("## Over-")[0].count("| complete |") == 4
     for plot in ("curves.png", "frontier.png", "heatmap.png"):
         assert (out / plot).stat().st_size > 5000, plot
     jobs = compare.load_sweep(sweep_dir)
@@ -172,6 +172,20 @@ def test_compare_tabulates_and_plots_the_grid(grid_sweep, capsys):
     assert (kls, clips) == ([0.01, 0.2], [0.1, 0.3]) and not any(
         math.isnan(v) for r in grid for v in r
     )
+    # insult_ppo_quick's judge (the rule-based rudeness judge) is the gold reward: PPO's
+    # evaluations at updates 0 and 3 carry it, so the over-optimisation report is drawn too
+    curves = overopt.load_curves(jobs)
+    assert len(curves) == 4 and all(c.steps == [0, 3] for c in curves)
+    for curve, job in zip(curves, jobs, strict=True):
+        records = read_jsonl(job.folder / "ppo" / "metrics.jsonl")
+        evals = {r["step"]: r for r in records if "ppo/eval/judge_score" in r}
+        kl = next(r["ppo/objective/kl"] for r in records if r["step"] == 3 and compare.KL in r)
+        gain = evals[3]["ppo/eval/judge_score"] - evals[0]["ppo/eval/judge_score"]
+        assert curve.gold == pytest.approx([0.0, gain])
+        assert curve.d == pytest.approx([0.0, math.sqrt(max(kl, 0.0))])
+    section = (out / "table.md").read_text().split("## Over-optimisation")[1]
+    assert "Gao fit gold(d) = d·(α − β·ln d)" in section and section.count("| complete |") == 4
+    assert (out / "overopt.png").stat().st_size > 5000
 
 
 def test_a_failing_job_is_reported_and_the_others_keep_their_results(sweeps):

@@ -119,3 +119,38 @@ def plot_heatmap(kls: list[float], clips: list[float], grid: list[list[float]], 
     axis.set_ylabel("ppo.kl_coef")
     axis.set_title("final mean score")
     return _save(figure, out)
+
+
+def plot_overopt(curves: list, fit, out: Path) -> Path:
+    """Gold (eval.judge) and proxy (reward) gains against √KL, one colour per setting: each job's
+    evaluations as a thin line, its latest one as a large point; the Gao fit over the gold
+    points, its peak d* marked. `curves`: rlhf.sweeps.overopt.JobCurve; `fit`: GaoFit or None."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharex=True)
+    settings = sorted({c.setting for c in curves})
+    colours = {s: plt.cm.viridis(i / max(len(settings) - 1, 1)) for i, s in enumerate(settings)}
+    for axis, series, title in (
+        (axes[0], "gold", "gold: eval.judge"),
+        (axes[1], "proxy", "proxy: reward"),
+    ):
+        for setting in settings:
+            for index, curve in enumerate(c for c in curves if c.setting == setting):
+                values = getattr(curve, series)
+                axis.plot(curve.d, values, color=colours[setting], alpha=0.35, linewidth=1)
+                axis.scatter(
+                    curve.d[-1], values[-1], color=colours[setting], s=40,
+                    label=setting if index == 0 else None,
+                )  # fmt: skip
+        axis.axhline(0, color="grey", linewidth=0.8)
+        axis.set_xlabel("√KL(policy ‖ reference)")
+        axis.set_ylabel(f"{series} gain over update 0")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    if fit is not None:
+        top = max((d for c in curves for d in c.d), default=1.0) or 1.0
+        grid = [top * (i + 1) / 200 for i in range(200)]
+        label = f"Gao fit α={fit.alpha:.3g}, β={fit.beta:.3g}"
+        axes[0].plot(grid, [fit(d) for d in grid], color="tab:red", label=label)
+        if fit.peak is not None and fit.peak <= top:
+            axes[0].axvline(fit.peak, color="tab:red", linestyle=":", label=f"d* = {fit.peak:.3g}")
+    axes[0].legend(fontsize=7)
+    return _save(figure, out)

@@ -6,7 +6,9 @@ model reads instead of re-rendering the text.
   real token of the chat-formatted conversation (rlhf/models/scoring.py);
 - function: any Python callable named by `_target_` (prompts, completions → list of floats);
 - classifier: a transformers text-classification pipeline, one label's logit or probability;
-- weighted: a weighted sum of the above.
+- weighted: a weighted sum of the above;
+- ensemble: several reward-model folders, aggregated per answer by mean, min or mean − std
+  (rlhf/rewards/ensemble.py).
 Every source is wrapped by `checked`, so a reward that raises, returns the wrong number of
 scores, or returns NaN stops the run with one line naming it.
 """
@@ -140,6 +142,8 @@ def build_reward(
 
         scorer = ClassifierScorer(cfg.classifier, cfg.label, cfg.use_logit, cfg.section)
         return checked(text_only(scorer), cfg.classifier)
+    if cfg.kind == "ensemble":
+        return checked(ensemble_reward(cfg, system_prompt, model_settings), "ensemble")
     parts = [
         (weight, build_reward(part, default_model_path, system_prompt, model_settings))
         for weight, part in cfg.weighted_parts()
@@ -151,3 +155,23 @@ def build_reward(
         return sum(weight * part(prompts, completions, tokens) for weight, part in parts)
 
     return checked(weighted, "weighted")
+
+
+def ensemble_reward(
+    cfg: RewardConfig, system_prompt: str | None, model_settings: ModelConfig
+) -> RewardFunction:
+    """`cfg.members` (folders or patterns) as reward models, each scoring the whole batch in one
+    call, their (M, N) scores aggregated by `cfg.aggregate`."""
+    from rlhf.rewards.ensemble import aggregate, member_folders
+    from rlhf.rewards.reward_model import RewardModelScorer
+
+    folders = member_folders(cfg.members, f"{cfg.section}.members")
+    members = [RewardModelScorer(folder, system_prompt, model_settings) for folder in folders]
+
+    def ensemble(
+        prompts: list[str], completions: list[str], tokens: ResponseTokens | None = None
+    ) -> torch.Tensor:
+        scores = torch.stack([member(prompts, completions, tokens) for member in members])
+        return aggregate(scores, cfg.aggregate, cfg.std_coef)
+
+    return ensemble

@@ -39,6 +39,7 @@ from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import RewardFunction, build_reward
+from rlhf.rewards.ensemble import member_folders
 from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
 from rlhf.runs.folders import RunPaths
@@ -135,6 +136,9 @@ def partner_tokenizers(config: Config, reward_model: str) -> dict[str, PreTraine
         "reference": config.ppo.reference_model,
         "reward model": reward_model if config.reward.kind == "reward_model" else None,
     }
+    if config.reward.kind == "ensemble":  # each member reads the policy's token ids
+        folders = member_folders(config.reward.members, "reward.members")
+        partners.update({f"ensemble member {i}": str(f) for i, f in enumerate(folders)})
     return {
         f"{name} ({path})": tokenizer_at(path, config.model, config.cache_dir)
         for name, path in partners.items()

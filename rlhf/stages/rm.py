@@ -6,8 +6,13 @@ with `rlhf.models.scoring` — the same code PPO's reward uses — for pairwise 
 margin, saved beside the weights as the RM's statistics, and for whether the RM can be won by
 brevity: the Pearson correlation of score and answer length (characters) over the test answers,
 and how it ranks one short, not rude answer per test row
-(`rlhf.data.hard_negatives.brevity_negatives`) against the chosen one. The phases are the TRL
-stage skeleton's (rlhf/stages/trl_stage.py).
+(`rlhf.data.hard_negatives.brevity_negatives`) against the chosen one. The RM report
+(rlhf/reporting/rm_report.py) adds the calibration of sigmoid(score difference): a reliability
+table and its ECE (`rm/test/ece`), written to `rm/report.md` and logged as the table
+`rm/calibration`. With `rm.label_noise` a seeded share of the training pairs is swapped first
+(rlhf/data/label_noise.py; `rm/flipped_pairs`, and `label_noise` in the run record), before the
+hard negatives are drawn from them. The phases are the TRL stage skeleton's
+(rlhf/stages/trl_stage.py).
 """
 
 from __future__ import annotations
@@ -20,11 +25,19 @@ from trl import RewardConfig, RewardTrainer
 from rlhf.config import Config
 from rlhf.data.chat_format import conversations, preference_rows
 from rlhf.data.hard_negatives import brevity_negatives, with_hard_negatives
+from rlhf.data.label_noise import with_label_noise
 from rlhf.models.saving import merged
 from rlhf.models.scoring import score_conversations
 from rlhf.ppo.health import pearson
+from rlhf.reporting.rm_report import (
+    ReliabilityBin,
+    expected_calibration_error,
+    reliability_table,
+    report_markdown,
+)
 from rlhf.rewards.reward_model import REWARD_STATS
 from rlhf.runs.folders import RunPaths
+from rlhf.runtime import distributed
 from rlhf.stages.context import StageContext
 from rlhf.stages.trl_stage import Evaluation, TrlStage, run_trl_stage
 
@@ -86,8 +99,9 @@ def held_out_metrics(
     tokenizer: PreTrainedTokenizerBase,
     rows: Dataset,
     config: Config,
-) -> dict[str, float]:
-    """Pairwise and brevity metrics of a trained RM on the test rows."""
+) -> tuple[dict[str, float], list[ReliabilityBin]]:
+    """Pairwise, brevity and calibration metrics of a trained RM on the test rows, and the
+    reliability table of its pairwise probabilities."""
     answers = {
         "chosen": list(rows["chosen"]),
         "rejected": list(rows["rejected"]),
@@ -102,10 +116,13 @@ def held_out_metrics(
         answers,
     )
     lengths = {name: [len(text) for text in texts] for name, texts in answers.items()}
-    return {
+    table = reliability_table((scores["chosen"] - scores["rejected"]).tolist())
+    metrics = {
         **pairwise_metrics(scores["chosen"], scores["rejected"]),
         **brevity_metrics(scores, lengths),
+        "ece": expected_calibration_error(table),
     }
+    return metrics, table
 
 
 class RmStage(TrlStage):
@@ -114,9 +131,11 @@ class RmStage(TrlStage):
     new_head = True  # trained from a causal LM: transformers adds the score head
     config_class = RewardConfig
     trainer_class = RewardTrainer
+    flipped_pairs = 0  # training pairs swapped by rm.label_noise (set by training_rows)
 
     def training_rows(self, config: Config, rows: Dataset) -> Dataset:
         rm = config.rm
+        rows, self.flipped_pairs = with_label_noise(rows, rm.label_noise, rm.seed)
         return with_hard_negatives(
             rows,
             rm.echo_negatives,
@@ -136,8 +155,18 @@ class RmStage(TrlStage):
         self, ctx: StageContext, trainer: Trainer, tokenizer: PreTrainedTokenizerBase, test: Dataset
     ) -> Evaluation:
         trained = merged(trainer.model)
-        metrics = held_out_metrics(trained, tokenizer, test, ctx.config)
+        metrics, table = held_out_metrics(trained, tokenizer, test, ctx.config)
         final = {f"rm/test/{name}": value for name, value in metrics.items()}
+        final["rm/flipped_pairs"] = self.flipped_pairs
+        ctx.info["label_noise"] = {
+            "share": ctx.config.rm.label_noise, "flipped_pairs": self.flipped_pairs,
+        }  # fmt: skip
+        columns = ["low", "high", "pairs", "confidence", "accuracy"]
+        rows = [[b.low, b.high, b.count, b.confidence, b.accuracy] for b in table]
+        ctx.tracker.log_table("rm/calibration", columns, rows)
+        if distributed.is_main_process():
+            report = report_markdown({**final, "label_noise": ctx.config.rm.label_noise}, table)
+            (ctx.stage_dir / "report.md").write_text(report, encoding="utf-8")
         return Evaluation(final, trained, {REWARD_STATS: metrics})
 
 

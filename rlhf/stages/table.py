@@ -71,6 +71,7 @@ def _imported(name: str) -> Callable:
 RM_TEST_METRICS = (
     "accuracy", "margin", "chosen_score", "rejected_score", "score_std",
     "length_corr", "short_length_corr", "short_accuracy", "short_above_threshold",  # brevity
+    "ece",  # calibration of sigmoid(score difference) (rlhf/reporting/rm_report.py)
 )  # fmt: skip
 EVAL_MODEL_METRICS = (
     "score", "above_threshold", "length", "eos_rate", "distinct", "distinct_2", "collapsed",
@@ -100,6 +101,7 @@ STAGES: dict[str, StageDeclaration] = {
             final_metrics=(
                 *(f"rm/test/{name}" for name in RM_TEST_METRICS),
                 "rm/train_rows",
+                "rm/flipped_pairs",  # rm.label_noise
             ),  # fmt: skip
             produces=REWARD_MODEL,
             cache_sections=("model", "data", "rm"),

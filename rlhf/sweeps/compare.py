@@ -13,6 +13,10 @@ its final one) and on sweeps with failed jobs (status and error in the table). W
   curves.png            score and KL per PPO update, the jobs overlaid
   frontier.png          final score against final KL, the reward–KL frontier drawn
   heatmap.png           final score over ppo.kl_coef × ppo.cliprange
+  overopt.png           with eval.judge (the gold reward): gold and proxy gains against √KL per
+                        job, the Gao et al. fit, and table.md's over-optimisation section (fit
+                        α, β, peak d*; seeds as mean ± std, outlier seeds flagged):
+                        rlhf/sweeps/overopt.py
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import yaml
 from rlhf.config import recorded_algorithm
 from rlhf.runs.folders import RUN_INFO
 from rlhf.runs.tracking import read_jsonl
+from rlhf.sweeps import overopt
 from rlhf.sweeps.jobs import JOB_FILE, job_dirs
 
 SCORE = "ppo/objective/scores"
@@ -247,6 +252,7 @@ def compare(sweep_dir: Path, out_dir: Path) -> list[dict[str, Any]]:
         plot_curves,
         plot_frontier,
         plot_heatmap,
+        plot_overopt,
     )
 
     jobs = load_sweep(sweep_dir)
@@ -255,9 +261,11 @@ def compare(sweep_dir: Path, out_dir: Path) -> list[dict[str, Any]]:
             print(f"warning: {warning}", file=sys.stderr)
     rows = [final_row(job) for job in jobs]
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "table.md").write_text(markdown_table(rows), encoding="utf-8")
+    curves = overopt.load_curves(jobs)  # jobs that evaluated a judge (the gold reward)
+    section = overopt.overopt_markdown(curves) if curves else ""
+    (out_dir / "table.md").write_text(markdown_table(rows) + section, encoding="utf-8")
     write_csv(rows, out_dir / "table.csv")
-    curves = {
+    per_update = {
         f"{job.num}: {job.label}": {
             name: ([r["step"] for r in job.history], [r.get(key, math.nan) for r in job.history])
             for name, key in (("score", SCORE), ("KL", KL))
@@ -265,7 +273,7 @@ def compare(sweep_dir: Path, out_dir: Path) -> list[dict[str, Any]]:
         for job in jobs
         if job.history
     }
-    plot_curves(curves, out_dir / "curves.png")
+    plot_curves(per_update, out_dir / "curves.png")
     scored = [row for row in rows if row["score"] is not None and row["kl"] is not None]
     points = {str(row["job"]): (row["kl"], row["score"]) for row in scored}
     plot_frontier(points, pareto_front(list(points.values())), out_dir / "frontier.png")
@@ -275,6 +283,8 @@ def compare(sweep_dir: Path, out_dir: Path) -> list[dict[str, Any]]:
         if job.kl_coef is not None and job.cliprange is not None
     ]
     plot_heatmap(*heat_grid(cells), out_dir / "heatmap.png")
+    if curves:
+        plot_overopt(curves, overopt.fit_of(curves), out_dir / "overopt.png")
     return rows
 
 
@@ -296,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out_dir = args.out or args.sweep_dir / "compare"
     rows = compare(args.sweep_dir, out_dir)
-    print(markdown_table(rows), end="")
+    print((out_dir / "table.md").read_text(encoding="utf-8"), end="")
     counts = {s: sum(row["status"] == s for row in rows) for s in ("complete", "running", "failed")}
     if any(row["status"] == "unknown" for row in rows):  # job.json unreadable (warned above)
         counts["unknown"] = sum(row["status"] == "unknown" for row in rows)
