@@ -150,7 +150,8 @@ def load_curves(jobs: list) -> list[JobCurve]:
     """JobCurve of each sweep job (rlhf.sweeps.compare.JobResult) that evaluated a judge."""
     curves = []
     for job in jobs:
-        records = read_jsonl(Path(job.folder) / "ppo" / "metrics.jsonl")
+        # the folder of the stage that logs the metrics: their namespace (`<stage>/...`)
+        records = read_jsonl(Path(job.folder) / GOLD.split("/", 1)[0] / "metrics.jsonl")
         curve = job_curve(job.num, job.label, job.status, records)
         if curve is not None:
             curves.append(curve)
