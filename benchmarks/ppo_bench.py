@@ -105,6 +105,26 @@ def tiny_smollm2_dir(cache_dir: str) -> Path:
     return final
 
 
+def reward_model_dir(policy_dir: Path) -> Path:
+    """A one-output sequence-classification copy of the policy's folder: the same body, a score
+    head drawn with seed 0 (the reward model of the workload), cached beside it."""
+    from transformers import AutoModelForSequenceClassification
+
+    final = policy_dir.parent.parent / "bench" / f"{policy_dir.name}-rm"
+    if (final / "config.json").is_file():
+        return final
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        policy_dir, num_labels=1, dtype=torch.float32
+    )
+    model.generation_config = None  # a classifier generates nothing (write_model_folder)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+        staged = write_model_folder(model, load_tokenizer(policy_dir, SMOLLM2), Path(tmp) / "rm")
+        publish_dir_once(staged, final)
+    return final
+
+
 def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) -> Config:
     name = SMOLLM2.name_or_path if workload.model == "smollm2" else str(tiny_smollm2_dir(cache_dir))
     lora = LoraSettings(
@@ -140,6 +160,7 @@ def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) ->
         lr_scheduler="linear",
         max_grad_norm=None,
         critic=workload.critic,
+        critic_init="policy",  # the critic starts from the policy with a fresh head
         total_updates=workload.updates,
         eval_every=0,
         log_samples_every=0,
@@ -182,7 +203,9 @@ def build_trainer(
     use_pad_token(tokenizer, policy)  # before the critic and reference copy the pad id
     model = build_actor_critic(config, policy, tokenizer)
     scorer = RewardModelScorer(
-        resolve_model_dir(config.model, cache_dir), None, ModelConfig(dtype="float32")
+        reward_model_dir(resolve_model_dir(config.model, cache_dir)),
+        None,
+        ModelConfig(dtype="float32"),
     )
     use_pad_token(scorer.tokenizer, scorer.model)
     trainer = PPOTrainer(
