@@ -332,3 +332,21 @@ def test_logits_version_saves_only_the_logits_in_their_dtype():
         token_logprobs(logits, tokens, 0.7, save_log_probs=True)
     big = [(shape, dtype) for shape, dtype in saved if math.prod(shape) >= 4 * 8 * 1000]
     assert big == [(torch.Size([32, 1000]), torch.float32)]  # the log-softmax, not the logits
+
+
+def test_float64_logits_stay_float64_and_match_to_float64_roundoff():
+    """The exactness tests run the loop in float64: no float32 rounding may enter. Bound: the
+    float32 derivation with u = 2⁻⁵³ (here ~1e-13)."""
+    logits, tokens = inputs(dtype=torch.float64, seed=3)
+    logits.requires_grad_()
+    logprobs, entropy = token_logprobs(logits, tokens, 0.7, with_entropy=True, chunk_rows=5)
+    assert logprobs.dtype == entropy.dtype == torch.float64
+    ref_lp, ref_h = reference(logits, tokens, 0.7)
+    u64 = 2.0**-53
+    b = u64 * (3 * (logits / 0.7).abs().max().item() + logits.shape[-1] + 2)
+    assert (logprobs - ref_lp).abs().max().item() <= b
+    assert (entropy - ref_h).abs().max().item() <= b * (1 + 2 * (logits / 0.7).abs().max().item())
+    (grad,) = torch.autograd.grad(logprobs.sum(), logits)
+    (ref_grad,) = torch.autograd.grad(ref_lp.sum(), logits)
+    assert grad.dtype == torch.float64
+    assert (grad - ref_grad).abs().max().item() <= 10 * b

@@ -56,10 +56,16 @@ def truncation_threshold(scaled: torch.Tensor, top_k: int, top_p: float) -> torc
     return threshold
 
 
+def _compute(tensor: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 → float32 (a copy); float32 and float64 as they are (float64: the
+    exactness tests run the whole loop in it)."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def _scaled(logits, temperature, keep, settings, threshold=None):
     """A chunk's float32 scaled logits with the excluded tokens at −inf, the kept mask (None:
     every token) and the truncation threshold (computed in forward, passed in by backward)."""
-    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    scaled = _compute(logits) if temperature == 1.0 else _compute(logits) / temperature
     if keep is not None:
         scaled = scaled.masked_fill(~keep, -math.inf)
     top_k, top_p = settings
@@ -113,7 +119,7 @@ def _chunk_rows(rows: torch.Tensor | None, chunk: slice) -> torch.Tensor | None:
 
 
 def _grad_slice(grad: torch.Tensor | None, chunk: slice) -> torch.Tensor | None:
-    return None if grad is None else grad[chunk].float()
+    return None if grad is None else _compute(grad[chunk])
 
 
 class _LogitsLogprobs(torch.autograd.Function):
@@ -124,8 +130,9 @@ class _LogitsLogprobs(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         n = logits.shape[0]
         rows = n if save else rows  # saving: one chunk, its log-softmax kept for backward
-        logprobs = torch.empty(n, device=logits.device)
-        entropy = torch.empty(n if with_entropy else 0, device=logits.device)
+        dtype = _compute(logits[:0]).dtype
+        logprobs = torch.empty(n, dtype=dtype, device=logits.device)
+        entropy = torch.empty(n if with_entropy else 0, dtype=dtype, device=logits.device)
         thresholds = []
         for start in range(0, n, rows):
             chunk = slice(start, start + rows)
@@ -192,9 +199,9 @@ def token_logprobs(
     save_log_probs: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """logits (B, T, V) any float dtype, tokens (B, T) long, keep (B, T, V) bool or None →
-    (log-probs (B, T) float32, entropy (B, T) float32 or None) of the tokens under the
-    temperature-scaled distribution truncated to `keep`, then top_k (0: off), then top_p
-    (1: off), renormalised. `save_log_probs` keeps the (B·T, V) float32 log-softmax for backward
+    (log-probs (B, T), entropy (B, T) or None; float32, or float64 for float64 logits) of the
+    tokens under the temperature-scaled distribution truncated to `keep`, then top_k (0: off),
+    then top_p (1: off), renormalised. `save_log_probs` keeps the (B·T, V) float32 log-softmax for backward
     instead of recomputing it chunk by chunk: fewer passes, the memory of the plain path."""
     shape, vocab = tokens.shape, logits.shape[-1]
     n = tokens.numel()

@@ -60,6 +60,7 @@ from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
+from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
 from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
 from rlhf.ppo.rollout import Rollout
@@ -316,8 +317,8 @@ class PPOTrainer:
         with self.precision.autocast():
             logits, values = self.model.policy_forward(inputs, *widths)
             ref_logits = self.model.reference_logits(inputs, *widths)
-            rollout.logprobs = self._logprobs(logits, rollout.responses)
-            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses)
+            rollout.logprobs = self._logprobs(logits, rollout.responses)[0]
+            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses)[0]
             if self.config.kl_estimator == "full":
                 rollout.kl_full = core.full_kl_from_logits(
                     logits, ref_logits, self.config.temperature
@@ -327,13 +328,14 @@ class PPOTrainer:
                 values = self.model.critic_forward(inputs, *widths)
         rollout.values = core.upcast(values) if values is not None else None
 
-    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities of the distribution actually sampled: softmax(logits / T) over the
-        whole vocabulary (PPO refuses top-k / top-p truncation)."""
-        return torch.log_softmax(core.upcast(logits) / self.config.temperature, dim=-1)
-
-    def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return core.gather_tokens(self._log_softmax(logits), tokens)
+    def _logprobs(
+        self, logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs of `tokens` (and the entropy) under the distribution actually sampled:
+        softmax(logits / T) over the whole vocabulary (PPO refuses top-k / top-p truncation),
+        in chunks of positions with no full-vocabulary float32 copy kept (rlhf/ppo/logprobs.py);
+        the backward recomputes each chunk's log-softmax from the logits."""
+        return token_logprobs(logits, tokens, self.config.temperature, with_entropy=with_entropy)
 
     def shape_rewards(self, rollout: Rollout) -> None:
         """Phases 4–5: per-token rewards (with the KL when kl_in=reward), the advantage
@@ -465,8 +467,9 @@ class PPOTrainer:
         logits, values = self.model.policy_forward(
             inputs, *widths, values_train_body=not critic_only
         )
-        log_probs_all = self._log_softmax(logits)  # one softmax for log-probs and entropy
-        logprobs = core.gather_tokens(log_probs_all, responses)
+        # log-probs and entropy from one pass; at entropy_coef = 0 the entropy's gradient is
+        # None in backward, which then costs what the log-probs' alone does
+        logprobs, entropy = self._logprobs(logits, responses, with_entropy=True)
         pg_loss, pg_stats = core.policy_loss(
             logprobs,
             rollout.logprobs[index],
@@ -478,9 +481,6 @@ class PPOTrainer:
             c.loss_aggregation,
             c.max_new_tokens,  # the constant length of seq_mean_token_sum_norm (Dr. GRPO)
         )
-        # entropy needs a graph only when it is in the loss
-        with torch.set_grad_enabled(c.entropy_coef != 0 and torch.is_grad_enabled()):
-            entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
         stats = {f"policy/{k}": v for k, v in pg_stats.items()}
         stats["policy/entropy"] = core.masked_mean(entropy, trained).item()
         stats["skipped"] = 0.0
@@ -489,15 +489,18 @@ class PPOTrainer:
             return stats
         loss = 0.0
         if not critic_only:
-            bonus = core.entropy_bonus(entropy, trained, c.loss_aggregation, c.max_new_tokens)
-            loss = pg_loss - c.entropy_coef * bonus + self._kl_loss(logprobs, rollout, index, stats)
+            loss = pg_loss
+            if c.entropy_coef != 0:  # else no entropy gradient, not even zeros, reaches backward
+                bonus = core.entropy_bonus(entropy, trained, c.loss_aggregation, c.max_new_tokens)
+                loss = loss - c.entropy_coef * bonus
+            loss = loss + self._kl_loss(logprobs, rollout, index, stats)
         stats["loss/policy"] = pg_loss.item()
         if not self.model.has_critic:
             self._backward(loss, weight, "policy loss")
             return stats
         if values is None:  # separate or LoRA critic: its own pass and backward
             self._backward(loss, weight, "policy loss")
-            del logits, log_probs_all
+            del logits
             # the backward runs (and gradient checkpointing recomputes) under the critic adapter
             with self.model.critic_adapter():
                 values = self.model.critic_forward(inputs, *widths)
