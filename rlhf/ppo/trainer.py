@@ -61,7 +61,7 @@ from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
-from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
+from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval, describe_precision
 from rlhf.ppo.rollout import Rollout
 from rlhf.rewards import RewardFunction, with_tokens_argument
 from rlhf.rewards.processing import ScoreProcessor, calibration
@@ -719,6 +719,7 @@ class PPOTrainer:
         final: dict[str, float] = {}
         if self._main:
             log.info(self.describe_sampling())
+            log.info(describe_precision(self.precision.mode, self.precision.device_type))
         if c.eval_every and self.eval_prompts and self.update == 0:
             self.tracker.log(self.evaluate(), step=0)
         # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
