@@ -93,17 +93,17 @@ def _chunk_grad(
     scaled, kept, tokens, entropy, grad_logprobs, grad_entropy, temperature, out, saved=None
 ):
     """Write the (n, V) gradient with respect to the chunk's unscaled logits (formula above)
-    into `out` (the logits' dtype); the sampled token's element g·(1 − p_y) in float32. The
+    into `out` (the logits' dtype). Without the entropy term it is autograd's log-softmax and
+    gather backward (the same kernels, so the same bits as the plain path: long runs whose
+    sampling amplifies a last-bit difference stay on the plain path's trajectory). The
     log-softmax is recomputed from `scaled` unless `saved` holds it (left unchanged)."""
     log_p = torch.log_softmax(scaled, dim=-1) if saved is None else saved
-    if grad_entropy is None:  # the usual case: log-softmax, exp, one multiply into `out`
+    if grad_entropy is None:  # the usual case: autograd's own kernels, so bit for bit its result
         if grad_logprobs is None:
             return out.zero_()
-        p = log_p.exp_() if saved is None else log_p.exp()
-        g = grad_logprobs[:, None] / temperature
-        torch.mul(p, -g, out=out)
-        target = g * (1 - p.gather(1, tokens[:, None]))
-        return out.scatter_(1, tokens[:, None], target.to(out.dtype))
+        picked = torch.zeros_like(log_p).scatter_(1, tokens[:, None], grad_logprobs[:, None])
+        grad = torch._log_softmax_backward_data(picked, log_p, 1, log_p.dtype)
+        return out.copy_(grad if temperature == 1.0 else grad.div_(temperature))
     p = log_p.exp()
     grad = (log_p + entropy[:, None]).mul_(p)  # p·(log p + H), NaN outside the kept set
     grad = grad if kept is None else torch.where(kept, grad, 0.0)
