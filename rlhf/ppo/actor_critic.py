@@ -111,16 +111,19 @@ class ActorCritic(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits (B, Tr, V), values (B, Tr) when the critic shares this pass, else None).
         `values_train_body=False`: the value loss reaches the head only (critic warm-up)."""
-        output = self.policy(
-            **inputs,
-            output_hidden_states=self.shares_forward,
-            use_cache=False,
-            logits_to_keep=response_width + 1,  # no LM head over the prompt
-        )
-        logits = output.logits[:, :-1]
+        keep = {"use_cache": False, "logits_to_keep": response_width + 1}  # no LM head on prompt
         if not self.shares_forward:
-            return logits, None
-        hidden = response_slice(output.hidden_states[-1], prompt_width, response_width)
+            return self.policy(**inputs, **keep).logits[:, :-1], None
+        # the last hidden state as the LM head reads it (its last Tr + 1 positions), not every
+        # layer's through output_hidden_states
+        captured = []
+        head = self.policy.get_output_embeddings()
+        hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            logits = self.policy(**inputs, **keep).logits[:, :-1]
+        finally:
+            hook.remove()
+        hidden = captured[-1][:, :-1]  # = response_slice(last hidden state, Tq, Tr)
         if not values_train_body:
             hidden = hidden.detach()
         return logits, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)

@@ -10,13 +10,48 @@ run in the same precision, so the first epoch's ratio stays 1. fp16 also scales 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: bf16 matmuls in hardware
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def native_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
+    """The CPU's bf16 matmul instruction sets (empty: none, or not Linux)."""
+    try:
+        flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return ()
+    present = set(flags.split(":", 1)[1].split())
+    return tuple(flag for flag in NATIVE_BF16_FLAGS if flag in present)
+
+
+def describe_precision(mode: str, device_type: str) -> str:
+    """The log line saying how the PPO loop computes and, on a CPU, why bf16 is or is not the
+    better choice there (measured on issue 15's W-small workload, experiments/benchmarks.md)."""
+    what = "fp32" if mode == "no" else f"{mode} autocast, fp32 weights and optimiser state"
+    if device_type != "cpu":
+        return f"precision: {what}"
+    flags = native_bf16_flags()
+    if flags:
+        hint = f"this CPU has {'/'.join(flags)}: model.mixed_precision=bf16 runs matmuls in bf16"
+    else:
+        capability = torch.backends.cpu.get_cpu_capability()
+        hint = (
+            f"this CPU ({capability}) has no {' / '.join(NATIVE_BF16_FLAGS)}: bf16 autocast "
+            "would be emulated (slower), fp32 is the faster choice"
+        )
+    return f"precision: {what}; {hint}"
 
 
 class MixedPrecision:

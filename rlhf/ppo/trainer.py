@@ -43,7 +43,6 @@ details of RLHF with PPO"; TRL's PPOTrainer up to 1.9):
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from collections import defaultdict
@@ -60,8 +59,9 @@ from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
+from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
-from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval
+from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval, describe_precision
 from rlhf.ppo.rollout import Responses, Rollout
 from rlhf.rewards import RewardFunction, with_tokens_argument
 from rlhf.rewards.processing import ScoreProcessor, calibration
@@ -112,6 +112,16 @@ def make_optimizer(
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=0.0, fused=True)
     except RuntimeError:
         return torch.optim.AdamW(param_groups, lr=lr, weight_decay=0.0)
+
+
+def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> torch.Tensor:
+    """The gradients' total 2-norm, after clipping them to `max_norm` when it is set. Without
+    clipping only the norm is computed: clip_grad_norm_ at an infinite limit would still
+    multiply every gradient by 1.0, a pass over all of them (~1 GB for SmolLM2's two nets)."""
+    if max_norm is not None:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads)
 
 
 def stop_token_id(tokenizer: PreTrainedTokenizerBase, stop_token: str | None) -> int:
@@ -337,8 +347,8 @@ class PPOTrainer:
         with self.precision.autocast():
             logits, values = self.model.policy_forward(inputs, *widths)
             ref_logits = self.model.reference_logits(inputs, *widths)
-            rollout.logprobs = self._logprobs(logits, rollout.responses)
-            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses)
+            rollout.logprobs = self._logprobs(logits, rollout.responses)[0]
+            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses)[0]
             if self.config.kl_estimator == "full":
                 rollout.kl_full = core.full_kl_from_logits(
                     logits, ref_logits, self.config.temperature
@@ -348,13 +358,14 @@ class PPOTrainer:
                 values = self.model.critic_forward(inputs, *widths)
         rollout.values = core.upcast(values) if values is not None else None
 
-    def _log_softmax(self, logits: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities of the distribution actually sampled: softmax(logits / T) over the
-        whole vocabulary (PPO refuses top-k / top-p truncation)."""
-        return torch.log_softmax(core.upcast(logits) / self.config.temperature, dim=-1)
-
-    def _logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return core.gather_tokens(self._log_softmax(logits), tokens)
+    def _logprobs(
+        self, logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs of `tokens` (and the entropy) under the distribution actually sampled:
+        softmax(logits / T) over the whole vocabulary (PPO refuses top-k / top-p truncation),
+        in chunks of positions with no full-vocabulary float32 copy kept (rlhf/ppo/logprobs.py);
+        the backward recomputes each chunk's log-softmax from the logits."""
+        return token_logprobs(logits, tokens, self.config.temperature, with_entropy=with_entropy)
 
     def shape_rewards(self, rollout: Rollout) -> None:
         """Phases 4–5: per-token rewards (with the KL when kl_in=reward), the advantage
@@ -486,8 +497,9 @@ class PPOTrainer:
         logits, values = self.model.policy_forward(
             inputs, *widths, values_train_body=not critic_only
         )
-        log_probs_all = self._log_softmax(logits)  # one softmax for log-probs and entropy
-        logprobs = core.gather_tokens(log_probs_all, responses)
+        # log-probs and entropy from one pass; at entropy_coef = 0 the entropy's gradient is
+        # None in backward, which then costs what the log-probs' alone does
+        logprobs, entropy = self._logprobs(logits, responses, with_entropy=True)
         pg_loss, pg_stats = core.policy_loss(
             logprobs,
             rollout.logprobs[index],
@@ -499,9 +511,6 @@ class PPOTrainer:
             c.loss_aggregation,
             c.max_new_tokens,  # the constant length of seq_mean_token_sum_norm (Dr. GRPO)
         )
-        # entropy needs a graph only when it is in the loss
-        with torch.set_grad_enabled(c.entropy_coef != 0 and torch.is_grad_enabled()):
-            entropy = -(log_probs_all.exp() * log_probs_all).sum(-1)
         stats = {f"policy/{k}": v for k, v in pg_stats.items()}
         stats["policy/entropy"] = core.masked_mean(entropy, trained).item()
         stats["skipped"] = 0.0
@@ -510,15 +519,18 @@ class PPOTrainer:
             return stats
         loss = 0.0
         if not critic_only:
-            bonus = core.entropy_bonus(entropy, trained, c.loss_aggregation, c.max_new_tokens)
-            loss = pg_loss - c.entropy_coef * bonus + self._kl_loss(logprobs, rollout, index, stats)
+            loss = pg_loss
+            if c.entropy_coef != 0:  # else no entropy gradient, not even zeros, reaches backward
+                bonus = core.entropy_bonus(entropy, trained, c.loss_aggregation, c.max_new_tokens)
+                loss = loss - c.entropy_coef * bonus
+            loss = loss + self._kl_loss(logprobs, rollout, index, stats)
         stats["loss/policy"] = pg_loss.item()
         if not self.model.has_critic:
             self._backward(loss, weight, "policy loss")
             return stats
         if values is None:  # separate or LoRA critic: its own pass and backward
             self._backward(loss, weight, "policy loss")
-            del logits, log_probs_all
+            del logits
             # the backward runs (and gradient checkpointing recomputes) under the critic adapter
             with self.model.critic_adapter():
                 values = self.model.critic_forward(inputs, *widths)
@@ -577,10 +589,10 @@ class PPOTrainer:
         trained = [p for params in groups.values() for p in params]
         distributed.sum_gradients(trained)  # the same gradient on every process
         self.precision.unscale(self.optimizer)
-        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else math.inf
+        max_norm = self.config.max_grad_norm
         norms = {}
         for name, params in groups.items():
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            norm = gradient_norm(params, max_norm)
             if not self.precision.scales_loss:  # fp16: an overflow skips the step, scale drops
                 self._check_finite("update", f"{name} gradient norm", norm)
             norms["policy/grad_norm" if name == "policy" else "val/grad_norm"] = norm.item()
@@ -754,6 +766,7 @@ class PPOTrainer:
         final: dict[str, float] = {}
         if self._main:
             log.info(self.describe_sampling())
+            log.info(describe_precision(self.precision.mode, self.precision.device_type))
         if c.eval_every and self.eval_prompts and self.update == 0:
             self.tracker.log(self.evaluate(), step=0)
         # as a context manager: a stop leaves the bar's line, so the error gets a line of its own

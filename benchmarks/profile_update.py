@@ -1,0 +1,111 @@
+"""Profile one PPO update of a reference workload (benchmarks/ppo_bench.py) with torch.profiler.
+
+    .venv/bin/python benchmarks/profile_update.py --workload w-small --out /tmp/profile
+
+Runs one warm-up update, then profiles the second. The trainer's phases and its model calls are
+labelled (`ppo:*`) by wrapping the instance's methods here, the trainer's code is unchanged.
+Writes to --out: `ops.txt` (operators by self CPU time), `labels.txt` (each label's total CPU
+time), `by_label.json` (self CPU time of each operator under its nearest label) and
+`trace.json` (chrome://tracing) when --trace is given. Profiling adds overhead to small ops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile, record_function
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ppo_bench import WORKLOADS, build_trainer  # noqa: E402
+
+import rlhf.ppo.core as core  # noqa: E402
+
+
+def labelled(function, label: str):
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with record_function(label):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+def label_methods(trainer) -> None:
+    """`ppo:<name>` ranges around the phases, the model calls and the suspects of issue 15."""
+    for name in (
+        "generate", "_score", "forward_passes", "shape_rewards", "optimise", "_micro_step",
+        "_backward", "_optimizer_step", "_log_softmax", "_check_finite", "_value_loss",
+    ):  # fmt: skip
+        setattr(trainer, name, labelled(getattr(trainer, name), f"ppo:{name.strip('_')}"))
+    model = trainer.model
+    for name in ("policy_forward", "critic_forward", "reference_logits"):
+        setattr(model, name, labelled(getattr(model, name), f"ppo:{name}"))
+    optimizer = trainer.optimizer
+    optimizer.step = labelled(optimizer.step, "ppo:adamw_step")
+    optimizer.zero_grad = labelled(optimizer.zero_grad, "ppo:zero_grad")
+    torch.nn.utils.clip_grad_norm_ = labelled(torch.nn.utils.clip_grad_norm_, "ppo:grad_norm")
+    for name in ("gather_tokens", "policy_loss", "gae", "masked_whiten"):
+        setattr(core, name, labelled(getattr(core, name), f"ppo:{name}"))
+
+
+def nearest_label(event) -> str:
+    parent = event.cpu_parent
+    while parent is not None and not parent.name.startswith("ppo:"):
+        parent = parent.cpu_parent
+    return parent.name if parent is not None else "(no label)"
+
+
+def by_label(events) -> dict[str, dict[str, float]]:
+    """Self CPU ms of each operator under its nearest ppo: label."""
+    table: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event in events:
+        if event.name.startswith("ppo:"):
+            continue
+        table[nearest_label(event)][event.name] += event.self_cpu_time_total / 1e3
+    return {
+        label: dict(sorted(ops.items(), key=lambda kv: -kv[1])[:12])
+        for label, ops in sorted(table.items(), key=lambda kv: -sum(kv[1].values()))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="w-small", choices=list(WORKLOADS))
+    parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--trace", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    trainer, _ = build_trainer(args.workload, args.mixed_precision)
+    trainer.step()  # warm-up: optimiser state
+    label_methods(trainer)
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        metrics = trainer.step()
+    wall = time.perf_counter() - started
+    averages = prof.key_averages()
+    (args.out / "ops.txt").write_text(
+        averages.table(sort_by="self_cpu_time_total", row_limit=40, max_name_column_width=60)
+    )
+    labels = [e for e in averages if e.key.startswith("ppo:")]
+    labels.sort(key=lambda e: -e.cpu_time_total)
+    lines = [f"{e.key:28s} {e.cpu_time_total / 1e6:8.3f} s {e.count:6d} calls" for e in labels]
+    (args.out / "labels.txt").write_text("\n".join(lines) + "\n")
+    (args.out / "by_label.json").write_text(json.dumps(by_label(prof.events()), indent=1))
+    if args.trace:
+        prof.export_chrome_trace(str(args.out / "trace.json"))
+    timing = {k: round(v, 3) for k, v in metrics.items() if k.startswith("timing/")}
+    print(json.dumps({"workload": args.workload, "profiled_wall_s": round(wall, 3), **timing}))
+
+
+if __name__ == "__main__":
+    main()
