@@ -24,6 +24,8 @@ Workloads:
   w-lora         LoRA r16 α32 on q/v, reference = adapters off, full separate critic; 8 updates
   w-lora-shared  w-lora with `ppo.critic=lora`: critic adapter + value head on the shared base
   w-tiny         a 2-layer random Llama (SmolLM2's widths and its 49k vocabulary); 32 updates
+  w-small-grpo   w-small with no value model (`ppo.critic=none`, GRPO): 3 networks, the same 8
+                 answers an update as 4 to each of 2 prompts
 
 `bare_seconds` times the model operations of one update called directly on the last rollout's
 tensors, without the loop: generate; no-grad forwards of policy, reference, critic and reward
@@ -35,6 +37,7 @@ mean value, and one AdamW step. `bare_ratio` = seconds per update / bare seconds
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -74,8 +77,9 @@ SMOLLM2 = ModelConfig(
 class Workload:
     model: str  # smollm2 or tiny (SmolLM2 cut to 2 random layers)
     lora: bool
-    critic: str  # separate or lora
+    critic: str  # separate, lora or none
     updates: int  # updates run; the median is over 2..updates
+    estimator: str = "gae"  # ppo.advantage_estimator (critic-free ones with critic none)
 
 
 WORKLOADS = {
@@ -83,6 +87,9 @@ WORKLOADS = {
     "w-lora": Workload("smollm2", lora=True, critic="separate", updates=8),
     "w-lora-shared": Workload("smollm2", lora=True, critic="lora", updates=8),
     "w-tiny": Workload("tiny", lora=False, critic="separate", updates=32),
+    # w-small without a value model (issue 17: critic=none against separate): GRPO on the same
+    # 8 answers an update, 4 to each of 2 prompts; everything else as w-small
+    "w-small-grpo": Workload("smollm2", lora=False, critic="none", updates=8, estimator="grpo"),
 }
 
 
@@ -137,8 +144,11 @@ def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) ->
         mixed_precision=mixed_precision,
         lora=lora,
     )
+    group = 4 if workload.estimator != "gae" else 1  # answers per prompt
     ppo = PPOConfig(
-        batch_size=8,
+        batch_size=8 // group,
+        samples_per_prompt=group,
+        advantage_estimator=workload.estimator,
         mini_batch_size=4,
         gradient_accumulation_steps=1,
         ppo_epochs=4,
@@ -195,7 +205,7 @@ def build_trainer(
     """The trainer of a workload, through the same API as the ppo stage (rlhf/stages/ppo.py)."""
     workload = WORKLOADS[name]
     if updates is not None:
-        workload = Workload(workload.model, workload.lora, workload.critic, updates)
+        workload = dataclasses.replace(workload, updates=updates)
     cache_dir = os.environ.get("RLHF_CACHE", "~/.cache/rlhf")
     config = workload_config(workload, cache_dir, mixed_precision)
     torch.manual_seed(0)
@@ -254,7 +264,8 @@ def bare_operations(trainer: PPOTrainer, scorer: RewardModelScorer) -> dict[str,
     def forward() -> None:
         model.policy_forward(inputs, *widths)
         model.reference_logits(inputs, *widths)
-        model.critic_forward(inputs, *widths)
+        if model.has_critic:
+            model.critic_forward(inputs, *widths)
         scorer.model(**rm_inputs)
 
     def update() -> None:
@@ -265,8 +276,9 @@ def bare_operations(trainer: PPOTrainer, scorer: RewardModelScorer) -> dict[str,
                 logits, _ = model.policy_forward(micro, *widths)
                 tokens = rollout.responses[index]
                 torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens.flatten()).backward()
-                with model.critic_adapter():
-                    model.critic_forward(micro, *widths).mean().backward()
+                if model.has_critic:
+                    with model.critic_adapter():
+                        model.critic_forward(micro, *widths).mean().backward()
                 trainer.optimizer.step()
                 trainer.optimizer.zero_grad(set_to_none=False)
 
