@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,15 +94,19 @@ class PPOSession:
         self._stack = contextlib.ExitStack()
         # seeded as the ppo stage is: the same fresh heads and adapters as train.py's
         self._context = self._stack.enter_context(session_context(config, self.run_dir))
-        if policy is None:
-            policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
-        if queries is None:
-            queries = load_prompts(config, tokenizer)[0]
-        self.config, self.tokenizer = config, tokenizer
-        self.trainer: PPOTrainer = new_trainer(
-            config, policy, tokenizer, self._context.tracker, _no_reward, (list(queries), []),
-            config.reward.model_path, reference=reference, critic=critic,
-        )  # fmt: skip
+        try:
+            if policy is None:
+                policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
+            if queries is None:
+                queries = load_prompts(config, tokenizer)[0]
+            self.config, self.tokenizer = config, tokenizer
+            self.trainer: PPOTrainer = new_trainer(
+                config, policy, tokenizer, self._context.tracker, _no_reward,
+                (list(queries), []), config.reward.model_path, reference=reference, critic=critic,
+            )  # fmt: skip
+        except BaseException:  # the run record says failed, the tracker's run is finished
+            self._stack.__exit__(*sys.exc_info())
+            raise
         self._last: dict[str, float] = {}
 
     # --- the loop -------------------------------------------------------------------------

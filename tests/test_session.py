@@ -114,6 +114,14 @@ def test_bad_responses_and_queries_are_one_clear_error(session):
         session.step(queries[2:4], other, [0.0, 0.0])
 
 
+def test_a_session_that_cannot_be_built_leaves_a_failed_run_record(tmp_path, offline_environment):
+    config = compose([*SMALL, "model.name_or_path=" + str(tmp_path / "no_model")], tmp_path)
+    with pytest.raises(Exception, match="no_model"):
+        PPOSession(config)
+    info = json.loads((tmp_path / "ppo" / "run_info.json").read_text())
+    assert info["status"] == "failed" and "no_model" in info["error"]
+
+
 def test_groups_must_be_consecutive_answers_to_one_prompt(tmp_path, offline_environment):
     config = compose([*SMALL, "algorithm=grpo", "ppo.samples_per_prompt=2"], tmp_path)
     with PPOSession(config) as grouped:
