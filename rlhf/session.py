@@ -44,6 +44,7 @@ from rlhf.ppo.checkpoint import load_checkpoint, save_checkpoint
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, sample_rows
 from rlhf.ppo.rollout import Responses
 from rlhf.ppo.trainer import PPOTrainer
+from rlhf.rewards import is_real_number
 from rlhf.runtime import distributed
 from rlhf.runtime.generation import encode_prompts
 from rlhf.stages.ppo import load_prompts, new_trainer, session_context
@@ -286,6 +287,7 @@ class PPOSession:
 def responses_from(trainer: PPOTrainer, queries: list[str], given: list) -> Responses:
     """Responses made elsewhere as texts or token ids, laid out as `generate`'s are."""
     tokenizer, stop = trainer.tokenizer, trainer.stop_token_id
+    vocab = trainer.model.policy.get_input_embeddings().num_embeddings
     rows = []
     for index, answer in enumerate(given):
         if isinstance(answer, str):
@@ -305,7 +307,6 @@ def responses_from(trainer: PPOTrainer, queries: list[str], given: list) -> Resp
             raise ConfigError(f"step: responses[{index}] is empty")
         if stop in ids:  # cut after the first stop token, as sampling does
             ids = ids[: ids.index(stop) + 1]
-        vocab = trainer.model.policy.get_input_embeddings().num_embeddings
         if min(ids) < 0 or max(ids) >= vocab:
             raise ConfigError(f"step: responses[{index}] has token ids outside [0, {vocab})")
         rows.append(ids)
@@ -318,11 +319,8 @@ def responses_from(trainer: PPOTrainer, queries: list[str], given: list) -> Resp
     mask = torch.arange(width)[None, :] < lengths[:, None]
     ended = torch.tensor([ids[-1] == stop for ids in rows])
     responses = padded
-    encoded = encode_prompts(tokenizer, queries, trainer.system_prompt)
     device = trainer.model.policy.device
-    encoded.input_ids, encoded.attention_mask = (
-        encoded.input_ids.to(device), encoded.attention_mask.to(device)
-    )  # fmt: skip
+    encoded = encode_prompts(tokenizer, queries, trainer.system_prompt, device)
     texts = tokenizer.batch_decode(responses, skip_special_tokens=True)
     limit = max(trainer.config.max_new_tokens, width)  # the overlong penalty's length limit
     return Responses(
@@ -346,8 +344,8 @@ def checked_scores(scores: Any, expected: int | None) -> torch.Tensor:
         values = []
         for index, item in enumerate(scores):
             if isinstance(item, torch.Tensor) and item.numel() == 1:
-                item = item.item()
-            if isinstance(item, bool) or not isinstance(item, (int, float)):
+                item = item.reshape(())
+            if not is_real_number(item):  # what a reward source may return, the same test
                 raise RewardError(f"step: scores[{index}] is {type(item).__name__} "
                                   f"{item!r:.40}, not a number")  # fmt: skip
             values.append(float(item))

@@ -33,9 +33,6 @@ class Responses:
         lengths = self.mask.sum(1).tolist()
         return [row[:n] for row, n in zip(self.responses, lengths, strict=True)]
 
-    def __len__(self) -> int:
-        return len(self.prompts)
-
 
 @dataclass
 class Rollout:

@@ -262,9 +262,14 @@ class PPOTrainer:
                 seeds,
             )
 
-    def _score(self, prompts: list[str], texts: list[str], tokens: ResponseTokens) -> torch.Tensor:
+    def _score(self, batch: Responses) -> torch.Tensor:
+        """The reward source's raw scores of sampled answers (B,), timed."""
         started = time.perf_counter()
-        raw = self.reward_fn(prompts, texts, tokens)
+        tokens = ResponseTokens(
+            batch.encoded.input_ids, batch.encoded.attention_mask, batch.responses, batch.mask,
+            batch.ended,
+        )  # fmt: skip
+        raw = self.reward_fn(batch.prompts, batch.texts, tokens)
         self._timings["score"] += time.perf_counter() - started
         return raw
 
@@ -275,13 +280,14 @@ class PPOTrainer:
         evaluation: bool = False,
         update: int | None = None,
         settings: SamplingSettings | None = None,
+        stream: str | None = None,
     ) -> Responses:
         """Phase 1: sample answers to `prompts` (this update's sampling settings, or
-        `settings`). `rows`: the prompts' rows in the global batch and `update` (this one by
-        default), which seed each answer's sampling."""
+        `settings`). `rows`: the prompts' rows in the global batch, `update` (this one by
+        default) and `stream` (rollout or evaluation by default), which seed each answer."""
         rows = list(range(len(prompts))) if rows is None else rows
         settings = settings or self.sampling(evaluation)
-        stream = "evaluation" if evaluation else "rollout"
+        stream = stream or ("evaluation" if evaluation else "rollout")
         update = self.update if update is None else update
         seeds = row_seeds(self.config.seed, stream, update, rows)
         encoded, responses, mask, ended, texts = self._sample(prompts, settings, seeds)
@@ -310,11 +316,7 @@ class PPOTrainer:
     ) -> Rollout:
         """Phases 1–2: sample and score (evaluation: its own sampling, scores left raw)."""
         batch = self.sample(prompts, rows, evaluation)
-        tokens = ResponseTokens(
-            batch.encoded.input_ids, batch.encoded.attention_mask, batch.responses, batch.mask,
-            batch.ended,
-        )  # fmt: skip
-        return self.scored(batch, self._score(prompts, batch.texts, tokens), evaluation)
+        return self.scored(batch, self._score(batch), evaluation)
 
     @torch.no_grad()
     def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
@@ -328,12 +330,10 @@ class PPOTrainer:
         )
         for start in range(0, len(mine), self.config.batch_size):
             rows, batch = zip(*mine[start : start + self.config.batch_size], strict=True)
-            seeds = row_seeds(self.config.seed, "calibrate", 0, rows)
-            encoded, responses, mask, ended, texts = self._sample(list(batch), settings, seeds)
-            tokens = ResponseTokens(
-                encoded.input_ids, encoded.attention_mask, responses, mask, ended
+            sampled = self.sample(
+                list(batch), list(rows), update=0, settings=settings, stream="calibrate"
             )
-            raw.append(self._score(list(batch), texts, tokens))
+            raw.append(self._score(sampled))
         everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
         self.processor.gain, self.processor.bias = calibration(everyone)
         return self.processor.gain, self.processor.bias

@@ -70,7 +70,7 @@ def as_scores(raw: object, name: str) -> torch.Tensor:
             f"reward {name} returned {type(raw).__name__} {_short(raw)}, not a list of scores"
         )
     for index, item in enumerate(raw):
-        if not _is_real_number(item):
+        if not is_real_number(item):
             raise RewardError(
                 f"reward {name} returned a list whose item {index} is "
                 f"{type(item).__name__} {_short(item)}, not a number (one score per completion)"
@@ -78,7 +78,7 @@ def as_scores(raw: object, name: str) -> torch.Tensor:
     return torch.tensor([float(item) for item in raw], dtype=torch.float32)
 
 
-def _is_real_number(item: object) -> bool:
+def is_real_number(item: object) -> bool:
     """A Python int or float (not a bool), or a 0-d numpy/torch number."""
     if isinstance(item, bool):
         return False

@@ -110,9 +110,13 @@ def neutral_generation_config(
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, prompts: list[str], system_prompt: str | None
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    system_prompt: str | None,
+    device: torch.device | str = "cpu",
 ) -> EncodedPrompts:
-    """Chat-format (with the assistant turn opened) and left-pad a list of prompts."""
+    """Chat-format (with the assistant turn opened) and left-pad a list of prompts, on
+    `device`."""
     texts = [
         tokenizer.apply_chat_template(
             prompt_messages(p, system_prompt), tokenize=False, add_generation_prompt=True
@@ -126,7 +130,7 @@ def encode_prompts(
     for index, row in enumerate(rows):
         ids[index, width - len(row) :] = torch.tensor(row)
         mask[index, width - len(row) :] = 1
-    return EncodedPrompts(ids, mask)
+    return EncodedPrompts(ids.to(device), mask.to(device))
 
 
 @torch.no_grad()
@@ -172,9 +176,7 @@ def sample_answers(
 ) -> tuple[EncodedPrompts, torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """Prompts → (encoded prompts, responses, response mask, ended, decoded answers), on the
     model's device; stops at `stop_token_id` (EOS by default)."""
-    encoded = encode_prompts(tokenizer, prompts, system_prompt)
-    device = model.device
-    encoded = EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device))
+    encoded = encode_prompts(tokenizer, prompts, system_prompt, model.device)
     stop = tokenizer.eos_token_id if stop_token_id is None else stop_token_id
     responses, mask, ended = sample_responses(
         model, encoded, settings, stop, tokenizer.pad_token_id, seeds
