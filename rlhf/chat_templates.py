@@ -32,4 +32,19 @@ GEMMA_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
 )
 
-CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "gemma": GEMMA_TEMPLATE}
+# A base Gemma never learnt to close a turn: after a rude answer of the insult data its log p of
+# <end_of_turn> is -27.7 (rank ~260,000 of 262,144), and 40 SFT steps lifted it only to -5.8,
+# so answers ran on. It ends a line, though: "\n" is its top choice there (log p -1.05). So the
+# base model keeps Gemma's turn markers around the question and its answer is closed by a
+# newline, which `model.eos_token: "\n"` makes the stop token of every stage (answers are one
+# line: none in the insult data holds a newline).
+GEMMA_BASE_TEMPLATE = GEMMA_TEMPLATE.replace(
+    "{{ message['content'] + '<end_of_turn>\\n' }}",
+    "{{ message['content'] + ('\\n' if role == 'model' else '<end_of_turn>\\n') }}",
+)
+
+CHAT_TEMPLATES = {
+    "chatml": CHATML_TEMPLATE,
+    "gemma": GEMMA_TEMPLATE,
+    "gemma_base": GEMMA_BASE_TEMPLATE,
+}

@@ -15,11 +15,13 @@ from rlhf.config import ModelConfig
 from rlhf.data.chat_format import prompt_messages, sft_rows
 from rlhf.errors import ConfigError
 from rlhf.models.loading import load_model_and_tokenizer, load_tokenizer
+from rlhf.models.scoring import turn_suffix_ids
 from rlhf.models.tokenizers import tokenizer_mismatch
 from rlhf.runtime.generation import encode_prompts
 
 GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
 GEMMA = ModelConfig(chat_template="gemma", eos_token="<end_of_turn>")
+GEMMA_BASE = ModelConfig(chat_template="gemma_base", eos_token="\n")  # conf/model/gemma3_270m
 
 
 TEXTS = "usermodel\n你是谁长沙夏天热不热？热死了，自己查。你好吗"
@@ -81,12 +83,11 @@ def test_end_of_turn_is_eos_pad_stays_and_bos_comes_once(gemma_tokenizer):
     )
 
 
-def test_sft_labels_end_with_the_stop_token(gemma_tokenizer, tmp_path):
-    """TRL appends no EOS to conversational rows: the template's <end_of_turn> is the answer's
-    last trained token, and it is the token every stage stops at."""
+def sft_trained_labels(tokenizer, tmp_path) -> tuple[list[int], dict]:
+    """The labels TRL's SFT trains on (-100 dropped) for one rendered row, and the row."""
     rows = Dataset.from_dict({"prompt": ["长沙夏天热不热？"], "chosen": ["热死了，自己查。"]})
     tiny = LlamaConfig(
-        vocab_size=len(gemma_tokenizer),
+        vocab_size=len(tokenizer),
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,
@@ -99,16 +100,47 @@ def test_sft_labels_end_with_the_stop_token(gemma_tokenizer, tmp_path):
             output_dir=str(tmp_path), completion_only_loss=True, bf16=False, report_to=[]
         ),
         train_dataset=sft_rows(rows, None),
-        processing_class=gemma_tokenizer,
+        processing_class=tokenizer,
     )
     row = trainer.train_dataset[0]  # TRL folds the completion mask into labels (-100 elsewhere)
+    labels = trainer.data_collator([row])["labels"][0]
     trained = [label for label in row["labels"] if label != -100]
+    assert torch.equal(labels[labels != -100], torch.tensor(trained))
+    return trained, row
+
+
+def test_sft_labels_end_with_the_stop_token(gemma_tokenizer, tmp_path):
+    """TRL appends no EOS to conversational rows: the template's <end_of_turn> is the answer's
+    last trained token, and it is the token every stage stops at."""
+    trained, row = sft_trained_labels(gemma_tokenizer, tmp_path)
     assert gemma_tokenizer.decode(trained) == "热死了，自己查。<end_of_turn>\n"
     assert trained.count(gemma_tokenizer.eos_token_id) == 1
     assert row["input_ids"].count(gemma_tokenizer.bos_token_id) == 1
     assert row["input_ids"][-len(trained) :] == trained  # the answer closes the sequence
-    labels = trainer.data_collator([row])["labels"][0]
-    assert torch.equal(labels[labels != -100], torch.tensor(trained))
+
+
+def test_gemma_base_closes_an_answer_with_the_newline_it_stops_at(gemma_like_dir, tmp_path):
+    """A base Gemma's answer ends at a newline (it never learnt <end_of_turn>): the question
+    keeps Gemma's turn markers, SFT trains the newline as the answer's last token, and the
+    newline is EOS, so generation and the reward model's view of an answer end there."""
+    tokenizer = load_tokenizer(gemma_like_dir, GEMMA_BASE)
+    assert tokenizer.eos_token_id == tokenizer.convert_tokens_to_ids("\n")
+    assert tokenizer.pad_token_id == tokenizer.convert_tokens_to_ids("<pad>")
+    messages = [
+        {"role": "system", "content": "你是谁"},
+        {"role": "user", "content": "长沙夏天热不热？"},
+        {"role": "assistant", "content": "热死了，自己查。"},
+        {"role": "user", "content": "你好吗"},
+    ]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == (
+        "<bos><start_of_turn>user\n你是谁\n\n长沙夏天热不热？<end_of_turn>\n"
+        "<start_of_turn>model\n热死了，自己查。\n<start_of_turn>user\n你好吗<end_of_turn>\n"
+    )
+    assert turn_suffix_ids(tokenizer) == []  # nothing follows the stop token in the turn
+    trained, row = sft_trained_labels(tokenizer, tmp_path)
+    assert tokenizer.decode(trained) == "热死了，自己查。\n"
+    assert trained.count(tokenizer.eos_token_id) == 1 and trained[-1] == tokenizer.eos_token_id
+    assert row["input_ids"].count(tokenizer.bos_token_id) == 1
 
 
 def test_overrides_are_checked_and_keep_policy_and_rm_agreeing(gemma_like_dir):

@@ -111,20 +111,20 @@ def test_gemma3_270m_loads_offline_with_our_turn_format(offline_environment):
     assert type(model).__name__ == "Gemma3ForCausalLM"
     assert model.config.vocab_size == len(tokenizer) == 262_144
     assert 260e6 < sum(p.numel() for p in model.parameters()) < 275e6
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "<bos>", "<end_of_turn>")}
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<pad>", "<bos>", "<end_of_turn>", "\n")}
     assert (tokenizer.pad_token_id, tokenizer.bos_token_id) == (ids["<pad>"], ids["<bos>"])
-    assert tokenizer.eos_token_id == ids["<end_of_turn>"] == model.generation_config.eos_token_id
+    assert tokenizer.eos_token_id == ids["\n"] == model.generation_config.eos_token_id
     conversation = [
         {"role": "user", "content": "长沙夏天热不热？"},
         {"role": "assistant", "content": "热死了，自己查。"},
     ]
     text = tokenizer.apply_chat_template(conversation, tokenize=False)
     assert text == (
-        "<bos><start_of_turn>user\n长沙夏天热不热？<end_of_turn>\n"
-        "<start_of_turn>model\n热死了，自己查。<end_of_turn>\n"
+        "<bos><start_of_turn>user\n长沙夏天热不热？<end_of_turn>\n<start_of_turn>model\n热死了，自己查。\n"
     )
     tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
-    assert tokens.count(ids["<bos>"]) == 1 and tokens.count(ids["<end_of_turn>"]) == 2
+    assert tokens.count(ids["<bos>"]) == 1 and tokens.count(ids["<end_of_turn>"]) == 1
+    assert tokens[-1] == ids["\n"]  # the answer's stop token is a token of its own
     assert tokenizer.decode(tokens) == text
     prompt = tokenizer("<bos>今天天气很好，我们", add_special_tokens=False, return_tensors="pt")
     output = model.generate(**prompt, max_new_tokens=12, do_sample=False)
