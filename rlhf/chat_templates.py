@@ -1,6 +1,7 @@
 """Chat templates of our own, by name, for models whose files carry none (a base model's GGUF).
 
-`chatml` is the format of SmolLM2, Qwen2.5 and the tiny model. `gemma` is Gemma's turn format:
+`chatml` is the format of SmolLM2, Qwen2.5 and the tiny model. `gemma` is Gemma's turn format
+(`gemma_base`, below, is the same with an answer closed by a newline, for the base model):
 `<bos>` once at the start (our prompts are tokenised without special tokens, so the template
 must emit it), `user` and `model` turns each closed by `<end_of_turn>`, and a system message
 folded into the first user turn, as Gemma has no system role. Content is kept verbatim, so a
