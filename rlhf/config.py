@@ -182,7 +182,9 @@ class ModelConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     gguf_file: str | None = None  # load this GGUF file (path, or "<python package>:<file>")
     gguf_fallback: str | None = None  # GGUF file to convert when the hub is unreachable
-    chat_template: str | None = None  # ours by name (chatml, gemma, gemma_base) in place of the file's
+    chat_template: str | None = (
+        None  # ours by name (chatml, gemma, gemma_base) in place of the file's
+    )
     eos_token: str | None = None  # the token that ends an answer (e.g. <end_of_turn>); null: EOS
     dtype: str = "float32"  # weights: auto, float32, bfloat16, float16, float64 (exactness tests)
     trust_remote_code: bool = False  # run modelling code shipped with a hub model
