@@ -1,0 +1,89 @@
+"""An independent check of keyword_ppo's replies: are they fluent text with the words, or salad?
+
+    HF_HUB_OFFLINE=1 .venv/bin/python experiments/keyword_ppo/fluency_check.py outputs/<run>/ppo
+
+For the first and the last update of a samples table (`tables/ppo_eval_samples.jsonl`: greedy
+replies to the five prompts at every `ppo.eval_every`; `--table ppo_samples` for the sampled
+ones), it prints each reply with its fluency — the mean negative log-likelihood per character
+of the reply after the prompt under Gemma 3 270M, a model that never saw the run and writes
+Chinese (lower is more fluent; two plain sentences written by hand are printed as a yardstick)
+— and the keyword reward's own parts: keywords found and the share of Chinese characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rlhf.config import ModelConfig  # noqa: E402
+from rlhf.models.loading import load_model_and_tokenizer  # noqa: E402
+from rlhf.paths import PROJECT_ROOT  # noqa: E402
+
+KEYWORDS = ("好", "棒", "喜欢", "开心", "快乐", "有趣", "学习", "成长")  # keyword_reward's
+YARDSTICK = [
+    ("今天天气很好，", "我们一起去公园散步吧，阳光暖暖的，心情也变好了。"),
+    ("学习新知识让我", "感到很充实，每天都有新的收获。"),
+]
+
+
+def judge_model():
+    loaded = OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "gemma3_270m.yaml")
+    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded))
+    model, tokenizer = load_model_and_tokenizer(settings, Path("~/.cache/rlhf").expanduser())
+    return model.eval(), tokenizer
+
+
+@torch.no_grad()
+def nll_per_character(model, tokenizer, prompt: str, reply: str) -> float:
+    prompt_ids = tokenizer("<bos>" + prompt, add_special_tokens=False)["input_ids"]
+    ids = tokenizer("<bos>" + prompt + reply, add_special_tokens=False)["input_ids"]
+    logprobs = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+    targets = torch.tensor(ids[1:])
+    per_token = logprobs[torch.arange(len(targets)), targets][len(prompt_ids) - 1 :]
+    return -per_token.sum().item() / max(1, len(reply))
+
+
+def chinese_share(text: str) -> float:
+    return sum("\u4e00" <= c <= "\u9fff" for c in text) / max(1, len(text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ppo_dir", type=Path, help="a keyword_ppo run's ppo/ folder")
+    parser.add_argument("--table", default="ppo_eval_samples", help="tables/<name>.jsonl")
+    args = parser.parse_args()
+    table = args.ppo_dir / "tables" / f"{args.table}.jsonl"
+    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines()]
+    by_update = collections.defaultdict(list)
+    for row in rows:
+        by_update[row["update"]].append(row)
+    model, tokenizer = judge_model()
+    yardstick = [nll_per_character(model, tokenizer, *pair) for pair in YARDSTICK]
+    print(
+        "yardstick (hand-written sentences), NLL per character:", [round(x, 2) for x in yardstick]
+    )
+    updates = sorted(by_update)
+    for update in dict.fromkeys([updates[0], updates[-1]]):
+        replies = by_update[update]
+        fluency = [nll_per_character(model, tokenizer, r["prompt"], r["response"]) for r in replies]
+        keywords = [sum(k in r["response"] for k in KEYWORDS) for r in replies]
+        print(
+            f"update {update}: {len(replies)} replies, mean score {sum(r['score'] for r in replies) / len(replies):.3f}, "
+            f"NLL/char {sum(fluency) / len(fluency):.2f}, keywords a reply {sum(keywords) / len(keywords):.2f}, "
+            f"Chinese {sum(chinese_share(r['response']) for r in replies) / len(replies):.2f}"
+        )
+        for row, value in zip(replies, fluency, strict=True):
+            reply = row["response"].replace("\n", " ")
+            print(f"  {value:5.2f}  {row['prompt']} | {reply} | score {row['score']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
