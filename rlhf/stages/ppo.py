@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 from peft import get_peft_model
@@ -44,7 +45,7 @@ from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
 from rlhf.runs.folders import RunPaths
 from rlhf.runs.tracking import Tracker
-from rlhf.runtime import distributed
+from rlhf.runtime import distributed, sharding
 from rlhf.stages.context import StageContext, stage_context
 from rlhf.stages.table import REWARD_MODEL, producer
 
@@ -175,6 +176,8 @@ def new_trainer(
     model = model.to(distributed.device())
     if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
         set_seed(config.seed + distributed.rank())
+    if sharding.fsdp2_requested(os.environ):  # accelerate/fsdp.yaml
+        model.shard(reference=config.ppo.shard_reference)
     processor = ScoreProcessor(
         config.reward.scale,
         config.reward.normalize,
@@ -261,6 +264,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
             log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
         last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
         ctx.info["best_checkpoint"] = checkpointer.best
+        sharding.release_whole_weights(model)  # FSDP2: every process gathers whole weights
         if distributed.is_main_process():  # the weights are the same on every process
             save_outputs(ctx, model, tokenizer)
             plot_ppo_run(ctx.stage_dir)
