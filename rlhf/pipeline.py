@@ -85,9 +85,7 @@ def check_launch_engine(
             where = "accelerate/ddp.yaml (models that fit one device) or accelerate/fsdp.yaml"
         else:
             where = "accelerate/ddp.yaml"
-        raise ConfigError(
-            f"stage {stage.name} does not run under {engine}: launch it with {where}"
-        )
+        raise ConfigError(f"stage {stage.name} does not run under {engine}: launch it with {where}")
     unmerged = [d.name for d in declarations if not d.own_sharding]
     if engine in ("deepspeed-zero3", "fsdp1", "fsdp2") and config.model.lora.enabled and unmerged:
         raise ConfigError(

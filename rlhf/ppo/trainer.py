@@ -903,7 +903,6 @@ class PPOTrainer:
         self.processor.gain, self.processor.bias = processor["gain"], processor["bias"]
         self.health.load_state_dict(state["health"])
 
-
     def _optimizer_state(self) -> dict[str, Any] | None:
         """The optimiser's whole state (see `state_dict`)."""
         optimizer = self.optimizer

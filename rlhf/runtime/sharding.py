@@ -129,9 +129,7 @@ def like(value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     if not isinstance(reference, DTensor):
         return value
     value = value.to(device=reference.device, dtype=reference.dtype)
-    return distribute_tensor(
-        value, reference.device_mesh, reference.placements, src_data_rank=None
-    )
+    return distribute_tensor(value, reference.device_mesh, reference.placements, src_data_rank=None)
 
 
 def split_sharded(params: Iterable[nn.Parameter]) -> tuple[list, list]:
