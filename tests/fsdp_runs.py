@@ -11,12 +11,14 @@ the composed config, as train.py runs it, on every process. Variants:
 - "crash_after_checkpoint_1": every process stops with an exception right after checkpoint 1
   is published, where the resume tests kill the process (a SIGKILL would end the launch);
 - "resume": `resume=true` in an earlier run's folder.
+The stage's plots are left out (matplotlib costs ~1.5 s a run; tests/test_pipeline.py covers them).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -31,6 +33,7 @@ from rlhf.config import register_schemas  # noqa: E402
 from rlhf.paths import PROJECT_ROOT  # noqa: E402
 from rlhf.pipeline import run  # noqa: E402
 from rlhf.ppo import checkpoint, core, trainer  # noqa: E402
+from rlhf.stages import ppo  # noqa: E402
 
 
 class Crashed(Exception):
@@ -56,11 +59,16 @@ def patched(module, name, value):
         setattr(module, name, original)
 
 
-def one_run(run_dir: Path, overrides: list[str], variant: str | None) -> None:
+@functools.cache
+def composed(overrides: tuple[str, ...]):
+    """The typed config of conf/ with `overrides` (composing costs ~1 s: once per config)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"output_dir={run_dir}", *overrides])
-    config = typed_config(cfg)
+        return typed_config(compose("config", overrides=list(overrides)))
+
+
+def one_run(run_dir: Path, overrides: list[str], variant: str | None) -> None:
+    config = composed((f"output_dir={run_dir}", *overrides))
     if variant == "resume":
         config = dataclasses.replace(config, resume=True)
     if variant == "local_whitening":
@@ -79,6 +87,7 @@ def one_run(run_dir: Path, overrides: list[str], variant: str | None) -> None:
 
 def main() -> None:
     register_schemas()
+    ppo.plot_ppo_run = lambda stage_dir: []
     for spec in json.loads(Path(sys.argv[1]).read_text()):
         one_run(Path(spec["run_dir"]), spec["overrides"], spec["variant"])
 
