@@ -64,6 +64,9 @@ def shard_per_layer(model: nn.Module, root: nn.Module | None = None) -> None:
     fully_shard(root if root is not None else model, reshard_after_forward=False)
     for module in fsdp_modules(model):
         module.set_gradient_divide_factor(1.0)  # sum, not mean: the losses are pre-weighted
+        # plain SUM collectives in every dtype (fp32 would otherwise use NCCL's PREMUL_SUM,
+        # which gloo lacks)
+        module.set_force_sum_reduction_for_comms(True)
 
 
 def fsdp_modules(model: nn.Module) -> list[FSDPModule]:
