@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf.app import typed_config
+from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
 from rlhf.pipeline import check_launch_engine, run
+from rlhf.ppo.trainer import check_fsdp2_settings
 from rlhf.runtime import distributed
 from rlhf.stages import ppo as ppo_stage
 from tests.helpers import free_port
@@ -177,3 +180,22 @@ def test_deepspeed_is_refused_for_ppo_with_what_to_use_and_fsdp2_is_accepted(com
         check_launch_engine(ppo, distributed.launch_engine({"ACCELERATE_USE_FSDP": "true"}))
     with pytest.raises(ConfigError, match="fsdp_cpu_ram_efficient_loading"):
         check_launch_engine(ppo, fsdp2, ram_efficient_loading=True)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "key"),
+    [
+        ("critic", "lora", "ppo.critic=lora"),
+        ("shard_optimizer", True, "ppo.shard_optimizer"),
+        ("drop_uniform_groups", True, "ppo.drop_uniform_groups"),
+        ("critic_warmup_updates", 2, "ppo.critic_warmup_updates"),
+    ],
+)
+def test_what_fsdp2_does_not_run_is_refused_with_one_line(setting, value, key):
+    check_fsdp2_settings(PPOConfig(), "bf16")  # the defaults run
+    groups = {"samples_per_prompt": 2} if setting == "drop_uniform_groups" else {}
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}: not under FSDP2") as error:
+        check_fsdp2_settings(PPOConfig(**{setting: value, **groups}), "no")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="fp16: not under FSDP2"):
+        check_fsdp2_settings(PPOConfig(), "fp16")

@@ -26,7 +26,6 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlhf.errors import ConfigError
 from rlhf.ppo import core
 from rlhf.ppo.core import upcast
 from rlhf.ppo.rollout import response_slice
@@ -109,12 +108,9 @@ class ActorCritic(nn.Module):
         DDP). The frozen reference stays whole unless `reference`: it has no gradients or
         moments (a quarter of a trained model's memory) and needs no gathers when whole. The
         trained weights are broadcast from the main process first (fresh heads and adapters
-        are random)."""
+        are random). Not for critic=lora (trainer.check_fsdp2_settings)."""
         if self.critic_kind == "lora":
-            raise ConfigError(
-                "ppo.critic=lora: not under FSDP2 (its pass calls the policy's body past the "
-                "sharded root); use ppo.critic=separate or value_head"
-            )
+            raise ValueError("critic 'lora' cannot be sharded")
         distributed.broadcast_parameters(self.policy_parameters() + self.critic_parameters())
         sharding.shard_per_layer(self.policy.get_base_model() if self.is_lora else self.policy)
         if self.critic_kind == "separate":  # critic_forward calls its body, then its head

@@ -131,10 +131,16 @@ def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> t
 
 
 def check_fsdp2_settings(config: PPOConfig, mixed_precision: str) -> None:
-    """What PPO under FSDP2 does not do (yet), refused before anything trains."""
+    """What PPO under FSDP2 does not do (yet), refused before the models are built."""
+    if config.critic == "lora":
+        raise ConfigError(
+            "ppo.critic=lora: not under FSDP2 (its pass calls the policy's body past the "
+            "sharded root); use ppo.critic=separate or value_head"
+        )
     if config.shard_optimizer:
         raise ConfigError(
-            "ppo.shard_optimizer: FSDP2 shards the optimiser state already; leave it false"
+            "ppo.shard_optimizer: not under FSDP2 (it shards the optimiser state already); "
+            "leave it false"
         )
     if config.drop_uniform_groups:
         raise ConfigError(
@@ -143,6 +149,11 @@ def check_fsdp2_settings(config: PPOConfig, mixed_precision: str) -> None:
         )
     if mixed_precision == "fp16":
         raise ConfigError("model.mixed_precision=fp16: not under FSDP2 (loss scaler); use bf16")
+    if config.critic_warmup_updates:
+        raise ConfigError(
+            "ppo.critic_warmup_updates: not under FSDP2 (the policy's pass would have no "
+            "backward for its gradient reduction); use ddp.yaml or 0"
+        )
 
 
 def stop_token_id(tokenizer: PreTrainedTokenizerBase, stop_token: str | None) -> int:
@@ -194,8 +205,6 @@ class PPOTrainer:
         )
         # FSDP2 (rlhf/runtime/sharding.py): the stage sharded policy and critic before this
         self.sharded = sharding.is_sharded(model)
-        if self.sharded:
-            check_fsdp2_settings(config, mixed_precision)
         if config.shard_optimizer and mixed_precision == "fp16":
             raise ConfigError(
                 "ppo.shard_optimizer: not with model.mixed_precision=fp16 (the loss scaler "

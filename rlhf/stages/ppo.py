@@ -37,7 +37,7 @@ from rlhf.models.saving import save_model
 from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.trainer import PPOTrainer, check_fsdp2_settings
 from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import RewardFunction, build_reward
 from rlhf.rewards.ensemble import member_folders
@@ -172,11 +172,14 @@ def new_trainer(
 ) -> PPOTrainer:
     """The actor-critic around `policy` and the PPO trainer on it, as this stage and
     rlhf.session.PPOSession build them. `prompts`: (train prompts, held-out prompts)."""
+    fsdp2 = sharding.fsdp2_requested(os.environ)  # accelerate/fsdp.yaml
+    if fsdp2:
+        check_fsdp2_settings(config.ppo, config.model.mixed_precision)
     model = build_actor_critic(config, policy, tokenizer, reward_model, reference, critic)
     model = model.to(distributed.device())
     if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
         set_seed(config.seed + distributed.rank())
-    if sharding.fsdp2_requested(os.environ):  # accelerate/fsdp.yaml
+    if fsdp2:
         model.shard(reference=config.ppo.shard_reference)
     processor = ScoreProcessor(
         config.reward.scale,
