@@ -75,6 +75,12 @@ def logged_scores(run_dir: Path) -> list[tuple[float, float]]:
     ]
 
 
+def gradient_norms(run_dir: Path, part: str) -> list[float]:
+    """`part`'s ("policy" or "val") gradient norm before clipping, per logged update."""
+    records = [json.loads(line) for line in (run_dir / "ppo" / "metrics.jsonl").open()]
+    return [r[f"ppo/{part}/grad_norm"] for r in records if "ppo/lr" in r]
+
+
 def launch_runs(runs: list[dict], tmp_path: Path) -> None:
     """All `runs` in one two-process FSDP2 launch (tests/fsdp_runs.py)."""
     spec = tmp_path / "runs.json"
@@ -135,6 +141,12 @@ def test_two_fsdp2_processes_of_batch_4_make_the_update_of_one_process_of_batch_
     assert wrong and "samples (answers or scores)" not in wrong  # same answers, other update
     assert len(sample_table(dirs["full1"])) == 16 and len(sample_table(dirs["lora1"])) == 8
     assert len({row["score"] for row in sample_table(dirs["full1"])}) > 1  # normalisation acts
+    # the global norm over shards and whole heads is the single process's, and clipping acted
+    for sharded, single_run in ((dirs["lora2"], dirs["lora1"]), (dirs["resumed2"], dirs["full1"])):
+        for part in ("policy", "val"):
+            expected = gradient_norms(single_run, part)
+            assert gradient_norms(sharded, part) == pytest.approx(expected, rel=1e-9)
+        assert min(gradient_norms(single_run, "policy")) > 0.5  # above ppo.max_grad_norm
     # every trained part moved (else equality would be trivial): weights, adapter, critic
     start = load_file(str(tiny_sft_model / "model.safetensors"))
     for run_dir, part in ((dirs["full1"], "model"), (dirs["lora1"], "model")):

@@ -39,7 +39,7 @@ _GATHERED = "_rlhf_gathered"  # set on a model inside `gathered`
 
 def fsdp2_requested(env: Mapping[str, str]) -> bool:
     """True when `accelerate launch` set up FSDP version 2 for this process."""
-    return env.get("ACCELERATE_USE_FSDP", "").lower() == "true" and env.get("FSDP_VERSION") == "2"
+    return distributed.launch_engine(env) == "fsdp2"
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:
