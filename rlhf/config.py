@@ -560,6 +560,7 @@ class PPOConfig:
         1.0  # clip policy and critic gradient norms, each on its own; null = off
     )
     shard_optimizer: bool = False  # ZeRO-1: each of N processes keeps 1/N of AdamW's moments
+    shard_reference: bool = False  # FSDP2 launch: shard the frozen reference too (else whole)
     cliprange: float = 0.2  # epsilon of the clipped policy objective
     cliprange_low: float | None = None  # lower epsilon; null = cliprange
     cliprange_high: float | None = None  # upper epsilon; null = cliprange

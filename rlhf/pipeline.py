@@ -49,7 +49,11 @@ def run(config: Config, run_dir: Path) -> tuple[str | None, float | None]:
     """Run `config.stage` (or the pipeline); return the objective's name and final value
     (train.py returns the value to the sweeper)."""
     declarations = stages_to_run(config.stage, config.pipeline.stages)
-    check_launch_engine(config, distributed.launch_engine(os.environ))
+    check_launch_engine(
+        config,
+        distributed.launch_engine(os.environ),
+        os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() == "true",
+    )
     paths = RunPaths(run_dir)
     if config.stage == PIPELINE:
         metrics = run_pipeline(config, paths)
@@ -64,22 +68,36 @@ def run(config: Config, run_dir: Path) -> tuple[str | None, float | None]:
     return objective, metrics.get(objective)
 
 
-def check_launch_engine(config: Config, engine: str | None) -> None:
-    """Stop before training what the accelerate engine cannot run: a stage declared for plain
-    processes only (PPO: its generation would gather sharded weights at every token), and a LoRA
-    model sharded by ZeRO-3 / FSDP (it cannot be merged for saving)."""
+def check_launch_engine(
+    config: Config, engine: str | None, ram_efficient_loading: bool = False
+) -> None:
+    """Stop before training what the accelerate engine cannot run: a stage not declared for it
+    (PPO runs on plain processes or FSDP2 only), a LoRA model sharded by ZeRO-3 / FSDP in a
+    stage that cannot merge it for saving, and PPO under FSDP with weights loaded on the main
+    process only (`ram_efficient_loading`: PPO loads its models itself, on every process)."""
     declarations = stages_to_run(config.stage, config.pipeline.stages)
-    plain_only = [d.name for d in declarations if not d.sharded_engines]
-    if engine is not None and plain_only:
-        shardable = [d.name for d in STAGES.values() if d.sharded_engines]
+    if engine is None:
+        return
+    refused = [d for d in declarations if engine not in d.sharded_engines]
+    if refused:
+        stage = refused[0]
+        if stage.sharded_engines:
+            where = "accelerate/ddp.yaml (models that fit one device) or accelerate/fsdp.yaml"
+        else:
+            where = "accelerate/ddp.yaml"
+        raise ConfigError(f"stage {stage.name} does not run under {engine}: launch it with {where}")
+    unmerged = [d.name for d in declarations if not d.own_sharding]
+    if engine in ("deepspeed-zero3", "fsdp1", "fsdp2") and config.model.lora.enabled and unmerged:
         raise ConfigError(
-            f"stage {plain_only[0]} runs data-parallel: launch it with accelerate/ddp.yaml, "
-            f"not {engine} (zero2 / zero3 / fsdp are for the {', '.join(shardable)} stages)"
+            f"model.lora.enabled: LoRA models sharded by {engine} are not merged for saving in "
+            f"stage {unmerged[0]}; use accelerate/zero2.yaml or ddp.yaml"
         )
-    if engine in ("deepspeed-zero3", "fsdp") and config.model.lora.enabled:
+    own = [d.name for d in declarations if d.own_sharding]
+    if ram_efficient_loading and own:
         raise ConfigError(
-            f"model.lora.enabled: LoRA models sharded by {engine} are not merged for saving; "
-            "use accelerate/zero2.yaml or ddp.yaml"
+            "fsdp_cpu_ram_efficient_loading: true leaves the weights on the main process only, "
+            f"and stage {own[0]} builds its models on every process; set it to false "
+            "(accelerate/fsdp.yaml)"
         )
 
 

@@ -199,7 +199,7 @@ def test_slurm_accelerate_launcher_composes_into_the_plugin():
 def test_ppo_refuses_sharding_engines_and_lora_refuses_zero3(compose_config):
     ppo = typed_config(compose_config(["stage=pipeline"]))
     check_launch_engine(ppo, None)
-    with pytest.raises(ConfigError, match="ddp.yaml, not deepspeed-zero2"):
+    with pytest.raises(ConfigError, match="not run under deepspeed-zero2: launch it with accel"):
         check_launch_engine(
             ppo,
             distributed.launch_engine(

@@ -29,6 +29,7 @@ from transformers import PreTrainedModel
 from rlhf.ppo import core
 from rlhf.ppo.core import upcast
 from rlhf.ppo.rollout import response_slice
+from rlhf.runtime import distributed, sharding
 
 CRITIC_ADAPTER = "critic"
 
@@ -99,6 +100,23 @@ class ActorCritic(nn.Module):
         if self.critic_kind == "lora":
             params += [p for n, p in self.policy.named_parameters() if f".{CRITIC_ADAPTER}." in n]
         return params
+
+    def shard(self, reference: bool = False) -> None:
+        """FSDP2 (rlhf/runtime/sharding.py): the policy (with LoRA: its frozen base and the
+        adapters inside each layer) and a separate critic's body sharded per decoder layer;
+        value and score heads stay whole on every process (their gradients are summed as under
+        DDP). The frozen reference stays whole unless `reference`: it has no gradients or
+        moments (a quarter of a trained model's memory) and needs no gathers when whole. The
+        trained weights are broadcast from the main process first (fresh heads and adapters
+        are random). Not for critic=lora (trainer.check_fsdp2_settings)."""
+        if self.critic_kind == "lora":
+            raise ValueError("critic 'lora' cannot be sharded")
+        distributed.broadcast_parameters(self.policy_parameters() + self.critic_parameters())
+        sharding.shard_per_layer(self.policy.get_base_model() if self.is_lora else self.policy)
+        if self.critic_kind == "separate":  # critic_forward calls its body, then its head
+            sharding.shard_per_layer(self.critic, root=self.critic.base_model)
+        if reference and self.reference is not None:
+            sharding.shard_per_layer(self.reference)
 
     # --- forward passes, each returning response positions only -------------------------
 

@@ -67,7 +67,7 @@ from rlhf.rewards import RewardFunction, with_tokens_argument
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.rewards.tokens import ResponseTokens
 from rlhf.runs.tracking import Tracker
-from rlhf.runtime import distributed
+from rlhf.runtime import distributed, sharding
 from rlhf.runtime.generation import (
     EncodedPrompts,
     SamplingSettings,
@@ -91,8 +91,14 @@ def make_optimizer(
     the device (3–4× faster on CPU). With `shard` on several processes, ZeRO-1: each process
     keeps the moments of, and updates, its share of the parameters, then every process receives
     the others' (the gradients are already summed everywhere, see `_optimizer_step`, so the
-    update is the same as unsharded)."""
-    param_groups = [{"params": params, "lr": lr} for params, lr in groups if params]
+    update is the same as unsharded). Under FSDP2 a group's sharded (DTensor) and whole
+    parameters go into two groups with its learning rate: one fused kernel takes one kind."""
+    param_groups = [
+        {"params": part, "lr": lr}
+        for params, lr in groups
+        for part in sharding.split_sharded(params)
+        if part
+    ]
     lr = param_groups[0]["lr"]
     if shard and distributed.world_size() > 1:
         from torch.distributed.optim import ZeroRedundancyOptimizer
@@ -122,6 +128,32 @@ def gradient_norm(params: list[torch.nn.Parameter], max_norm: float | None) -> t
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     grads = [p.grad for p in params if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads)
+
+
+def check_fsdp2_settings(config: PPOConfig, mixed_precision: str) -> None:
+    """What PPO under FSDP2 does not do (yet), refused before the models are built."""
+    if config.critic == "lora":
+        raise ConfigError(
+            "ppo.critic=lora: not under FSDP2 (its pass calls the policy's body past the "
+            "sharded root); use ppo.critic=separate or value_head"
+        )
+    if config.shard_optimizer:
+        raise ConfigError(
+            "ppo.shard_optimizer: not under FSDP2 (it shards the optimiser state already); "
+            "leave it false"
+        )
+    if config.drop_uniform_groups:
+        raise ConfigError(
+            "ppo.drop_uniform_groups: not under FSDP2 (a process with nothing to train would "
+            "skip backward passes that the others' gradient reduction waits for); use ddp.yaml"
+        )
+    if mixed_precision == "fp16":
+        raise ConfigError("model.mixed_precision=fp16: not under FSDP2 (loss scaler); use bf16")
+    if config.critic_warmup_updates:
+        raise ConfigError(
+            "ppo.critic_warmup_updates: not under FSDP2 (the policy's pass would have no "
+            "backward for its gradient reduction); use ddp.yaml or 0"
+        )
 
 
 def stop_token_id(tokenizer: PreTrainedTokenizerBase, stop_token: str | None) -> int:
@@ -171,6 +203,8 @@ class PPOTrainer:
         self.kl_controller = make_kl_controller(
             config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon
         )
+        # FSDP2 (rlhf/runtime/sharding.py): the stage sharded policy and critic before this
+        self.sharded = sharding.is_sharded(model)
         if config.shard_optimizer and mixed_precision == "fp16":
             raise ConfigError(
                 "ppo.shard_optimizer: not with model.mixed_precision=fp16 (the loss scaler "
@@ -183,8 +217,10 @@ class PPOTrainer:
             [(self.policy_params, config.learning_rate), (self.critic_params, critic_lr)],
             shard=config.shard_optimizer,
         )
-        # every process starts from the main process's weights (fresh adapters are random)
-        distributed.broadcast_parameters(self._trained_parameters())
+        # every process starts from the main process's weights (fresh adapters are random);
+        # sharded models were broadcast before sharding
+        if not self.sharded:
+            distributed.broadcast_parameters(self._trained_parameters())
         self.precision = MixedPrecision(mixed_precision, model.policy.device)
         # stepped once per update, so early stops (target_kl) do not leave it short of 0
         total = max(1, config.total_updates)
@@ -251,7 +287,8 @@ class PPOTrainer:
     def _sample(self, prompts: list[str], settings: SamplingSettings, seeds: list[int]):
         """Encoded prompts, responses (cut after the stop token), mask, ended flags and texts."""
         self.model.policy.eval()
-        with self.precision.autocast():
+        # FSDP2: whole weights for the rollout, gathered once (not at every token)
+        with sharding.gathered(self.model.policy), self.precision.autocast():
             return sample_answers(
                 self.model.policy,
                 self.tokenizer,
@@ -328,12 +365,13 @@ class PPOTrainer:
         settings = SamplingSettings(
             self.config.max_new_tokens, self.config.min_new_tokens, True, self.config.temperature
         )
-        for start in range(0, len(mine), self.config.batch_size):
-            rows, batch = zip(*mine[start : start + self.config.batch_size], strict=True)
-            sampled = self.sample(
-                list(batch), list(rows), update=0, settings=settings, stream="calibrate"
-            )
-            raw.append(self._score(sampled))
+        with sharding.gathered(self.model.policy):  # as in evaluate
+            for start in range(0, len(mine), self.config.batch_size):
+                rows, batch = zip(*mine[start : start + self.config.batch_size], strict=True)
+                sampled = self.sample(
+                    list(batch), list(rows), update=0, settings=settings, stream="calibrate"
+                )
+                raw.append(self._score(sampled))
         everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
         self.processor.gain, self.processor.bias = calibration(everyone)
         return self.processor.gain, self.processor.bias
@@ -516,7 +554,11 @@ class PPOTrainer:
         stats["skipped"] = 0.0
         if pg_stats["ratio_mean"] > c.ratio_threshold:
             stats["skipped"] = 1.0  # a stale or broken mini-batch: no gradient from it
-            return stats
+            if not self.sharded:
+                return stats
+            # FSDP2 reduces gradients inside backward, so every process runs the same backward
+            # passes: a skipped mini-batch contributes with weight 0
+            weight = 0.0
         loss = 0.0
         if not critic_only:
             loss = pg_loss
@@ -570,7 +612,8 @@ class PPOTrainer:
     def _backward(self, loss: torch.Tensor | float, weight: float, what: str) -> None:
         if not torch.is_tensor(loss):
             return
-        self._check_finite("update", what, loss)
+        # sharded: a stop must be taken by all processes before the backward's collectives
+        self._check_finite("update", what, loss, everywhere=self.sharded)
         self.precision.scale(loss * weight).backward()
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
@@ -587,18 +630,27 @@ class PPOTrainer:
         else:
             groups = {"policy": self.policy_params, **groups}
         trained = [p for params in groups.values() for p in params]
-        distributed.sum_gradients(trained)  # the same gradient on every process
+        # the same gradient on every process (FSDP2 summed its shards' in backward already)
+        distributed.sum_gradients(sharding.replicated(trained))
         self.precision.unscale(self.optimizer)
         max_norm = self.config.max_grad_norm
         norms = {}
         for name, params in groups.items():
-            norm = gradient_norm(params, max_norm)
+            if self.sharded:
+                norm = sharding.gradient_norm(params, max_norm)
+            else:
+                norm = gradient_norm(params, max_norm)
             if not self.precision.scales_loss:  # fp16: an overflow skips the step, scale drops
                 self._check_finite("update", f"{name} gradient norm", norm)
             norms["policy/grad_norm" if name == "policy" else "val/grad_norm"] = norm.item()
         self.precision.step(self.optimizer)
         # keep the gradient buffers: re-allocating ~1 GB per step for SmolLM2 costs seconds
-        self.optimizer.zero_grad(set_to_none=False)
+        if self.sharded:  # one foreach kernel cannot take sharded and whole gradients together
+            for param in self._trained_parameters():
+                if param.grad is not None:
+                    param.grad.zero_()
+        else:
+            self.optimizer.zero_grad(set_to_none=False)
         return norms
 
     def _check_finite(
@@ -714,16 +766,18 @@ class PPOTrainer:
         texts, scores, lengths, ended, judged = [], [], [], [], []
         mine = distributed.shard(self.eval_prompts)
         offset = distributed.shard_offset(len(self.eval_prompts))
-        for start in range(0, len(mine), self.config.batch_size):
-            rows = list(range(offset + start, offset + start + self.config.batch_size))
-            batch = mine[start : start + self.config.batch_size]
-            rollout = self.generate(batch, rows[: len(batch)], evaluation=True)
-            texts += rollout.texts
-            scores += rollout.raw_scores.tolist()
-            lengths += rollout.mask.sum(1).tolist()
-            ended += rollout.ended.tolist()
-            if self.judge is not None:
-                judged += self.judge.score(rollout.prompts, rollout.texts).tolist()
+        # gathered once: processes may have different numbers of batches (no collective inside)
+        with sharding.gathered(self.model.policy):
+            for start in range(0, len(mine), self.config.batch_size):
+                rows = list(range(offset + start, offset + start + self.config.batch_size))
+                batch = mine[start : start + self.config.batch_size]
+                rollout = self.generate(batch, rows[: len(batch)], evaluation=True)
+                texts += rollout.texts
+                scores += rollout.raw_scores.tolist()
+                lengths += rollout.mask.sum(1).tolist()
+                ended += rollout.ended.tolist()
+                if self.judge is not None:
+                    judged += self.judge.score(rollout.prompts, rollout.texts).tolist()
         gathered = distributed.gather_objects((texts, scores, lengths, ended, judged))
         texts, scores, lengths, ended, judged = (
             [x for part in gathered for x in part[i]] for i in range(5)
@@ -811,10 +865,8 @@ class PPOTrainer:
         `scheduler` states, this process's `rng` states (global and the trainer's own), and the
         JSON-able `update`, `data_order`, `kl_controller`, `score_processor` and `health`.
         Every process calls it: with a sharded optimiser (ZeRO-1) the moments are gathered on
-        the main process, and only its `optimizer` entry is set (None on the others)."""
-        optimizer = self.optimizer
-        if _is_sharded(optimizer):
-            optimizer.consolidate_state_dict(to=0)
+        the main process, and only its `optimizer` entry is set (None on the others); under
+        FSDP2 the sharded weights and moments are gathered whole on every process."""
         processor = self.processor
         return {
             "update": self.update,
@@ -826,10 +878,9 @@ class PPOTrainer:
                 "bias": processor.bias,
             },
             "health": self.health.state_dict(),
-            "trainable": self.trainable_tensors(),
-            "optimizer": optimizer.state_dict()
-            if self._main or not _is_sharded(optimizer)
-            else None,
+            # whole tensors: under FSDP2 gathered from every process's shard
+            "trainable": {k: sharding.whole(v) for k, v in self.trainable_tensors().items()},
+            "optimizer": self._optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {
                 **global_rng_states(),
@@ -847,8 +898,8 @@ class PPOTrainer:
             raise ConfigError(f"does not match this model (tensors missing: {missing})")
         with torch.no_grad():
             for name, tensor in state["trainable"].items():
-                expected[name].copy_(tensor)
-        self.optimizer.load_state_dict(state["optimizer"])
+                expected[name].copy_(sharding.like(tensor, expected[name]))
+        self.optimizer.load_state_dict(self._laid_out_like_parameters(state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         restore_global_rng_states(state["rng"])
         self.rng.setstate(state["rng"]["trainer_python"])
@@ -860,6 +911,37 @@ class PPOTrainer:
         self.processor.moments.load_state_dict(processor["moments"])
         self.processor.gain, self.processor.bias = processor["gain"], processor["bias"]
         self.health.load_state_dict(state["health"])
+
+    def _optimizer_state(self) -> dict[str, Any] | None:
+        """The optimiser's whole state (see `state_dict`)."""
+        optimizer = self.optimizer
+        if _is_sharded(optimizer):
+            optimizer.consolidate_state_dict(to=0)
+            return optimizer.state_dict() if self._main else None
+        state = optimizer.state_dict()
+        if self.sharded:  # the same order on every process, so the gathers pair up
+            state["state"] = {
+                index: {key: sharding.whole(value) for key, value in moments.items()}
+                for index, moments in state["state"].items()
+            }
+        return state
+
+    def _laid_out_like_parameters(self, state: dict[str, Any]) -> dict[str, Any]:
+        """A saved (whole) optimiser state with each moment laid out as its parameter: this
+        process's shard under FSDP2, as it is otherwise."""
+        if not self.sharded:
+            return state
+        params = self._trained_parameters()
+        moments = {
+            index: {
+                key: sharding.like(value, params[index])
+                if torch.is_tensor(value) and value.shape == params[index].shape
+                else value
+                for key, value in entry.items()
+            }
+            for index, entry in state["state"].items()
+        }
+        return {**state, "state": moments}
 
 
 def _is_sharded(optimizer: torch.optim.Optimizer) -> bool:

@@ -58,11 +58,12 @@ def device() -> torch.device:
 
 def launch_engine(env: Mapping[str, str]) -> str | None:
     """The sharding engine `accelerate launch` set up for this process: "deepspeed-zero<N>",
-    "fsdp", or None for plain processes (single, or data-parallel)."""
+    "fsdp<version>" ("fsdp2" for accelerate/fsdp.yaml), or None for plain processes (single,
+    or data-parallel)."""
     if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
         return f"deepspeed-zero{env.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
     if env.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        return "fsdp"
+        return f"fsdp{env.get('FSDP_VERSION', '1')}"
     return None
 
 

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 
 from peft import get_peft_model
@@ -36,7 +37,7 @@ from rlhf.models.saving import save_model
 from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
-from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.trainer import PPOTrainer, check_fsdp2_settings
 from rlhf.reporting.plots import plot_ppo_run
 from rlhf.rewards import RewardFunction, build_reward
 from rlhf.rewards.ensemble import member_folders
@@ -44,7 +45,7 @@ from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
 from rlhf.runs.folders import RunPaths
 from rlhf.runs.tracking import Tracker
-from rlhf.runtime import distributed
+from rlhf.runtime import distributed, sharding
 from rlhf.stages.context import StageContext, stage_context
 from rlhf.stages.table import REWARD_MODEL, producer
 
@@ -171,10 +172,15 @@ def new_trainer(
 ) -> PPOTrainer:
     """The actor-critic around `policy` and the PPO trainer on it, as this stage and
     rlhf.session.PPOSession build them. `prompts`: (train prompts, held-out prompts)."""
+    fsdp2 = sharding.fsdp2_requested(os.environ)  # accelerate/fsdp.yaml
+    if fsdp2:
+        check_fsdp2_settings(config.ppo, config.model.mixed_precision)
     model = build_actor_critic(config, policy, tokenizer, reward_model, reference, critic)
     model = model.to(distributed.device())
     if distributed.world_size() > 1:  # trained weights are broadcast; samples must differ
         set_seed(config.seed + distributed.rank())
+    if fsdp2:
+        model.shard(reference=config.ppo.shard_reference)
     processor = ScoreProcessor(
         config.reward.scale,
         config.reward.normalize,
@@ -261,6 +267,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
             log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
         last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
         ctx.info["best_checkpoint"] = checkpointer.best
+        sharding.release_whole_weights(model)  # FSDP2: every process gathers whole weights
         if distributed.is_main_process():  # the weights are the same on every process
             save_outputs(ctx, model, tokenizer)
             plot_ppo_run(ctx.stage_dir)

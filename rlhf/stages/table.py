@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from rlhf.runs.resume import NO_CHECKPOINTS, PPO_CHECKPOINTS, TRL_CHECKPOINTS, CheckpointLayout
 
 PIPELINE = "pipeline"  # stage=pipeline: the stages of pipeline.stages, in order
+SHARDING_ENGINES = ("deepspeed-zero2", "deepspeed-zero3", "fsdp1", "fsdp2")
 
 # What a stage leaves in `<run>/<stage>/model/` for the stages after it.
 POLICY = "policy"  # a causal LM that answers prompts (what eval judges)
@@ -42,7 +43,12 @@ class StageDeclaration:
     starts_from: str | None = None  # in a pipeline that ran this stage first: start from its model
     cache_sections: tuple[str, ...] = ()  # config sections keying its cache; () = never cached
     checkpoints: CheckpointLayout = NO_CHECKPOINTS  # how it checkpoints and resumes
-    sharded_engines: bool = True  # may run under ZeRO-2/3 or FSDP (False: plain processes only)
+    # the sharding launches it runs under (rlhf.runtime.distributed.launch_engine names);
+    # () = plain processes only (single or DDP)
+    sharded_engines: tuple[str, ...] = SHARDING_ENGINES
+    # shards its models itself (not through accelerate's prepare): loads them on every
+    # process, and gathers whole weights to merge LoRA for saving
+    own_sharding: bool = False
     summary: str | None = None  # "module:function" → its lines of a pipeline's closing summary
     # the final metrics it returns (fnmatch patterns), so that `objective` is checked before
     # anything trains; () = not declared: checked when the stage ends
@@ -132,7 +138,9 @@ STAGES: dict[str, StageDeclaration] = {
             produces=POLICY,
             starts_from="sft",
             checkpoints=PPO_CHECKPOINTS,
-            sharded_engines=False,  # generation would gather sharded weights at every token
+            # FSDP2 only: our loop shards policy and critic itself (rlhf/runtime/sharding.py)
+            sharded_engines=("fsdp2",),
+            own_sharding=True,
         ),
         StageDeclaration(
             "eval",
