@@ -41,6 +41,7 @@ def test_every_experiment_fits_the_real_depth_of_each_model(compose_config, mode
         lora_config(settings.model.lora, depth)  # no "more than the model's layers"
 
 
+@pytest.mark.slow  # the pipeline on the tiny model runs in test_experiments (insult_ppo_quick)
 def test_the_main_job_runs_on_the_tiny_model(warm_train, tmp_path):
     """`python train.py experiment=insult_ppo model=tiny`, the natural quick try, shrunk."""
     result = warm_train(
@@ -83,6 +84,7 @@ def test_resume_auto_starts_fresh_when_there_is_nothing_to_resume(warm_train, tm
     assert (tmp_path / "ppo" / "COMPLETE").is_file()
 
 
+@pytest.mark.slow  # two cold train.py runs (~30 s): the 8-minute suite budget; make test-all
 def test_resume_auto_continues_from_the_newest_checkpoint(tmp_path):
     os.environ["RLHF_FAULT"] = "ppo:after_checkpoint:2"  # a job killed after checkpoint 2
     try:
