@@ -34,7 +34,11 @@ def table(run_dir: Path) -> list[dict]:
     return sorted((json.loads(line) for line in lines), key=lambda row: row["prompt"])
 
 
-@pytest.mark.parametrize("shard_optimizer", [False, True], ids=["ddp", "zero1"])
+@pytest.mark.parametrize(
+    "shard_optimizer",
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # ZeRO-1: make test-all (suite budget)
+    ids=["ddp", "zero1"],
+)
 def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     tiny_sft_model, tmp_path, compose_config, shard_optimizer
 ):
