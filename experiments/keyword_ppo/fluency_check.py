@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -26,8 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from rlhf.config import ModelConfig  # noqa: E402
 from rlhf.models.loading import load_model_and_tokenizer  # noqa: E402
 from rlhf.paths import PROJECT_ROOT  # noqa: E402
+from rlhf.rewards.text_rules import keyword_reward  # noqa: E402
 
-KEYWORDS = ("好", "棒", "喜欢", "开心", "快乐", "有趣", "学习", "成长")  # keyword_reward's
+# the keywords the run was rewarded for, read from the reward itself so the two cannot drift
+KEYWORDS = inspect.signature(keyword_reward).parameters["keywords"].default
 YARDSTICK = [
     ("今天天气很好，", "我们一起去公园散步吧，阳光暖暖的，心情也变好了。"),
     ("学习新知识让我", "感到很充实，每天都有新的收获。"),
