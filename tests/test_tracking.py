@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from rlhf.config import LoggerConfig
-from rlhf.reporting.wandb_files import read_run, run_files
+from rlhf.reporting.wandb_files import read_history, read_run, run_files
 from rlhf.runs.tracking import open_tracker
 
 
@@ -28,6 +28,22 @@ def test_wandb_offline_run_holds_the_logged_metrics_config_and_names(tmp_path):
     lines = (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["sft/train/loss"] for line in lines] == [1.0, 0.5, 1.0 / 3]
     assert all("sft/train/ignored" not in json.loads(line) for line in lines)
+
+
+def test_a_table_does_not_push_the_metrics_of_its_step_out_of_wandb(tmp_path):
+    # PPO logs an evaluation's sample table, then its scores at the same step; W&B once advanced
+    # its step on the table and dropped every ppo/eval/* value as logged to an old step
+    config = LoggerConfig(backend="wandb", project="rlhf-test")
+    with open_tracker(config, tmp_path, tmp_path / "ppo", "unit-ppo", "ppo", {}) as tracker:
+        for step, score in enumerate([0.5, 0.7, 0.9]):
+            tracker.log_table("ppo/eval_samples", ["update", "text"], [[step, f"answer {step}"]])
+            tracker.log({"ppo/eval/score": score}, step=step)
+            tracker.log({"ppo/score": step / 10}, step=step + 1)
+    history = read_history(run_files(tmp_path / "wandb")[0])
+    scores = {row["_step"]: row["ppo/eval/score"] for row in history if "ppo/eval/score" in row}
+    assert scores == {0: 0.5, 1: 0.7, 2: 0.9}
+    tables = [row["ppo/eval_samples.nrows"] for row in history if "ppo/eval_samples.nrows" in row]
+    assert tables == [1, 2, 3]  # every table kept, each with the rows so far
 
 
 def test_failed_body_marks_the_wandb_run_failed(tmp_path):

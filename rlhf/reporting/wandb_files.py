@@ -53,3 +53,16 @@ def run_record(path: Path) -> dict[str, Any]:
         finally:
             reader.kill()
     raise ValueError(f"{path}: no run record")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """Every history row of a run's `.wandb` log, in order (`_step` and the values logged)."""
+    done = subprocess.run(
+        [_wandb_executable(), "leet", "inspect", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    records = (json.loads(line) for line in done.stdout.splitlines() if line.strip())
+    return [r["history"]["item"] for r in records if r.get("type") == "history"]

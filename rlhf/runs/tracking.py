@@ -80,7 +80,9 @@ class WandbBackend(NullBackend):
         self._run.log(metrics, step=step)
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
-        self._run.log({key: self._wandb.Table(columns=columns, data=rows)})
+        # commit=False: the table joins the step being logged; a plain log would advance W&B's
+        # step, and the metrics logged next at the current step would be dropped as "old"
+        self._run.log({key: self._wandb.Table(columns=columns, data=rows)}, commit=False)
 
     def summary(self, metrics: dict[str, Any]) -> None:
         self._run.summary.update(metrics)
