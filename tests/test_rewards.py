@@ -16,8 +16,10 @@ from rlhf.rewards import build_reward
 from rlhf.rewards.classifier import ClassifierScorer
 from rlhf.rewards.processing import RunningMoments, ScoreProcessor
 from rlhf.rewards.reward_model import RewardModelScorer
+from rlhf.rewards.sentiment_lexicon import afinn_sentiment, vader_sentiment
 from rlhf.rewards.text_rules import char_fraction, keyword_reward
 from rlhf.runtime import distributed
+from rlhf.session import compose
 
 FUNCTION = "rlhf.rewards.text_rules."
 
@@ -27,6 +29,27 @@ def test_keyword_reward_as_in_the_notebook():
     assert keyword_reward([""], ["我今天很开心，学习让我成长"]) == pytest.approx([1.5])
     # 7 characters, keyword 好 (+0.3), 4 words of which 1 distinct: repetition (−0.2)
     assert keyword_reward([""], ["好 好 好 好"]) == pytest.approx([0.2])
+
+
+def test_sentiment_lexicons_by_hand():
+    # VADER: one rated word x gives compound x / sqrt(x^2 + 15); "good" is rated 1.9
+    good = 1.9 / math.sqrt(1.9**2 + 15)
+    assert vader_sentiment(["This movie was"], [" good."]) == pytest.approx([good], abs=1e-4)
+    assert vader_sentiment(["This movie was"], [" on at nine."]) == [0.0]
+    # AFINN-165 sums word valences: good +3, terrible -3, loved +3; the prompt counts by default
+    text = " good, not terrible, and I loved it."
+    assert afinn_sentiment(["This movie was"], [text]) == [3.0]
+    assert afinn_sentiment(["I hated"], [" nothing"]) == [-3.0]
+    assert afinn_sentiment(["I hated"], [" nothing"], include_prompt=False) == [0.0]
+
+
+def test_sentiment_ppo_offline_reward_and_judge_are_the_two_lexicons(tmp_path):
+    config = compose(["experiment=sentiment_ppo", "reward=sentiment_lexicon"], output_dir=tmp_path)
+    reward = build_reward(config.reward, None, None, config.model)
+    judge = build_reward(config.eval.judge, None, None, config.model)
+    prompts, replies = ["The plot"] * 2, [" was wonderful and fun.", " was dull and bad."]
+    assert reward(prompts, replies).tolist() == pytest.approx(vader_sentiment(prompts, replies))
+    assert judge(prompts, replies).tolist() == [8.0, -5.0]  # wonderful +4 fun +4; dull -2 bad -3
 
 
 def test_char_fraction():

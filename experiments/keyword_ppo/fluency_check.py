@@ -19,14 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rlhf.config import ModelConfig  # noqa: E402
-from rlhf.models.loading import load_model_and_tokenizer  # noqa: E402
-from rlhf.paths import PROJECT_ROOT  # noqa: E402
+from rlhf.reporting.fluency import fluency_model, nll_per_character  # noqa: E402
 from rlhf.rewards.text_rules import keyword_reward  # noqa: E402
 
 # the keywords the run was rewarded for, read from the reward itself so the two cannot drift
@@ -35,23 +30,6 @@ YARDSTICK = [
     ("今天天气很好，", "我们一起去公园散步吧，阳光暖暖的，心情也变好了。"),
     ("学习新知识让我", "感到很充实，每天都有新的收获。"),
 ]
-
-
-def judge_model():
-    loaded = OmegaConf.load(PROJECT_ROOT / "conf" / "model" / "gemma3_270m.yaml")
-    settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), loaded))
-    model, tokenizer = load_model_and_tokenizer(settings, Path("~/.cache/rlhf").expanduser())
-    return model.eval(), tokenizer
-
-
-@torch.no_grad()
-def nll_per_character(model, tokenizer, prompt: str, reply: str) -> float:
-    prompt_ids = tokenizer("<bos>" + prompt, add_special_tokens=False)["input_ids"]
-    ids = tokenizer("<bos>" + prompt + reply, add_special_tokens=False)["input_ids"]
-    logprobs = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
-    targets = torch.tensor(ids[1:])
-    per_token = logprobs[torch.arange(len(targets)), targets][len(prompt_ids) - 1 :]
-    return -per_token.sum().item() / max(1, len(reply))
 
 
 def chinese_share(text: str) -> float:
@@ -68,7 +46,7 @@ def main() -> None:
     by_update = collections.defaultdict(list)
     for row in rows:
         by_update[row["update"]].append(row)
-    model, tokenizer = judge_model()
+    model, tokenizer = fluency_model()
     yardstick = [nll_per_character(model, tokenizer, *pair) for pair in YARDSTICK]
     print(
         "yardstick (hand-written sentences), NLL per character:", [round(x, 2) for x in yardstick]

@@ -1,0 +1,73 @@
+"""An independent check of sentiment_ppo's reviews: positive by a second measure, and still text?
+
+    HF_HUB_OFFLINE=1 .venv/bin/python experiments/sentiment_ppo/check.py outputs/<run>/ppo
+
+For the first and the last update of a samples table (`tables/ppo_eval_samples.jsonl`: greedy
+continuations of the held-out openings at every `ppo.eval_every`; `--table ppo_samples` for the
+sampled ones) it prints, per continuation and as means: the training reward (`score`: VADER
+with reward=sentiment_lexicon), the AFINN judge (a second lexicon, `eval.judge`), fluency — the
+mean negative log-likelihood per character under Gemma 3 270M, a model the run never used
+(rlhf/reporting/fluency.py; two hand-written review sentences are printed as a yardstick) — and
+the share of distinct words, which falls when a policy repeats rated words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from rlhf.reporting.fluency import fluency_model, nll_per_character  # noqa: E402
+from rlhf.rewards.sentiment_lexicon import afinn_sentiment  # noqa: E402
+
+YARDSTICK = [
+    ("This movie was", " a pleasant surprise: the story is simple, but the actors make it work."),
+    ("The acting in this picture", " is uneven, and the ending drags on far too long."),
+]
+
+
+def distinct_word_share(text: str) -> float:
+    words = text.lower().split()
+    return len(set(words)) / len(words) if words else 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ppo_dir", type=Path, help="a sentiment_ppo run's ppo/ folder")
+    parser.add_argument("--table", default="ppo_eval_samples", help="tables/<name>.jsonl")
+    args = parser.parse_args()
+    table = args.ppo_dir / "tables" / f"{args.table}.jsonl"
+    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines()]
+    by_update = collections.defaultdict(list)
+    for row in rows:
+        by_update[row["update"]].append(row)
+    model, tokenizer = fluency_model()
+    yardstick = [nll_per_character(model, tokenizer, *pair) for pair in YARDSTICK]
+    print("yardstick (hand-written), NLL per character:", [round(x, 2) for x in yardstick])
+    updates = sorted(by_update)
+    for update in dict.fromkeys([updates[0], updates[-1]]):
+        replies = by_update[update]
+        prompts = [r["prompt"] for r in replies]
+        texts = [r["response"] for r in replies]
+        judge = afinn_sentiment(prompts, texts)
+        fluency = [nll_per_character(model, tokenizer, p, t) for p, t in zip(prompts, texts)]
+        distinct = [distinct_word_share(t) for t in texts]
+        print(
+            f"update {update}: {len(replies)} replies, reward (VADER) "
+            f"{statistics.mean(r['score'] for r in replies):.3f}, judge (AFINN) "
+            f"{statistics.mean(judge):.2f}, positive by the judge "
+            f"{sum(j > 0 for j in judge) / len(judge):.0%}, NLL/char {statistics.mean(fluency):.2f}, "
+            f"distinct words {statistics.mean(distinct):.2f}"
+        )
+        for row, j, f in zip(replies, judge, fluency, strict=True):
+            reply = row["response"].replace("\n", " ")
+            print(f"  {f:5.2f}  {row['score']:+.2f} {j:+3.0f}  {row['prompt']} | {reply}")
+
+
+if __name__ == "__main__":
+    main()
