@@ -55,7 +55,9 @@ def main() -> None:
         prompts = [r["prompt"] for r in replies]
         texts = [r["response"] for r in replies]
         judge = afinn_sentiment(prompts, texts)
-        fluency = [nll_per_character(model, tokenizer, p, t) for p, t in zip(prompts, texts)]
+        fluency = [
+            nll_per_character(model, tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)
+        ]
         distinct = [distinct_word_share(t) for t in texts]
         print(
             f"update {update}: {len(replies)} replies, reward (VADER) "
