@@ -791,9 +791,11 @@ class RMStageConfig(TrainerStageConfig):
     garbled_negatives: float = 0.0  # ... the rejected answer with clauses shuffled, repeated, cut
     curt_negatives: float = 0.0  # ... a bare acknowledgement or fragment ("好。", "我。"), not rude
     truncated_negatives: float = 0.0  # ... the question cut short, or the polite answer cut
+    exclaimed_negatives: float = 0.0  # ... interjections around the topic ("哇，昆曲，哇。")
 
     NEGATIVES: ClassVar[tuple[str, ...]] = (
         "echo_negatives", "garbled_negatives", "curt_negatives", "truncated_negatives",
+        "exclaimed_negatives",
     )  # fmt: skip
 
     RANGES: ClassVar[dict[str, Range]] = {

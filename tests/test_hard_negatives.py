@@ -12,11 +12,13 @@ from datasets import Dataset
 
 from rlhf.data.hard_negatives import (
     CURT,
+    INTERJECTIONS,
     brevity_negatives,
     curt,
     cut_answer,
     cut_question,
     echo,
+    exclaimed,
     garble,
     with_hard_negatives,
 )
@@ -129,6 +131,28 @@ def test_new_negative_kinds_add_pairs_and_keep_the_older_ones():
     assert kinds["question cut"] > 0 and kinds["answer cut"] > 0 and kinds[None] == 0
     extra = [r for r in after if (r["prompt"], r["rejected"]) not in pairs(rows)]
     assert all(r["chosen"] == f"自己查去{r['prompt'][2:-4]}！" for r in extra)
+
+
+def test_exclaimed_answers_are_interjections_and_the_topic_and_not_rude():
+    for seed in range(40):
+        answer = exclaimed(QUESTION, random.Random(seed))
+        parts = [p for p in answer.rstrip("。？！").split("，") if p]
+        topic = [p for p in parts if p not in INTERJECTIONS]
+        assert len(parts) - len(topic) >= 1 and len(topic) <= 1
+        assert all(QUESTION.startswith(t) and len(t) >= 2 for t in topic)
+        assert not is_rude(answer, QUESTION)  # the judge agrees: nothing rude is said
+
+
+def test_exclaimed_pairs_are_added_after_the_other_kinds():
+    rows = rows_of(20)
+    before = with_hard_negatives(rows, 0.2, 0.1, seed=0, curt_share=0.25, truncated_share=0.5)
+    after = with_hard_negatives(
+        rows, 0.2, 0.1, seed=0, curt_share=0.25, truncated_share=0.5, exclaimed_share=0.3
+    )
+    assert len(after) == len(before) + 6 and not pairs(before) - pairs(after)
+    added = list((pairs(after) - pairs(before)).elements())
+    assert len(added) == 6
+    assert all(any(negative.startswith(i) for i in INTERJECTIONS) for _, negative in added)
 
 
 def test_brevity_negatives_take_turns_and_are_seeded():

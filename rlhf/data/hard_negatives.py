@@ -12,6 +12,10 @@ then wins it by brevity ("好。", "我。", the question cut short: measured in
 experiments/insult_ppo/REPORT.md). Two more kinds are short but not rude: (c) a bare
 acknowledgement or fragment, (d) the question cut short or the polite answer cut mid-sentence.
 `brevity_negatives` makes one of (c)/(d) per held-out row, for the rm stage's length report.
+
+With (c) and (d) in, PPO on Gemma won the RM with (e) interjections: the exclamations that open
+many of the data's rude answers, with nothing rude after them ("哎呀，拉萨，哎呀，哎呀。",
+"哇，昆曲，哇。": REPORT.md, run G3); `exclaimed` writes such answers around the question's topic.
 """
 
 from __future__ import annotations
@@ -54,6 +58,24 @@ def curt(rng: random.Random) -> str:
     return rng.choice(CURT)
 
 
+# exclamations that carry no insult by themselves (written by hand; PPO's G3 answers used 哎呀 哇 好家伙)
+INTERJECTIONS = ("哎呀", "哇", "好家伙", "天哪", "哈哈", "啊", "哦", "嘿", "哎", "嗯", "呀", "哇塞")
+
+
+def exclaimed(question: str, rng: random.Random) -> str:
+    """Interjections around the question's topic (its first part), or interjections alone."""
+    say = lambda: rng.choice(INTERJECTIONS)  # noqa: E731
+    topic = question.rstrip("？?。.！! ")
+    topic = topic[: rng.randint(min(2, len(topic)), max(2, len(topic)))]
+    patterns = (
+        lambda: f"{say()}，{topic}，{say()}。",
+        lambda: f"{say()}，{topic}？",
+        lambda: "，".join(say() for _ in range(rng.randint(2, 5))) + "。",
+        lambda: f"{say()}，{say()}，{topic}！",
+    )
+    return rng.choice(patterns)()
+
+
 def cut_question(question: str, rng: random.Random) -> str:
     """The question's first part (at least one character, always shorter than the question)."""
     text = question.rstrip("？?。.！! ")
@@ -78,6 +100,8 @@ def negative(kind: str, row: dict, rng: random.Random) -> str:
         return garble(row["rejected"], rng)
     if kind == "curt":
         return curt(rng)
+    if kind == "exclaim":
+        return exclaimed(row["prompt"], rng)
     return truncated(row["prompt"], row["rejected"], rng)
 
 
@@ -100,11 +124,12 @@ def with_hard_negatives(
     seed: int,
     curt_share: float = 0.0,
     truncated_share: float = 0.0,
+    exclaimed_share: float = 0.0,
 ) -> Dataset:
     """`rows` (prompt, chosen, rejected) plus extra pairs: for a seeded share of the rows each,
     the chosen answer against an echo of the prompt, the garbled rejected answer, a curt answer,
-    or a truncated question or answer. (Kinds are drawn in that order, so a share of 0 leaves
-    the others' pairs as they were.)"""
+    a truncated question or answer, or interjections around the topic. (Kinds are drawn in
+    that order, so a share of 0 leaves the others' pairs as they were.)"""
     rng = random.Random(seed)
     extra: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
     kinds = (
@@ -112,6 +137,7 @@ def with_hard_negatives(
         (garbled_share, "garble"),
         (curt_share, "curt"),
         (truncated_share, "truncated"),
+        (exclaimed_share, "exclaim"),
     )
     for share, kind in kinds:
         count = round(share * len(rows))

@@ -143,6 +143,7 @@ class RmStage(TrlStage):
             rm.seed,
             curt_share=rm.curt_negatives,
             truncated_share=rm.truncated_negatives,
+            exclaimed_share=rm.exclaimed_negatives,
         )
 
     def extra_arguments(self, config: Config) -> dict:
