@@ -26,12 +26,15 @@ def unchanged(before, parameters) -> bool:
     return all(torch.equal(a, b) for a, b in zip(before, parameters, strict=True))
 
 
-def test_mean_score_rises_with_a_simple_function_reward(tiny_sft_model, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_mean_score_rises_with_a_simple_function_reward(tiny_sft_model, tmp_path, precision):
     """Reward = share of the characters 你 and 我 in the answer, rare in the SFT model's answers.
-    Over seeds 0–4 the mean of the last 5 of 40 updates was 0.82–0.96, from 0.04–0.06 (~9 s)."""
+    Over seeds 0–4 the mean of the last 5 of 40 updates was 0.82–0.96, from 0.04–0.06 (~9 s);
+    under bf16 autocast (issue 15's faster CPU setting) it must learn as well."""
     config = make_config(
         tiny_sft_model, batch_size=16, max_new_tokens=16, ppo_epochs=2, total_updates=40
     )
+    config.model.mixed_precision = precision
     config.reward.function["chars"] = "你我"
     trainer = make_trainer(config, tmp_path)
     scores, kls = [], []
@@ -113,10 +116,16 @@ def test_full_policy_and_each_critic_kind_learn_in_one_step(tiny_sft_model, tmp_
     assert metrics["ppo/policy/epochs"] == 4 and metrics["ppo/loss/value"] > 0
 
 
-def test_first_epoch_ratio_is_one(tiny_sft_model, tmp_path):
-    trainer = make_trainer(make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8), tmp_path)
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_first_epoch_ratio_is_one(tiny_sft_model, tmp_path, precision):
+    config = make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8)
+    config.model.mixed_precision = precision  # rollout and update in the same precision
+    trainer = make_trainer(config, tmp_path)
     metrics = trainer.step()  # one mini-batch, before any step: new == old log-probs
-    assert metrics["ppo/policy/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    # fp32: equal to rounding; bf16: the same bf16 passes, so still 1 within 1e-3 (issue 15)
+    tolerance = 1e-5 if precision == "no" else 1e-3
+    assert metrics["ppo/policy/ratio_mean"] == pytest.approx(1.0, abs=tolerance)
+    assert metrics["ppo/policy/ratio_max"] == pytest.approx(1.0, abs=tolerance)
     assert metrics["ppo/policy/clipfrac"] == 0.0
 
 

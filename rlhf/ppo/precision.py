@@ -44,7 +44,10 @@ def describe_precision(mode: str, device_type: str) -> str:
         return f"precision: {what}"
     flags = native_bf16_flags()
     if flags:
-        hint = f"this CPU has {'/'.join(flags)}: model.mixed_precision=bf16 runs matmuls in bf16"
+        hint = (
+            f"this CPU has {'/'.join(flags)}: model.mixed_precision=bf16 runs matmuls in bf16 "
+            "(issue 15's W-small on avx512_bf16: 0.76x the fp32 seconds an update)"
+        )
     else:
         capability = torch.backends.cpu.get_cpu_capability()
         hint = (
