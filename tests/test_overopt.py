@@ -28,6 +28,7 @@ from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.stages.rm import RmStage
 from rlhf.sweeps import compare, overopt
 from tests.helpers import compose_with_hydra
+from tests.ppo_helpers import make_config, make_trainer
 
 # --- rm.label_noise -------------------------------------------------------------------------
 
@@ -105,6 +106,33 @@ def test_an_ensemble_of_disagreeing_members_scores_min_below_mean(tmp_path, offl
     assert scored["mean"].tolist() == pytest.approx(each.mean(0).tolist(), abs=1e-6)
     assert scored["min"].tolist() == each.min(0).values.tolist()
     assert (scored["min"] < scored["mean"]).all()
+
+
+def test_ppo_trains_against_the_worst_case_of_an_ensemble(
+    tmp_path, tiny_sft_model, offline_environment
+):
+    members = [tmp_path / f"rm_{seed}" for seed in (0, 1)]
+    tiny_rms(members, offline_environment)
+    config = make_config(tiny_sft_model, batch_size=4, mini_batch_size=4)
+    config.reward = RewardConfig(
+        kind="ensemble", members=[str(m) for m in members], aggregate="min"
+    )
+    trainer = make_trainer(config, tmp_path / "ppo")
+    seen = {}  # what the trainer hands its reward: texts and the token ids (the RM's fast path)
+    ensemble = trainer.reward_fn
+    trainer.reward_fn = lambda *batch: seen.setdefault("batch", batch) and ensemble(*batch)
+    rollout = trainer.generate(*trainer.next_prompts())
+    scorers = [RewardModelScorer(m, None, ModelConfig()) for m in members]
+    each = torch.stack([score(*seen["batch"]) for score in scorers])
+    assert (each[0] != each[1]).all()  # the members disagree on every answer
+    # the rollout's scores are the members' minimum on its own answers, answer by answer
+    assert rollout.raw_scores.cpu().tolist() == each.min(0).values.tolist()
+    trainer.reward_fn = ensemble
+    before = [p.detach().clone() for p in trainer.model.policy_parameters()]
+    metrics = trainer.step()
+    after = list(trainer.model.policy_parameters())
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert math.isfinite(metrics["ppo/loss/policy"])
 
 
 def test_ensemble_members_are_found_checked_and_counted_once(tmp_path):
