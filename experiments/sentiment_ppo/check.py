@@ -7,8 +7,9 @@ continuations of the held-out openings at every `ppo.eval_every`; `--table ppo_s
 sampled ones) it prints, per continuation and as means: the training reward (`score`: VADER
 with reward=sentiment_lexicon), the AFINN judge (a second lexicon, `eval.judge`), fluency — the
 mean negative log-likelihood per character under Gemma 3 270M, a model the run never used
-(rlhf/reporting/fluency.py; two hand-written review sentences are printed as a yardstick) — and
-the share of distinct words, which falls when a policy repeats rated words.
+(rlhf/reporting/fluency.py; two hand-written review sentences are printed as a yardstick) —,
+the share of distinct words, which falls when a policy repeats rated words, and the commonest
+two-word opening of the replies with its share, which rises when every reply becomes one formula.
 """
 
 from __future__ import annotations
@@ -29,6 +30,13 @@ YARDSTICK = [
     ("This movie was", " a pleasant surprise: the story is simple, but the actors make it work."),
     ("The acting in this picture", " is uneven, and the ending drags on far too long."),
 ]
+
+
+def commonest_opening(texts: list[str], words: int = 2) -> tuple[str, float]:
+    """The commonest first `words` words of the replies and the share of replies opening so."""
+    openings = collections.Counter(" ".join(t.split()[:words]) for t in texts)
+    opening, count = openings.most_common(1)[0]
+    return opening, count / len(texts)
 
 
 def distinct_word_share(text: str) -> float:
@@ -59,12 +67,14 @@ def main() -> None:
             nll_per_character(model, tokenizer, p, t) for p, t in zip(prompts, texts, strict=True)
         ]
         distinct = [distinct_word_share(t) for t in texts]
+        opening, opening_share = commonest_opening(texts)
         print(
             f"update {update}: {len(replies)} replies, reward (VADER) "
             f"{statistics.mean(r['score'] for r in replies):.3f}, judge (AFINN) "
             f"{statistics.mean(judge):.2f}, positive by the judge "
             f"{sum(j > 0 for j in judge) / len(judge):.0%}, NLL/char {statistics.mean(fluency):.2f}, "
-            f"distinct words {statistics.mean(distinct):.2f}"
+            f"distinct words {statistics.mean(distinct):.2f}, commonest opening "
+            f"{opening!r} in {opening_share:.0%}"
         )
         for row, j, f in zip(replies, judge, fluency, strict=True):
             reply = row["response"].replace("\n", " ")
