@@ -72,6 +72,17 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(
     eval_info = json.loads((run / "eval" / "run_info.json").read_text())
     assert eval_info["config"]["model"]["name_or_path"] == ppo_info["policy_start"]
     assert "reward_calibration" in ppo_info  # on for insult_ppo
+    # the RM's spread on the SFT policy's own samples, the very scores the calibration maps to
+    # mean 0 and std 1: mean = −bias / gain, std = 1 / gain
+    calibrated = json.loads((run / "ppo" / "reward_calibration.json").read_text())
+    spread, gain = calibrated["start_scores"], calibrated["gain"]
+    assert spread["n"] == 16  # reward.calibrate_samples of insult_ppo_quick
+    assert spread["std"] == pytest.approx(1 / gain, rel=1e-5)
+    assert spread["mean"] == pytest.approx(-calibrated["bias"] / gain, rel=1e-5, abs=1e-6)
+    order = [spread[k] for k in ("min", "p10", "median", "p90", "max")]
+    assert order == sorted(order) and order[0] < order[-1]
+    start_logged = json.loads((run / "ppo" / "metrics.jsonl").read_text().splitlines()[0])
+    assert start_logged["ppo/start/score_std"] == pytest.approx(spread["std"])
     metrics = final_metrics(run / "eval")
     assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100
     samples = (run / "eval" / "samples.md").read_text()

@@ -21,7 +21,12 @@ from rlhf.config import ModelConfig, RewardConfig, RMStageConfig
 from rlhf.data.label_noise import flipped_indices, with_label_noise
 from rlhf.errors import ConfigError
 from rlhf.models.loading import load_model_and_tokenizer
-from rlhf.reporting.rm_report import expected_calibration_error, reliability_table, sigmoid
+from rlhf.reporting.rm_report import (
+    expected_calibration_error,
+    reliability_table,
+    score_spread,
+    sigmoid,
+)
 from rlhf.rewards import build_reward
 from rlhf.rewards.ensemble import aggregate, member_folders
 from rlhf.rewards.reward_model import RewardModelScorer
@@ -179,6 +184,14 @@ def test_reliability_table_and_ece_by_hand():
 
 
 # --- the Gao fit, the seed rule -------------------------------------------------------------
+
+
+def test_score_spread_by_hand():
+    spread = score_spread([4.0, 1.0, 3.0, 2.0, 10.0])
+    # squared deviations from 4: 9 4 1 0 36, sum 50 over n − 1 = 4; p10 at rank 0.4, p90 at 3.6
+    expected = {"n": 5, "mean": 4.0, "std": math.sqrt(12.5), "min": 1.0, "p10": 1.4,
+                "median": 3.0, "p90": 4.0 + 0.6 * 6.0, "max": 10.0}  # fmt: skip
+    assert spread == pytest.approx(expected, abs=1e-12)
 
 
 def test_gao_fit_recovers_known_alpha_and_beta():

@@ -373,6 +373,7 @@ class PPOTrainer:
                 )
                 raw.append(self._score(sampled))
         everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
+        self.start_scores = everyone.tolist()  # the RM's spread on the starting policy's answers
         self.processor.gain, self.processor.bias = calibration(everyone)
         return self.processor.gain, self.processor.bias
 

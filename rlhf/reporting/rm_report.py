@@ -8,6 +8,13 @@ The reliability table bins c into `num_bins` equal-width bins over [0.5, 1]; a c
 accuracy in each bin equals its mean confidence there. ECE = Σ_b (n_b / N) · |acc_b − conf_b|
 (Guo et al. 2017). An RM at accuracy 0.7 with confidences near 1 is over-confident: PPO meets its
 mistakes at full strength.
+
+The rm stage has no policy to sample from, so the RM's score spread on the starting (SFT)
+policy's own samples is taken where they are drawn: the PPO stage's reward calibration
+(`reward.calibrate`) scores `reward.calibrate_samples` of them, and `score_spread` summarises
+those raw scores (`ppo/reward_calibration.json`, logged as `ppo/start/score_*`). A spread far
+wider than the data's margins, or answers already above the threshold, says how much room PPO
+has before it leaves what the RM was trained on.
 """
 
 from __future__ import annotations
@@ -83,3 +90,24 @@ def report_markdown(metrics: dict[str, float], table: list[ReliabilityBin]) -> s
         for row in table
     ]
     return "\n".join(lines) + "\n"
+
+
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile of sorted values, linearly interpolated between the nearest ranks."""
+    position = q * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+
+def score_spread(scores: list[float]) -> dict[str, float]:
+    """Count, mean, sample standard deviation (as the calibration uses), min, 10th percentile,
+    median, 90th percentile and max of raw reward scores (at least two)."""
+    ordered = sorted(scores)
+    n = len(ordered)
+    mean = sum(ordered) / n
+    std = math.sqrt(sum((x - mean) ** 2 for x in ordered) / (n - 1))
+    return {
+        "n": n, "mean": mean, "std": std, "min": ordered[0], "p10": quantile(ordered, 0.1),
+        "median": quantile(ordered, 0.5), "p90": quantile(ordered, 0.9), "max": ordered[-1],
+    }  # fmt: skip

@@ -39,6 +39,7 @@ from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
 from rlhf.ppo.trainer import PPOTrainer, check_fsdp2_settings
 from rlhf.reporting.plots import plot_ppo_run
+from rlhf.reporting.rm_report import score_spread
 from rlhf.rewards import RewardFunction, build_reward
 from rlhf.rewards.ensemble import member_folders
 from rlhf.rewards.judge import Judge, build_judge
@@ -258,13 +259,21 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
             checkpointer.resume(trainer, ctx.resume.checkpoint)
         elif config.reward.calibrate:
             gain, bias = trainer.calibrate_reward(prompts[: config.reward.calibrate_samples])
-            ctx.info["reward_calibration"] = {"gain": gain, "bias": bias}
+            spread = score_spread(trainer.start_scores)
+            calibrated = {"gain": gain, "bias": bias, "start_scores": spread}
+            ctx.info["reward_calibration"] = calibrated
             if distributed.is_main_process():
                 (ctx.stage_dir / "reward_calibration.json").write_text(
-                    json.dumps({"gain": gain, "bias": bias}, indent=2)
+                    json.dumps(calibrated, indent=2)
                 )
-            ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias}, step=0)
+            start = {f"ppo/start/score_{name}": value for name, value in spread.items()}
+            ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias, **start}, step=0)
             log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
+            log.info(
+                "reward on the starting policy's %d sampled answers: mean %.3g, std %.3g, "
+                "p10 %.3g, median %.3g, p90 %.3g (min %.3g, max %.3g)",
+                *(spread[k] for k in ("n", "mean", "std", "p10", "median", "p90", "min", "max")),
+            )
         last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
         ctx.info["best_checkpoint"] = checkpointer.best
         sharding.release_whole_weights(model)  # FSDP2: every process gathers whole weights
