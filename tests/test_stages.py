@@ -85,8 +85,12 @@ def test_brevity_negatives_teach_the_rm_that_short_is_not_rude(warm_train, tmp_p
     assert metrics["rm/test/short_above_threshold"] < 0.35  # measured 0.20; without: 0.97
 
 
-def test_lora_sft_saves_merged_weights_that_moved(warm_train, tmp_path):
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_lora_sft_saves_merged_weights_that_moved(warm_train, tmp_path, precision):
+    # bf16 on a CPU: transformers refused it ("Your setup doesn't support bf16/gpu") until the
+    # stage told it the run is on the CPU
     overrides = ["model.lora.enabled=true", "model.lora.top_layers=1", "sft.max_eval_samples=5"]
+    overrides.append(f"model.mixed_precision={precision}")
     result = warm_train(["stage=sft", *overrides, "sft.max_steps=3", "logger=none"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     tuned = load_file(tmp_path / "sft" / "model" / "model.safetensors")

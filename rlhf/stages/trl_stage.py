@@ -165,8 +165,9 @@ def trainer_arguments(ctx: StageContext, stage: TrainerStageConfig) -> dict:
         "seed": stage.seed,
         "data_seed": stage.seed,
         "dataloader_num_workers": 0,
-        # transformers re-creates accelerate's state, and sees CPU processes only when told
-        "use_cpu": distributed.world_size() > 1 and distributed.device().type == "cpu",
+        # transformers re-creates accelerate's state, and sees CPU processes only when told; it
+        # also refuses bf16 without a GPU unless told the run is on the CPU
+        "use_cpu": distributed.device().type == "cpu",
         # only when on: transformers deprecates the name, and the loader already enabled it
         **({"gradient_checkpointing": True} if model.gradient_checkpointing else {}),
     }
