@@ -13,15 +13,17 @@ Chinese (lower is more fluent; two plain sentences written by hand are printed a
 from __future__ import annotations
 
 import argparse
-import collections
 import inspect
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rlhf.reporting.fluency import fluency_model, nll_per_character  # noqa: E402
+from rlhf.reporting.fluency import (  # noqa: E402
+    first_and_last_samples,
+    fluency_model,
+    nll_per_character,
+)
 from rlhf.rewards.text_rules import keyword_reward  # noqa: E402
 
 # the keywords the run was rewarded for, read from the reward itself so the two cannot drift
@@ -41,19 +43,13 @@ def main() -> None:
     parser.add_argument("ppo_dir", type=Path, help="a keyword_ppo run's ppo/ folder")
     parser.add_argument("--table", default="ppo_eval_samples", help="tables/<name>.jsonl")
     args = parser.parse_args()
-    table = args.ppo_dir / "tables" / f"{args.table}.jsonl"
-    rows = [json.loads(line) for line in table.read_text(encoding="utf-8").splitlines()]
-    by_update = collections.defaultdict(list)
-    for row in rows:
-        by_update[row["update"]].append(row)
+    samples = first_and_last_samples(args.ppo_dir, args.table)
     model, tokenizer = fluency_model()
     yardstick = [nll_per_character(model, tokenizer, *pair) for pair in YARDSTICK]
     print(
         "yardstick (hand-written sentences), NLL per character:", [round(x, 2) for x in yardstick]
     )
-    updates = sorted(by_update)
-    for update in dict.fromkeys([updates[0], updates[-1]]):
-        replies = by_update[update]
+    for update, replies in samples.items():
         fluency = [nll_per_character(model, tokenizer, r["prompt"], r["response"]) for r in replies]
         keywords = [sum(k in r["response"] for k in KEYWORDS) for r in replies]
         print(

@@ -356,10 +356,11 @@ class PPOTrainer:
         return self.scored(batch, self._score(batch), evaluation)
 
     @torch.no_grad()
-    def calibrate_reward(self, prompts: list[str]) -> tuple[float, float]:
+    def calibrate_reward(self, prompts: list[str]) -> tuple[float, float, list[float]]:
         """Score sampled answers of the starting policy and set the processor's gain and bias so
-        that they have mean 0 and standard deviation 1; returns (gain, bias). Each process
-        scores its share of the prompts; the moments are those of all of them."""
+        that they have mean 0 and standard deviation 1; returns (gain, bias, the raw scores of
+        all processes' answers). Each process scores its share of the prompts; the moments are
+        those of all of them."""
         raw = []
         mine = distributed.shard(list(enumerate(prompts)))
         settings = SamplingSettings(
@@ -373,9 +374,8 @@ class PPOTrainer:
                 )
                 raw.append(self._score(sampled))
         everyone = distributed.gather_1d(torch.cat(raw) if raw else torch.zeros(0))
-        self.start_scores = everyone.tolist()  # the RM's spread on the starting policy's answers
         self.processor.gain, self.processor.bias = calibration(everyone)
-        return self.processor.gain, self.processor.bias
+        return self.processor.gain, self.processor.bias, everyone.tolist()
 
     @torch.no_grad()
     def forward_passes(self, rollout: Rollout) -> None:

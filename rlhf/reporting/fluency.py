@@ -9,6 +9,8 @@ character, not per token, so that tokenisations of different lengths compare.
 
 from __future__ import annotations
 
+import collections
+import json
 from pathlib import Path
 
 import torch
@@ -36,3 +38,15 @@ def nll_per_character(model, tokenizer, prompt: str, reply: str) -> float:
     targets = torch.tensor(ids[1:])
     per_token = logprobs[torch.arange(len(targets)), targets][len(prompt_ids) - 1 :]
     return -per_token.sum().item() / max(1, len(reply))
+
+
+def first_and_last_samples(ppo_dir: Path, table: str) -> dict[int, list[dict]]:
+    """The rows of a PPO run's samples table (`<ppo_dir>/tables/<table>.jsonl`) at its first and
+    its last update, by update (one entry when they are the same)."""
+    text = (ppo_dir / "tables" / f"{table}.jsonl").read_text(encoding="utf-8")
+    by_update = collections.defaultdict(list)
+    for line in text.splitlines():
+        row = json.loads(line)
+        by_update[row["update"]].append(row)
+    updates = sorted(by_update)
+    return {update: by_update[update] for update in dict.fromkeys([updates[0], updates[-1]])}

@@ -19,6 +19,11 @@ def _wandb_executable() -> str:
     return str(beside_python) if beside_python.exists() else (shutil.which("wandb") or "wandb")
 
 
+def _records_command(path: Path) -> list[str]:
+    """The command that prints a `.wandb` log's records, one JSON object a line."""
+    return [_wandb_executable(), "leet", "inspect", "--json", str(path)]
+
+
 def run_files(wandb_dir: Path) -> list[Path]:
     """The `.wandb` transaction logs under a `wandb/` folder, oldest first."""
     return sorted(Path(wandb_dir).glob("*run-*/run-*.wandb"))
@@ -42,8 +47,7 @@ def read_run(path: Path) -> dict[str, Any]:
 def run_record(path: Path) -> dict[str, Any]:
     """The run record a `.wandb` log opens with (group, job type, ...; the summary omits them):
     the first record of type `run`, read without reading the whole log."""
-    command = [_wandb_executable(), "leet", "inspect", "--json", str(path)]
-    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as reader:
+    with subprocess.Popen(_records_command(path), stdout=subprocess.PIPE, text=True) as reader:
         assert reader.stdout is not None
         try:
             for line in reader.stdout:
@@ -58,11 +62,7 @@ def run_record(path: Path) -> dict[str, Any]:
 def read_history(path: Path) -> list[dict[str, Any]]:
     """Every history row of a run's `.wandb` log, in order (`_step` and the values logged)."""
     done = subprocess.run(
-        [_wandb_executable(), "leet", "inspect", "--json", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
+        _records_command(path), capture_output=True, text=True, timeout=120, check=True
     )
     records = (json.loads(line) for line in done.stdout.splitlines() if line.strip())
     return [r["history"]["item"] for r in records if r.get("type") == "history"]

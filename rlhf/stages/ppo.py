@@ -258,8 +258,10 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         if ctx.resume is not None:  # calibration and all state come from the checkpoint
             checkpointer.resume(trainer, ctx.resume.checkpoint)
         elif config.reward.calibrate:
-            gain, bias = trainer.calibrate_reward(prompts[: config.reward.calibrate_samples])
-            spread = score_spread(trainer.start_scores)
+            gain, bias, scores = trainer.calibrate_reward(
+                prompts[: config.reward.calibrate_samples]
+            )
+            spread = score_spread(scores)  # the RM's spread on the starting policy's answers
             calibrated = {"gain": gain, "bias": bias, "start_scores": spread}
             ctx.info["reward_calibration"] = calibrated
             if distributed.is_main_process():
