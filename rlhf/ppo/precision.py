@@ -19,7 +19,8 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from rlhf.models.low_precision import AUTOCAST_DTYPES, autocast
+
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: bf16 matmuls in hardware
 
 log = logging.getLogger(__name__)
@@ -70,9 +71,7 @@ class MixedPrecision:
         return self.scaler is not None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return autocast(self.mode, self.device_type)
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         return self.scaler.scale(loss) if self.scaler else loss

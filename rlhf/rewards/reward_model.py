@@ -17,6 +17,7 @@ import torch
 from rlhf.config import ModelConfig
 from rlhf.data.chat_format import conversations
 from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
+from rlhf.models.low_precision import autocast, cast_frozen_linears
 from rlhf.models.scoring import (
     conversation_token_batch,
     score_conversations,
@@ -41,11 +42,15 @@ def decision_threshold(model_dir: Path) -> float:
 
 class RewardModelScorer:
     def __init__(self, path: Path, system_prompt: str | None, settings: ModelConfig):
+        mixed_precision = settings.mixed_precision
         settings = ModelConfig(name_or_path=str(path), dtype=settings.dtype)
         folder = resolve_model_dir(settings, cache_dir=".")
         self.tokenizer = load_tokenizer(folder, settings)
         self.model = load_model(folder, settings, self.tokenizer, kind="reward").eval()
         self.model.requires_grad_(False).to(distributed.device())  # this process's GPU, if any
+        # model.mixed_precision: scored under autocast like the policy, weights cast once
+        self.mixed_precision = mixed_precision
+        cast_frozen_linears(self.model, self.mixed_precision)
         self.system_prompt = system_prompt
         self.suffix_ids = turn_suffix_ids(self.tokenizer)
 
@@ -56,7 +61,8 @@ class RewardModelScorer:
         if tokens is not None and self.suffix_ids is not None:
             return self.score_tokens(tokens)
         rendered = conversations(prompts, completions, self.system_prompt)
-        return score_conversations(self.model, self.tokenizer, rendered)
+        with autocast(self.mixed_precision, self.model.device.type):
+            return score_conversations(self.model, self.tokenizer, rendered)
 
     @torch.no_grad()
     def score_tokens(self, tokens: ResponseTokens, batch_size: int = 16) -> torch.Tensor:
@@ -72,12 +78,13 @@ class RewardModelScorer:
             self.tokenizer.pad_token_id,
         )
         device = self.model.device
-        scores = [
-            score_token_batch(
-                self.model,
-                input_ids[start : start + batch_size].to(device),
-                attention_mask[start : start + batch_size].to(device),
-            )
-            for start in range(0, len(input_ids), batch_size)
-        ]
+        with autocast(self.mixed_precision, device.type):
+            scores = [
+                score_token_batch(
+                    self.model,
+                    input_ids[start : start + batch_size].to(device),
+                    attention_mask[start : start + batch_size].to(device),
+                )
+                for start in range(0, len(input_ids), batch_size)
+            ]
         return torch.cat(scores)

@@ -33,6 +33,7 @@ from rlhf.models.loading import (
     lora_config,
     resolve_model_dir,
 )
+from rlhf.models.low_precision import cast_frozen_linears
 from rlhf.models.saving import save_model
 from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
@@ -126,6 +127,8 @@ def build_actor_critic(
             policy.add_adapter(CRITIC_ADAPTER, lora_config(critic_lora, num_layers))
             policy.set_adapter("default")
     model = ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
+    if model.reference is not None and not ppo.shard_reference:  # FSDP2 wants one dtype a layer
+        cast_frozen_linears(model.reference, settings.mixed_precision)
     check_trainable_precision(model.policy, "the policy")
     return model
 
