@@ -29,3 +29,4 @@ wait
 step compare_proxy "$PY" -m rlhf.compare "$OUT/proxy"
 step compare_ensemble "$PY" -m rlhf.compare "$OUT/ensemble"
 step matched_kl env PYTHONPATH=. "$PY" experiments/overopt/matched_kl.py "$OUT/proxy" "$OUT/ensemble"
+step eval_stage env PYTHONPATH=. "$PY" experiments/overopt/eval_stage.py "$OUT/proxy" "$OUT/ensemble"
