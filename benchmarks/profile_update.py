@@ -19,7 +19,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ppo_bench import WORKLOADS, build_trainer  # noqa: E402
 
 import rlhf.ppo.core as core  # noqa: E402
+import rlhf.ppo.trainer as trainer_module  # noqa: E402
 
 
 def labelled(function, label: str):
@@ -43,7 +43,7 @@ def label_methods(trainer) -> None:
     """`ppo:<name>` ranges around the phases, the model calls and the suspects of issue 15."""
     for name in (
         "generate", "_score", "forward_passes", "shape_rewards", "optimise", "_micro_step",
-        "_backward", "_optimizer_step", "_log_softmax", "_check_finite", "_value_loss",
+        "_backward", "_optimizer_step", "_logprobs", "_check_finite", "_value_loss",
     ):  # fmt: skip
         setattr(trainer, name, labelled(getattr(trainer, name), f"ppo:{name.strip('_')}"))
     model = trainer.model
@@ -52,7 +52,7 @@ def label_methods(trainer) -> None:
     optimizer = trainer.optimizer
     optimizer.step = labelled(optimizer.step, "ppo:adamw_step")
     optimizer.zero_grad = labelled(optimizer.zero_grad, "ppo:zero_grad")
-    torch.nn.utils.clip_grad_norm_ = labelled(torch.nn.utils.clip_grad_norm_, "ppo:grad_norm")
+    trainer_module.gradient_norm = labelled(trainer_module.gradient_norm, "ppo:grad_norm")
     for name in ("gather_tokens", "policy_loss", "gae", "masked_whiten"):
         setattr(core, name, labelled(getattr(core, name), f"ppo:{name}"))
 
