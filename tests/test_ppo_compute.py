@@ -157,3 +157,17 @@ def test_bf16_ppo_keeps_the_reference_and_reward_model_linears_in_bf16(
     # bf16 keeps 8 significant bits (relative step 2**-8 = 0.4 %): two layers and the head
     # stay within a few per cent of the largest score
     torch.testing.assert_close(half, full, rtol=0, atol=0.05 * full.abs().max().item() + 1e-3)
+
+
+def test_bf16_leaves_a_reference_handed_in_as_it_is(tiny_sft_model):
+    """build_actor_critic uses a given reference as it is: only one it built is cast."""
+    from rlhf.models.loading import load_model_and_tokenizer
+    from rlhf.stages.ppo import build_actor_critic
+
+    config = make_config(tiny_sft_model)
+    config.model.mixed_precision = "bf16"
+    policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
+    reference = load_model_and_tokenizer(config.model, config.cache_dir)[0]
+    model = build_actor_critic(config, policy, tokenizer, reference=reference)
+    assert model.reference is reference
+    assert all(p.dtype == torch.float32 for p in reference.parameters())

@@ -8,19 +8,11 @@ so less noisy than the frontier's points), the policy's KL and the gold win rate
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from rlhf.runs.tracking import read_jsonl
 from rlhf.sweeps.jobs import job_dirs, read_job_file
-
-
-def last_record(path: Path) -> dict | None:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None
-    return json.loads(lines[-1]) if lines else None
 
 
 def main(sweep_dirs: list[str]) -> None:
@@ -31,11 +23,12 @@ def main(sweep_dirs: list[str]) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for sweep in map(Path, sweep_dirs):
         for job in job_dirs(sweep):
-            record = last_record(job / "eval" / "metrics.jsonl")
+            records = read_jsonl(job / "eval" / "metrics.jsonl")
             label = (read_job_file(job) or {}).get("label", job.name)
-            if record is None:
+            if not records:
                 print(f"| {sweep.name} | {label} | no eval stage yet | | | | | |")
                 continue
+            record = records[-1]
             base, policy = record["eval/baseline/judge_score"], record["eval/policy/judge_score"]
             print(
                 f"| {sweep.name} | {label} | {record['eval/num_prompts']:.0f} "

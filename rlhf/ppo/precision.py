@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from rlhf.models.low_precision import AUTOCAST_DTYPES, autocast
+from rlhf.models.low_precision import autocast
 
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo: bf16 matmuls in hardware
 
@@ -62,7 +62,6 @@ class MixedPrecision:
     def __init__(self, mode: str, device: torch.device):
         self.mode = mode
         self.device_type = torch.device(device).type
-        self.dtype = AUTOCAST_DTYPES.get(mode)
         self.scaler = torch.amp.GradScaler(self.device_type) if mode == "fp16" else None
 
     @property

@@ -42,14 +42,13 @@ def decision_threshold(model_dir: Path) -> float:
 
 class RewardModelScorer:
     def __init__(self, path: Path, system_prompt: str | None, settings: ModelConfig):
-        mixed_precision = settings.mixed_precision
+        # model.mixed_precision: scored under autocast like the policy, weights cast once
+        self.mixed_precision = settings.mixed_precision
         settings = ModelConfig(name_or_path=str(path), dtype=settings.dtype)
         folder = resolve_model_dir(settings, cache_dir=".")
         self.tokenizer = load_tokenizer(folder, settings)
         self.model = load_model(folder, settings, self.tokenizer, kind="reward").eval()
         self.model.requires_grad_(False).to(distributed.device())  # this process's GPU, if any
-        # model.mixed_precision: scored under autocast like the policy, weights cast once
-        self.mixed_precision = mixed_precision
         cast_frozen_linears(self.model, self.mixed_precision)
         self.system_prompt = system_prompt
         self.suffix_ids = turn_suffix_ids(self.tokenizer)

@@ -106,9 +106,7 @@ def build_actor_critic(
     A `reference` or separate `critic` given as a model is used as it is, else built from
     the config."""
     ppo, settings = config.ppo, config.model
-    built_reference = reference is None and (
-        ppo.reference_model is not None or not settings.lora.enabled
-    )
+    given_reference = reference
     if reference is None and ppo.reference_model is not None:
         reference_settings = settings.pointing_to(ppo.reference_model)
         reference = load_model_and_tokenizer(reference_settings, config.cache_dir)[0]
@@ -130,8 +128,9 @@ def build_actor_critic(
             policy.add_adapter(CRITIC_ADAPTER, lora_config(critic_lora, num_layers))
             policy.set_adapter("default")
     model = ActorCritic(policy.eval(), ppo.critic, critic=critic, reference=reference)
-    # a reference built here (not a caller's model, used as it is); FSDP2 wants one dtype a layer
-    if built_reference and not ppo.shard_reference:
+    # a reference built here (a caller's model is used as it is); FSDP2 wants one dtype a layer
+    built_here = model.reference is not None and model.reference is not given_reference
+    if built_here and not ppo.shard_reference:
         cast_frozen_linears(model.reference, settings.mixed_precision)
     check_trainable_precision(model.policy, "the policy")
     return model
