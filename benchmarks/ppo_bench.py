@@ -4,6 +4,7 @@ tokens/s, peak RSS, and the bare model operations of the same update.
     .venv/bin/python benchmarks/ppo_bench.py                       # every workload
     .venv/bin/python benchmarks/ppo_bench.py --workload w-small    # one (or a comma list)
     .venv/bin/python benchmarks/ppo_bench.py --workload w-tiny --updates 8
+    .venv/bin/python benchmarks/ppo_bench.py --workload w-small --host-heap system  # glibc's heap
 
 Prints one JSON line per workload; each workload runs in a process of its own so that its peak
 RSS is its own. Seconds per update are the median over updates 2..N (the first update also
@@ -63,6 +64,7 @@ from rlhf.rewards.processing import ScoreProcessor  # noqa: E402
 from rlhf.rewards.reward_model import RewardModelScorer  # noqa: E402
 from rlhf.runs.tracking import NullBackend, Tracker  # noqa: E402
 from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
+from rlhf.runtime.host_memory import HOST_HEAPS, use_host_heap  # noqa: E402
 from rlhf.stages.ppo import build_actor_critic  # noqa: E402
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "ppo_prompts_en64.jsonl"
@@ -289,7 +291,10 @@ def bare_operations(trainer: PPOTrainer, scorer: RewardModelScorer) -> dict[str,
     return times
 
 
-def run_workload(name: str, updates: int | None, mixed_precision: str, bare: bool) -> dict:
+def run_workload(
+    name: str, updates: int | None, mixed_precision: str, bare: bool, host_heap: str
+) -> dict:
+    heap = use_host_heap(host_heap)  # as train.py does before a stage
     trainer, scorer = build_trainer(name, mixed_precision, updates)
     steps = [trainer.step() for _ in range(trainer.config.total_updates)]
     measured = steps[1:]  # updates 2..N
@@ -298,6 +303,8 @@ def run_workload(name: str, updates: int | None, mixed_precision: str, bare: boo
     result = {
         "workload": name,
         "mixed_precision": mixed_precision,
+        "host_heap": host_heap,
+        "host_heap_log": heap,
         "updates": len(steps),
         "seconds_per_update": round(seconds, 3),
         "first_update": round(steps[0]["timing/total"], 3),
@@ -326,10 +333,13 @@ def main() -> None:
     parser.add_argument("--updates", type=int, help="updates run (default: the workload's)")
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument("--no-bare", action="store_true", help="skip the bare operations")
+    parser.add_argument("--host-heap", default="reuse", choices=HOST_HEAPS, help="as train.py's")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
-        result = run_workload(args.run_one, args.updates, args.mixed_precision, not args.no_bare)
+        result = run_workload(
+            args.run_one, args.updates, args.mixed_precision, not args.no_bare, args.host_heap
+        )
         print(json.dumps(result), flush=True)
         return
     names = args.workload.split(",")
@@ -345,7 +355,8 @@ def main() -> None:
         sys.exit(2)
     for name in names:
         command = [sys.executable, __file__, "--run-one", name, "--mixed-precision",
-                   args.mixed_precision] + (["--no-bare"] if args.no_bare else [])  # fmt: skip
+                   args.mixed_precision, "--host-heap", args.host_heap]  # fmt: skip
+        command += ["--no-bare"] if args.no_bare else []
         if args.updates is not None:
             command += ["--updates", str(args.updates)]
         done = subprocess.run(command, capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """Profile one PPO update of a reference workload (benchmarks/ppo_bench.py) with torch.profiler.
 
     .venv/bin/python benchmarks/profile_update.py --workload w-small --out /tmp/profile
+    .venv/bin/python benchmarks/profile_update.py --host-heap system --out /tmp/profile-system
 
 Runs one warm-up update, then profiles the second. The trainer's phases and its model calls are
 labelled (`ppo:*`) by wrapping the instance's methods here, the trainer's code is unchanged.
@@ -28,6 +29,7 @@ from ppo_bench import WORKLOADS, build_trainer  # noqa: E402
 
 import rlhf.ppo.core as core  # noqa: E402
 import rlhf.ppo.trainer as trainer_module  # noqa: E402
+from rlhf.runtime.host_memory import HOST_HEAPS, use_host_heap  # noqa: E402
 
 
 def labelled(function, label: str):
@@ -83,8 +85,10 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--trace", action="store_true")
+    parser.add_argument("--host-heap", default="reuse", choices=HOST_HEAPS, help="as train.py's")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    use_host_heap(args.host_heap)
     trainer, _ = build_trainer(args.workload, args.mixed_precision)
     trainer.step()  # warm-up: optimiser state
     label_methods(trainer)

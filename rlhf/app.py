@@ -34,6 +34,7 @@ from rlhf.runtime.error_lines import (
     is_path_error,
     suggest,
 )
+from rlhf.runtime.host_memory import use_host_heap
 from rlhf.stages.table import PIPELINE, stages_to_run
 from rlhf.sweeps.cluster import RESULT_FILE_ENV
 from rlhf.sweeps.jobs import SweepJob, current_job, run_recorded, with_sweep_logging
@@ -105,6 +106,7 @@ def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, f
     from rlhf.pipeline import run  # heavy imports (torch, transformers) after validation
     from rlhf.runtime import distributed
 
+    log.info(use_host_heap(config.host_heap))
     objective, value = run(config, run_dir)
     if os.environ.get(RESULT_FILE_ENV) and distributed.is_main_process():
         result = {"objective": objective, "result": value}

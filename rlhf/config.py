@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
+from rlhf.runtime.host_memory import HOST_HEAPS
 from rlhf.stages.table import PIPELINE, POLICY, STAGES, producer, stages_to_run
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
@@ -913,6 +914,7 @@ class Config:
     output_dir: str = "outputs/manual"  # run folder (Hydra sets its own)
     objective: str | None = None  # final metric train.py returns to a sweeper; null = the stage's
     resume: Any = None  # true: continue the run in output_dir; a path: that run; auto: if any
+    host_heap: str = "reuse"  # reuse: freed CPU memory stays mapped (no page faults a step); system
     model: ModelConfig = field(default_factory=ModelConfig)  # conf/model: what to train
     data: DataConfig = field(  # conf/data: preference rows
         default_factory=lambda: DataConfig(train_file="train.jsonl")
@@ -934,6 +936,7 @@ class Config:
     def __post_init__(self) -> None:
         _check_ranges(self)
         _one_of(self.stage, (*STAGES, PIPELINE), "stage")
+        _one_of(self.host_heap, HOST_HEAPS, "host_heap")
         _require(bool(self.cache_dir), "cache_dir", "must not be empty")
         self._check_objective()
         _require(

@@ -119,6 +119,7 @@ def test_config_errors(warm_train, tmp_path, override, needle):
         ("ppo.health.length_drift_max=1", "ppo.health.length_drift_max"),
         ("eval.judge={kindd:function}", "eval.judge.kindd"),
         ("eval.judge={kind:function}", "eval.judge.function"),
+        ("host_heap=keep", "host_heap"),
     ],
 )
 def test_impossible_values_are_rejected_with_their_key(compose_config, override, key):

@@ -81,6 +81,7 @@ def test_resume_auto_starts_fresh_when_there_is_nothing_to_resume(warm_train, tm
     result = warm_train([*PPO, "resume=auto"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resume=auto: nothing to resume, starting fresh" in result.stdout + result.stderr
+    assert "host heap: " in result.stdout + result.stderr  # the log says what host_heap did
     assert (tmp_path / "ppo" / "COMPLETE").is_file()
 
 

@@ -75,6 +75,7 @@ from rlhf.runtime.generation import (
     row_seeds,
     sample_answers,
 )
+from rlhf.runtime.host_memory import release_free_memory
 from rlhf.runtime.rng import global_rng_states, restore_global_rng_states
 
 if TYPE_CHECKING:
@@ -726,6 +727,7 @@ class PPOTrainer:
         with checkpointing_in_eval(self.model):
             update_stats = self.optimise(rollout)
         self.scheduler.step()
+        release_free_memory()  # host_heap=reuse: reused within the update, handed back after
         done = time.perf_counter()
         self._timings["forward"] = forwarded - started
         self._timings["update"] = done - forwarded

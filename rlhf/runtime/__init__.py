@@ -1,2 +1,3 @@
 """What every stage shares at run time, whatever it trains: the process group and its
-collectives, generation from a causal LM, masks from lengths, and one-line error messages."""
+collectives, generation from a causal LM, masks from lengths, one-line error messages, and
+the host heap's reuse of freed memory."""

@@ -33,6 +33,7 @@ from rlhf.runs.faults import maybe_kill
 from rlhf.runs.folders import RunPaths
 from rlhf.runs.tracking import Tracker
 from rlhf.runtime import distributed
+from rlhf.runtime.host_memory import release_free_memory
 from rlhf.stages.context import StageContext, stage_context
 
 
@@ -97,7 +98,7 @@ def run_trl_stage(stage: TrlStage, config: Config, paths: RunPaths) -> dict[str,
             **stage.datasets(config, train, test),
             processing_class=tokenizer,
             peft_config=lora_config(config.model.lora, num_layers, kind=stage.model_kind),
-            callbacks=[TrackerCallback(ctx.tracker, stage.name)],
+            callbacks=[TrackerCallback(ctx.tracker, stage.name), HostMemoryCallback()],
             **stage.trainer_keywords(config),
         )
         check_trainable_precision(trainer.model, f"stage {stage.name}")
@@ -182,6 +183,14 @@ def gathered_state_dict(trainer: Trainer) -> dict | None:
             return None
         return accelerator.get_state_dict(trainer.deepspeed)
     return accelerator.get_state_dict(trainer.model) if trainer.is_fsdp_enabled else None
+
+
+class HostMemoryCallback(TrainerCallback):
+    """host_heap=reuse: hand the heap's free pages back after each optimiser step, so that its
+    micro-steps reuse memory and the heap does not fragment across steps."""
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 (HF signature)
+        release_free_memory()
 
 
 class TrackerCallback(TrainerCallback):
