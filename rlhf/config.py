@@ -21,10 +21,10 @@ from omegaconf import OmegaConf
 
 from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
-from rlhf.runtime.host_memory import HOST_HEAPS
 from rlhf.stages.table import PIPELINE, POLICY, STAGES, producer, stages_to_run
 
 DTYPES = ("auto", "float32", "bfloat16", "float16", "float64")
+HOST_HEAPS = ("reuse", "system")  # rlhf/runtime/host_memory.py
 HALF_DTYPES = ("bfloat16", "float16")
 # transformers' SchedulerType names (tests/test_bad_inputs_more.py compares them with transformers)
 LR_SCHEDULERS = (

@@ -26,7 +26,7 @@ import ctypes
 import ctypes.util
 import functools
 
-HOST_HEAPS = ("reuse", "system")
+from rlhf.config import HOST_HEAPS
 
 M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 M_MMAP_MAX = -4
