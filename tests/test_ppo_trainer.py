@@ -262,3 +262,22 @@ def test_overlong_penalty_lowers_the_scores_of_long_answers(tiny_sft_model, tmp_
     rollout = trainer.generate(*trainer.next_prompts())
     expected = rollout.raw_scores - 1.0  # every answer is 4 tokens long: the full penalty
     torch.testing.assert_close(rollout.scores.cpu(), expected)
+
+
+def test_each_update_hands_the_host_heaps_free_pages_back(tiny_sft_model, tmp_path, monkeypatch):
+    import rlhf.ppo.trainer as trainer_module
+    from rlhf.runtime.host_memory import _glibc, release_free_memory, use_host_heap
+
+    released = []
+    monkeypatch.setattr(
+        trainer_module, "release_free_memory", lambda: released.append(release_free_memory())
+    )
+    trainer = make_trainer(make_config(tiny_sft_model), tmp_path)
+    use_host_heap("reuse")
+    try:
+        trainer.step()
+        trainer.step()
+    finally:
+        use_host_heap("system")  # this worker's later tests get glibc's defaults back
+    # True: glibc was asked (host_heap=reuse keeps freed memory until then); False off glibc
+    assert released == [_glibc() is not None] * 2
