@@ -3,9 +3,9 @@
 glibc serves an allocation above its mmap threshold (which it never raises past 32 MiB) with a
 fresh `mmap` and returns it to the kernel on `free`. Each such tensor then costs one page fault
 per 4 KiB page the first time it is written. A PPO micro-step on a CPU allocates several of that
-size and frees them again: the tied embedding's gradient (vocabulary × width: 113 MB for
-SmolLM2, zero-filled by `embedding_dense_backward`), the gradient of the LM head's weight, the
-logits and their gradient. Profiled on SmolLM2 (experiments/benchmarks.md): the zero-fill of the
+size and frees them again: the embedding's gradient (vocabulary × width: 113 MB for
+SmolLM2, whose LM head shares it; zero-filled by `embedding_dense_backward`), the logits and
+their gradient. Profiled on SmolLM2 (experiments/benchmarks.md): the zero-fill of the
 embedding gradient alone took 0.21 s a backward, almost all of it page faults.
 
 `host_heap=reuse` (the default) tells glibc to serve every allocation from its heap
@@ -33,7 +33,7 @@ M_MMAP_MAX = -4
 TRIM_THRESHOLD_BYTES = 1 << 30
 GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}  # malloc/malloc.c
 
-_applied: list[str] = []  # what this process set last (a multirun's jobs share one process)
+_active = "system"  # the setting in force in this process (a multirun's jobs share one process)
 
 
 @functools.cache
@@ -49,18 +49,12 @@ def _glibc():
     return libc
 
 
-def _glibc_mallopt():
-    """glibc's `mallopt`, or None where the C library is not glibc."""
-    libc = _glibc()
-    return None if libc is None else libc.mallopt
-
-
 def release_free_memory() -> bool:
     """Give the heap's free pages back to the kernel, where host_heap=reuse keeps them (glibc
     does so itself under its defaults); True if it did. Between steps: the next step's first
     large tensors fault their pages in again, the ones after reuse them."""
     libc = _glibc()
-    if libc is None or _applied[-1:] != ["reuse"]:
+    if libc is None or _active != "reuse":
         return False
     libc.malloc_trim(0)
     return True
@@ -69,20 +63,21 @@ def release_free_memory() -> bool:
 def use_host_heap(mode: str) -> str:
     """Apply `host_heap` (reuse or system) to this process; returns what was done, for the log.
     Applying it twice is harmless (a pipeline's stages and a sweep's jobs share one process)."""
+    global _active
     if mode not in HOST_HEAPS:
         raise ValueError(f"host_heap must be one of {HOST_HEAPS}, got {mode!r}")
-    mallopt = _glibc_mallopt()
+    libc = _glibc()
     if mode == "system":
-        if mallopt is not None and _applied[-1:] == ["reuse"]:
+        if libc is not None and _active == "reuse":
             for parameter, value in GLIBC_DEFAULTS.items():
-                mallopt(parameter, value)
-        _applied.append(mode)
+                libc.mallopt(parameter, value)
+        _active = mode
         return "host heap: the C library's defaults (host_heap=system)"
-    if mallopt is None:
+    if libc is None:
         return "host heap: not glibc, nothing to change (host_heap=reuse has no effect here)"
-    if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
+    if not (libc.mallopt(M_MMAP_MAX, 0) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)):
         return "host heap: glibc refused mallopt, its defaults stay"
-    _applied.append(mode)
+    _active = mode
     return (
         "host heap: freed memory kept for reuse (glibc: no mmap per large tensor, so no page "
         "faults each step; host_heap=system for the defaults)"
