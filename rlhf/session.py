@@ -218,6 +218,8 @@ class PPOSession:
         policy = copy.deepcopy(model.policy) if model.is_lora else model.policy
         if model.is_lora and model.critic_kind == "lora":
             policy.delete_adapter("critic")
+        if model.frozen_base is not None:  # the copy merges into float32, not into bf16
+            model.frozen_base.restore(policy)
         save_model(policy, self.tokenizer, path / "model")
         model.save_critic(path / "critic")
         return path

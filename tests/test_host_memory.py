@@ -96,3 +96,27 @@ def test_release_does_nothing_unless_reuse_is_on():
 def test_an_unknown_mode_is_refused():
     with pytest.raises(ValueError, match="host_heap must be one of"):
         use_host_heap("keep")
+
+
+def test_the_sft_stage_hands_free_pages_back_after_each_optimiser_step(
+    compose_config, tmp_path, monkeypatch
+):
+    """The TRL stages' HostMemoryCallback: one release per optimiser step, not per micro-step."""
+    import rlhf.stages.trl_stage as trl_stage
+    from rlhf.app import typed_config
+    from rlhf.runs.folders import RunPaths
+    from rlhf.stages import sft
+
+    released = []
+    monkeypatch.setattr(
+        trl_stage, "release_free_memory", lambda: released.append(release_free_memory())
+    )
+    overrides = ["stage=sft", "model=tiny", "logger=none", "sft.max_steps=3"]
+    config = typed_config(compose_config([*overrides, "sft.gradient_accumulation_steps=2"]))
+    use_host_heap("reuse")
+    try:
+        sft.run(config, RunPaths(tmp_path))
+    finally:
+        use_host_heap("system")  # this worker's later tests get glibc's defaults back
+    assert released == [_glibc() is not None] * 3
+    assert (tmp_path / "sft" / "model" / "model.safetensors").is_file()

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedModel
 
+from rlhf.models.frozen_base import FrozenBase
 from rlhf.ppo import core
 from rlhf.ppo.core import upcast
 from rlhf.ppo.rollout import response_slice
@@ -57,6 +58,7 @@ class ActorCritic(nn.Module):
         self.critic = critic
         self.reference = reference
         self.is_lora = isinstance(policy, PeftModel)
+        self.frozen_base: FrozenBase | None = None  # a LoRA base held in bf16 (stages/ppo.py)
         if reference is None and not self.is_lora:
             raise ValueError("a full-parameter policy needs a separate reference model")
         if critic_kind == "separate" and critic is None:

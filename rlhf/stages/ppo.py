@@ -26,6 +26,7 @@ from rlhf.config import Config
 from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.models.checks import check_kind, check_lora_targets
+from rlhf.models.frozen_base import cast_frozen_base
 from rlhf.models.loading import (
     check_trainable_precision,
     load_model_and_tokenizer,
@@ -132,6 +133,8 @@ def build_actor_critic(
     built_here = model.reference is not None and model.reference is not given_reference
     if built_here and not ppo.shard_reference:
         cast_frozen_linears(model.reference, settings.mixed_precision)
+    if model.is_lora and not sharding.fsdp2_requested(os.environ):  # FSDP2: one dtype a layer
+        model.frozen_base = cast_frozen_base(model.policy, settings.mixed_precision)
     check_trainable_precision(model.policy, "the policy")
     return model
 
@@ -222,6 +225,8 @@ def save_outputs(ctx: StageContext, model: ActorCritic, tokenizer: PreTrainedTok
         policy.save_pretrained(ctx.stage_dir / "adapter", selected_adapters=["default"])
         if model.critic_kind == "lora":
             policy.delete_adapter(CRITIC_ADAPTER)
+        if model.frozen_base is not None:  # merged into float32, not into the bf16 copy
+            model.frozen_base.restore(policy)
     save_model(policy, tokenizer, ctx.model_dir)
 
 
