@@ -217,7 +217,7 @@ def build_trainer(
     scorer = RewardModelScorer(
         reward_model_dir(resolve_model_dir(config.model, cache_dir)),
         None,
-        ModelConfig(dtype="float32"),
+        ModelConfig(dtype="float32", mixed_precision=mixed_precision),  # cast as the stage does
     )
     use_pad_token(scorer.tokenizer, scorer.model)
     trainer = PPOTrainer(

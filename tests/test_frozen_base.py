@@ -5,8 +5,10 @@ fp32 base read back from the folder."""
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -143,3 +145,37 @@ def test_frozen_linears_leave_out_adapters_saved_modules_and_tied_heads(tiny_sft
     names = set(frozen_linears(policy.get_base_model()))
     assert not any("lora" in n or "modules_to_save" in n for n in names)
     assert "lm_head" not in names  # tied to the embedding
+
+
+def mapped_files() -> set[str]:
+    """The files this process has mapped (Linux: /proc/self/maps)."""
+    with open("/proc/self/maps") as maps:
+        return {line.split(None, 5)[5].strip() for line in maps if len(line.split(None, 5)) == 6}
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc")
+def test_a_cast_model_lets_go_of_the_weights_file_it_was_loaded_from(tiny_sft_model, tmp_path):
+    """transformers maps safetensors files and every tensor loaded from one keeps the mapping
+    (and the float32 pages the cast read) resident; after a cast nothing of the file is left
+    mapped, for the LoRA base and for a frozen model alike, while float32 keeps it mapped."""
+    from rlhf.models.low_precision import cast_frozen_linears
+
+    folder = shutil.copytree(tiny_sft_model, tmp_path / "model")  # a file no other test maps
+    weights = str((folder / "model.safetensors").resolve())
+    kept = lora_policy(folder)
+    assert weights in mapped_files()  # loaded mapped, so the check below can fail
+    assert cast_frozen_base(kept, "no") is None
+    assert weights in mapped_files()
+    cast = lora_policy(folder)
+    assert cast_frozen_base(cast, "bf16") is not None
+    config = make_config(folder)
+    frozen, _ = load_model_and_tokenizer(config.model, config.cache_dir)
+    cast_frozen_linears(frozen.requires_grad_(False), "bf16")
+    del kept
+    gc.collect()
+    assert weights not in mapped_files()
+    base = cast.get_base_model()
+    assert base.lm_head.weight is base.get_input_embeddings().weight  # the tie survived the copy
+    for model in (cast, frozen):  # every tensor still there, in both dtypes
+        dtypes = {p.dtype for p in model.parameters()}
+        assert dtypes == {torch.float32, torch.bfloat16}

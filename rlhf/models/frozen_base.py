@@ -24,7 +24,7 @@ from safetensors import safe_open
 from torch import nn
 
 from rlhf.errors import ModelLoadError
-from rlhf.models.low_precision import AUTOCAST_DTYPES
+from rlhf.models.low_precision import AUTOCAST_DTYPES, release_loaded_files
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def cast_frozen_base(model: nn.Module, mode: str) -> FrozenBase | None:
         return None
     for layer in layers.values():
         layer.to(dtype)
+    release_loaded_files(model, dtype)  # else the float32 file pages stay resident beside them
     paths = {id(module): path for path, module in base.named_modules()}
     log.info(
         "LoRA base: %d frozen linear layers held in %s (autocast casts them at every call "

@@ -47,4 +47,23 @@ def cast_frozen_linears(model: nn.Module, mode: str) -> nn.Module:
             module.weight = nn.Parameter(module.weight.detach().to(dtype), requires_grad=False)
         else:
             module.to(dtype)
+    release_loaded_files(model, dtype)
     return model
+
+
+def release_loaded_files(model: nn.Module, cast_dtype: torch.dtype) -> None:
+    """Copy the tensors of `model` that a cast to `cast_dtype` left as they were loaded into
+    memory of the process's own, so that the files they were loaded from can be unmapped.
+    transformers maps safetensors files and every tensor loaded from one keeps the whole mapping
+    alive: after the cast, the pages read for the float32 weights stay resident (and in peak RSS)
+    beside their bf16 copies for as long as one embedding or norm of the file is left. Copying
+    those few (~20 % of a SmolLM2) lets the mapping go: ~400 MiB less RSS a frozen SmolLM2."""
+    copied: set[int] = set()
+    for module in model.modules():
+        for _name, param in module.named_parameters(recurse=False):
+            if param.dtype != cast_dtype and id(param) not in copied:
+                param.data = param.data.clone()  # the same Parameter: ties and names hold
+                copied.add(id(param))
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer.dtype != cast_dtype:
+                module._buffers[name] = buffer.clone()
