@@ -58,12 +58,14 @@ def release_loaded_files(model: nn.Module, cast_dtype: torch.dtype) -> None:
     alive: after the cast, the pages read for the float32 weights stay resident (and in peak RSS)
     beside their bf16 copies for as long as one embedding or norm of the file is left. Copying
     those few (~20 % of a SmolLM2) lets the mapping go: ~400 MiB less RSS a frozen SmolLM2."""
-    copied: set[int] = set()
+    for param in model.parameters():  # each shared (tied) parameter once
+        if param.dtype != cast_dtype:
+            param.data = param.data.clone()  # the same Parameter: ties and names hold
+    copies: dict[int, torch.Tensor] = {}  # a buffer shared by modules stays shared
     for module in model.modules():
-        for _name, param in module.named_parameters(recurse=False):
-            if param.dtype != cast_dtype and id(param) not in copied:
-                param.data = param.data.clone()  # the same Parameter: ties and names hold
-                copied.add(id(param))
         for name, buffer in module.named_buffers(recurse=False):
-            if buffer.dtype != cast_dtype:
-                module._buffers[name] = buffer.clone()
+            if buffer.dtype == cast_dtype:
+                continue
+            if id(buffer) not in copies:
+                copies[id(buffer)] = buffer.clone()
+            module._buffers[name] = copies[id(buffer)]
