@@ -425,6 +425,7 @@ class HealthConfig:
     ratio_max: float | None = None  # ppo/policy/ratio_max above this
     distinct_min: float | None = 0.05  # distinct n-grams / all n-grams of a batch below this
     distinct_n: int = 2  # n of those n-grams (response tokens)
+    top_phrase_max: float | None = None  # share of a batch's answers with its top phrase above
     length_corr_max: float | None = 0.9  # corr(score, length) above this while the score rises
     length_drift_max: float | None = 2.0  # last/first trend_window updates' length outside [1/x, x]
     trend_window: int = 5  # updates over which "the score rises" is judged
@@ -432,7 +433,7 @@ class HealthConfig:
 
     ALARMS: ClassVar[tuple[str, ...]] = (
         "kl_max", "kl_min", "entropy_min", "eos_rate_min", "truncation_rate_max", "ratio_max",
-        "distinct_min", "length_corr_max", "length_drift_max",
+        "distinct_min", "top_phrase_max", "length_corr_max", "length_drift_max",
     )  # fmt: skip
 
     section: ClassVar[str] = "ppo.health"
@@ -440,6 +441,7 @@ class HealthConfig:
         "kl_max": FINITE, "kl_min": FINITE, "entropy_min": NON_NEGATIVE, "eos_rate_min": SHARE,
         "truncation_rate_max": SHARE, "ratio_max": POSITIVE, "distinct_min": SHARE,
         "distinct_n": AT_LEAST_ONE, "length_corr_max": Range(-1, 1), "trend_window": Range(2),
+        "top_phrase_max": SHARE,
         "length_drift_max": Range(1, low_open=True),  # a ratio and its inverse bound the drift
     }  # fmt: skip
 
@@ -830,6 +832,17 @@ class DPOStageConfig(TrainerStageConfig):
 
 
 @dataclass
+class GoalConfig:
+    """One goal of `eval.goals`: an eval metric within [min, max] (either bound may be left
+    out), each bound multiplied by the value of the metric `relative_to` when that is set."""
+
+    metric: str = ""  # the eval metric checked, e.g. eval/policy/top_phrase_share
+    min: float | None = None  # passed when the metric >= min (x relative_to); null: no lower bound
+    max: float | None = None  # passed when the metric <= max (x relative_to); null: no upper bound
+    relative_to: str | None = None  # eval metric the bounds are multiplied by; null: absolute
+
+
+@dataclass
 class EvalConfig:
     policy_model: str | None = None  # model folder to evaluate (null: the pipeline's PPO model)
     baseline_model: str | None = None  # model to compare with (null: the pipeline's SFT model)
@@ -845,12 +858,34 @@ class EvalConfig:
     judge_in_ppo: bool = True  # with a judge: PPO's ppo.eval_every evaluations score it too
     hacking_margin: float | None = 0.3  # policy's RM share − judge share above this: hacking
     length_drift_factor: float | None = 2.0  # policy/baseline mean length outside [1/f, f]: hacking
+    phrase_margin: float | None = 0.25  # policy's top-phrase share − baseline's above this: hacking
+    fluency: bool = True  # fluency_nll of the answers under the run's untouched base model
+    goals: dict[str, GoalConfig] = field(default_factory=dict)  # name → GoalConfig; {}: none
 
     section: ClassVar[str] = "eval"
+    DATA_ROW: ClassVar[str] = "data_rude"  # the data's chosen answers, measured as a reference
+    # the metrics the eval stage writes → what each needs besides the two models: "judge"
+    # (eval.judge), "fluency" (eval.fluency), "answers" (the data's chosen answers)
+    RUN_METRICS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "threshold": (), "num_prompts": (), "win_rate": (), "kl": (), "length_ratio": (),
+        "top_phrase_gap": (), "hacking_suspected": (), "judge_threshold": ("judge",),
+        "judge_win_rate": ("judge",),
+    }  # fmt: skip
+    MODEL_METRICS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "score": (), "above_threshold": (), "length": (), "eos_rate": (), "distinct": (),
+        "distinct_2": (), "collapsed": (), "top_phrase_share": (), "fluency_nll": ("fluency",),
+        "judge_score": ("judge",), "judge_above_threshold": ("judge",),
+        "rm_judge_gap": ("judge",),
+    }  # fmt: skip
+    DATA_METRICS: ClassVar[tuple[str, ...]] = (
+        "score", "above_threshold", "length", "distinct", "distinct_2", "top_phrase_share",
+        "fluency_nll", "judge_score", "judge_above_threshold",
+    )  # fmt: skip
     RANGES: ClassVar[dict[str, Range]] = {
         "num_prompts": AT_LEAST_ONE, "max_new_tokens": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE,
         "threshold": FINITE, "collapse_distinct": SHARE, "judge_threshold": FINITE,
         "hacking_margin": SHARE, "length_drift_factor": Range(1, low_open=True),
+        "phrase_margin": SHARE,
     }  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -874,6 +909,71 @@ class EvalConfig:
             "eval.length_drift_factor",
             f"must be > 1 when set, got {self.length_drift_factor}",
         )
+        self.goals = {name: self._typed_goal(name, goal) for name, goal in self.goals.items()}
+        self.check_goals(has_answers=True)  # the data's answers are known when the stage runs
+
+    @classmethod
+    def metric_needs(cls) -> dict[str, tuple[str, ...]]:
+        """Every metric the eval stage can write → what it needs besides the two models."""
+        needs = {f"eval/{name}": need for name, need in cls.RUN_METRICS.items()}
+        for model in ("baseline", "policy"):
+            needs.update({f"eval/{model}/{k}": need for k, need in cls.MODEL_METRICS.items()})
+        for name in cls.DATA_METRICS:
+            needs[f"eval/{cls.DATA_ROW}/{name}"] = ("answers", *cls.MODEL_METRICS[name])
+        return needs
+
+    def check_goals(self, has_answers: bool) -> None:
+        """Every goal's metric and relative_to is a metric this stage writes under this config
+        (`has_answers`: the data has chosen answers); one line naming the goal otherwise."""
+        needs = self.metric_needs()
+        missing = {
+            "judge": "only with eval.judge, which is not set",
+            "fluency": "only with eval.fluency=true",
+            "answers": "only when the data has chosen answers, and this data has none",
+        }
+        present = {"judge": self.judge is not None, "fluency": self.fluency, "answers": has_answers}
+        for name, goal in self.goals.items():
+            for field_name in ("metric", "relative_to"):
+                metric = getattr(goal, field_name)
+                if metric is None:
+                    continue
+                key = f"eval.goals.{name}.{field_name}"
+                close = difflib.get_close_matches(metric, list(needs), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                _require(metric in needs, key, f"{metric!r} is not an eval metric{hint}")
+                for need in needs[metric]:
+                    _require(present[need], key, f"{metric!r} is measured {missing[need]}")
+
+    @staticmethod
+    def _typed_goal(name: str, goal: Any) -> GoalConfig:
+        key = f"eval.goals.{name}"
+        _require(
+            bool(name) and "/" not in name and not any(c.isspace() for c in name),
+            key,
+            "a goal name must be non-empty, without '/' or spaces (it names eval/goals/<name>)",
+        )
+        if isinstance(goal, dict):
+            known = [f.name for f in dataclasses.fields(GoalConfig)]
+            for item in goal:
+                _require(item in known, f"{key}.{item}", f"unknown key (known: {', '.join(known)})")
+            goal = GoalConfig(**goal)
+        _require(
+            isinstance(goal, GoalConfig),
+            key,
+            f"must be {{metric, min, max, relative_to}}, got {goal!r}",
+        )
+        _require(bool(goal.metric), f"{key}.metric", "name the eval metric the goal checks")
+        _require(goal.min is not None or goal.max is not None, key, "set min, max or both")
+        for bound in ("min", "max"):
+            value = getattr(goal, bound)
+            _require(
+                value is None or (isinstance(value, (int, float)) and math.isfinite(value)),
+                f"{key}.{bound}",
+                f"must be a finite number or null, got {value!r}",
+            )
+        if goal.min is not None and goal.max is not None:
+            _require(goal.min <= goal.max, key, f"min {goal.min:g} is above max {goal.max:g}")
+        return goal
 
 
 @dataclass

@@ -7,6 +7,10 @@ Watched per update (thresholds in `ppo.health`, each null = off):
 - EOS rate below `eos_rate_min`, truncation rate above `truncation_rate_max`;
 - the probability ratio's maximum above `ratio_max` (a policy far from the one that sampled);
 - distinct n-grams / all n-grams of the batch's responses below `distinct_min` (mode collapse);
+- the share of the batch's decoded answers that hold its most frequent phrase
+  (rlhf/reporting/phrases.py; `ppo/health/top_phrase_share`) above `top_phrase_max`: answers that
+  stay distinct while all saying "别问我，<topic>，别问我" have collapsed onto one phrase, which
+  distinct n-grams over the whole batch barely see;
 - the score rising while the correlation of score and response length passes `length_corr_max`
   (the reward is being won by length alone);
 - the mean response length of the last `trend_window` updates over that of the first
@@ -27,6 +31,7 @@ import torch
 
 from rlhf.config import HealthConfig
 from rlhf.errors import RlhfError
+from rlhf.reporting.phrases import top_phrase
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,20 @@ def threshold_alarms(metrics: dict[str, float], cfg: HealthConfig) -> list[Alarm
     return alarms
 
 
+def phrase_alarm(texts: list[str], cfg: HealthConfig) -> tuple[float, Alarm | None]:
+    """(share of the answers holding their most frequent phrase, its alarm above
+    top_phrase_max)."""
+    top = top_phrase(texts)
+    bound = cfg.top_phrase_max
+    if bound is None or top.share <= bound:
+        return top.share, None
+    return top.share, Alarm(
+        "top_phrase_max",
+        f"ppo/health/top_phrase_share = {top.share:.4g} > top_phrase_max {bound:g}: "
+        f"{top.phrase!r} is in {round(top.share * len(texts))} of the batch's {len(texts)} answers",
+    )
+
+
 def length_alarm(correlation: float, score_history: list[float], cfg: HealthConfig) -> Alarm | None:
     """The score rises over the last trend_window updates and length explains it."""
     window = score_history[-cfg.trend_window :]
@@ -135,13 +154,17 @@ class HealthMonitor:
         self.recent_lengths: list[float] = []  # ... of the last trend_window updates
 
     def observe(self, metrics: dict[str, float], responses: list[list[int]],
-                scores: list[float]) -> list[Alarm]:  # fmt: skip
-        """Update `metrics` in place with health/* entries; returns the alarms."""
+                scores: list[float], texts: list[str] | None = None) -> list[Alarm]:  # fmt: skip
+        """Update `metrics` in place with health/* entries; returns the alarms. `texts`: the
+        decoded responses (the phrase statistic and alarm are skipped without them)."""
         lengths = [float(len(r)) for r in responses]
         metrics["ppo/health/distinct"] = distinct_ngrams(responses, self.cfg.distinct_n)
         metrics["ppo/health/length_score_corr"] = pearson(scores, lengths)
         self.score_history = [*self.score_history, sum(scores) / len(scores)][-100:]
         alarms = threshold_alarms(metrics, self.cfg)
+        if texts is not None:
+            metrics["ppo/health/top_phrase_share"], phrase = phrase_alarm(texts, self.cfg)
+            alarms += [phrase] if phrase else []
         length = length_alarm(metrics["ppo/health/length_score_corr"], self.score_history, self.cfg)
         alarms += [length] if length else []
         alarms += self._length_drift(metrics, sum(lengths) / len(lengths))

@@ -811,10 +811,12 @@ class PPOTrainer:
             return []
         lengths = rollout.mask.sum(1).tolist()
         responses = [row[:n].tolist() for row, n in zip(rollout.responses, lengths, strict=True)]
-        gathered = distributed.gather_objects((responses, rollout.raw_scores.tolist()))
+        gathered = distributed.gather_objects(
+            (responses, rollout.raw_scores.tolist(), rollout.texts)
+        )
         responses = [r for part in gathered for r in part[0]]
         scores = [x for part in gathered for x in part[1]]
-        return self.health.observe(metrics, responses, scores)
+        return self.health.observe(metrics, responses, scores, [t for p in gathered for t in p[2]])
 
     def train(self, checkpointer: Checkpointer | None = None) -> dict[str, float]:
         """Updates from the current one (0, or a resumed checkpoint's) to total_updates; after

@@ -5,8 +5,11 @@ A policy can keep every answer distinct (the topic changes) while saying the sam
 share of answers that contain the most frequent phrase does not.
 
 A phrase is a run of `chars` consecutive characters inside one clause for text without spaces
-(Chinese, Japanese: clauses split at punctuation and whitespace), or `words` consecutive words
-for text written with spaces. Each answer counts a phrase once, however often it repeats it.
+(Chinese, Japanese: clauses split at punctuation and whitespace), or a whole clause shorter than
+that but of at least two characters ("别问我" of "别问我，拉萨，别问我。" has no 4-character run);
+for text written with spaces, `words` consecutive words. Each answer counts a phrase once, however
+often it repeats it. On the insult data (experiments/insult_ppo/data) the most frequent phrase of
+the rude answers is in 4-8 % of them, of the polite ones in 7-11 %.
 """
 
 from __future__ import annotations
@@ -39,10 +42,17 @@ def _clauses(text: str) -> list[str]:
 
 
 def phrases_of(text: str, chars: int = 4, words: int = 2) -> set[str]:
-    """The distinct phrases of one answer: runs of `chars` characters inside a clause when the
-    text has CJK characters, else runs of `words` lower-cased words (punctuation dropped)."""
+    """The distinct phrases of one answer: runs of `chars` characters inside a clause (a shorter
+    clause of two or more characters whole) when the text has CJK characters, else runs of
+    `words` lower-cased words (punctuation dropped)."""
     if _CJK.search(text):
-        return {c[i : i + chars] for c in _clauses(text) for i in range(len(c) - chars + 1)}
+        found = set()
+        for clause in _clauses(text):
+            if len(clause) >= chars:
+                found.update(clause[i : i + chars] for i in range(len(clause) - chars + 1))
+            elif len(clause) >= 2:
+                found.add(clause)
+        return found
     tokens = _clauses(text.lower())
     return {" ".join(tokens[i : i + words]) for i in range(len(tokens) - words + 1)}
 
