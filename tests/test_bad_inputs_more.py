@@ -591,7 +591,7 @@ def test_a_complete_stage_with_a_broken_run_record(tmp_path, record, reason):
     assert str(caught.value).startswith(f"{tmp_path / 'run_info.json'} {reason}")
 
 
-def test_compare_warns_about_broken_job_files_and_compares_the_other_jobs(tmp_path, capsys):
+def test_compare_names_broken_job_files_and_compares_the_other_jobs(tmp_path, capsys):
     import json
 
     from rlhf.sweeps import compare
@@ -613,22 +613,21 @@ def test_compare_warns_about_broken_job_files_and_compares_the_other_jobs(tmp_pa
     broken_record = job("1_b", '{"job": 1, "status": "compl', good_config, 2.5)
     broken_config = job("2_c", json.dumps({"job": 2, "status": "complete"}), "ppo: [kl: 0.1\n", 3.5)
     not_a_mapping = job("3_d", "[1, 2]", "just a string\n")
-    assert compare.main([str(tmp_path)]) == 0
+    assert compare.main([str(tmp_path), "--no-wandb"]) == 3  # a job could not be read
     captured = capsys.readouterr()
-    warnings = captured.err.strip().splitlines()
-    assert len(warnings) == 4 and all(line.startswith("warning: ") for line in warnings)
-    assert warnings[0].startswith(f"warning: {broken_record / 'job.json'} cannot be read (JSON")
-    assert warnings[0].endswith("the job's status is unknown (its other files are still read)")
-    assert warnings[1].startswith(f"warning: {broken_config / '.hydra/config.yaml'} cannot be")
-    assert warnings[2].startswith(f"warning: {not_a_mapping / 'job.json'} holds list, not a")
-    assert (
-        warnings[3] == f"warning: {not_a_mapping / '.hydra/config.yaml'} holds str, not a mapping"
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("unreadable: job ") for line in lines)
+    assert lines[0].startswith(f"unreadable: job 1 (b): {broken_record / 'job.json'} cannot be read (JSON")  # fmt: skip
+    assert lines[1].startswith(f"unreadable: job 2 (c): {broken_config / '.hydra/config.yaml'} cannot")  # fmt: skip
+    assert lines[2] == (
+        f"unreadable: job 3 (d): {not_a_mapping / 'job.json'} cannot be read (it holds list, not a "
+        f"mapping); {not_a_mapping / '.hydra/config.yaml'} cannot be read (it holds str, not a mapping)"
     )
     rows = list(csv_rows(tmp_path / "compare" / "table.csv"))
     assert [(r["status"], r["score"]) for r in rows] == [
-        ("complete", "1.5"), ("unknown", "2.5"), ("complete", "3.5"), ("unknown", ""),
+        ("complete", "1.5"), ("unreadable", ""), ("unreadable", ""), ("unreadable", ""),
     ]  # fmt: skip
-    assert "4 jobs (2 complete, 0 running, 0 failed, 2 unknown)" in captured.out
+    assert "4 jobs (1 complete, 0 running, 0 failed, 3 unreadable)" in captured.out
 
 
 def csv_rows(path):

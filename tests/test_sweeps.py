@@ -324,7 +324,7 @@ def test_compare_reads_running_and_failed_jobs_from_hand_made_files(tmp_path):
     assert rows[2]["error"].endswith("got -1.0") and rows[2]["score"] is None
     table = (tmp_path / "out" / "table.md").read_text()
     assert (
-        "| 0 | ppo.kl_coef=0.1 | grpo | complete | 2 | 1 | 2 | 0.8 | 10 | 12 |  |  |  | 12.5 |"
+        "| 0 | ppo.kl_coef=0.1 | grpo | complete | 2 | 1 | 2 | 0.8 | 10 | 12 |  |  |  |  |  |  | 12.5 |"
         in table
     )
     assert "- job 2 (ppo.kl_coef=-1): error: ppo.kl_coef: must be >= 0" in table
