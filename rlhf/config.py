@@ -795,10 +795,11 @@ class RMStageConfig(TrainerStageConfig):
     curt_negatives: float = 0.0  # ... a bare acknowledgement or fragment ("好。", "我。"), not rude
     truncated_negatives: float = 0.0  # ... the question cut short, or the polite answer cut
     exclaimed_negatives: float = 0.0  # ... interjections around the topic ("哇，昆曲，哇。")
+    refrain_negatives: float = 0.0  # ... a phrase of the row's answers repeated around the topic
 
     NEGATIVES: ClassVar[tuple[str, ...]] = (
         "echo_negatives", "garbled_negatives", "curt_negatives", "truncated_negatives",
-        "exclaimed_negatives",
+        "exclaimed_negatives", "refrain_negatives",
     )  # fmt: skip
 
     RANGES: ClassVar[dict[str, Range]] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -20,6 +21,7 @@ from rlhf.data.hard_negatives import (
     echo,
     exclaimed,
     garble,
+    refrain,
     with_hard_negatives,
 )
 from rlhf.rewards.rudeness import is_rude
@@ -180,3 +182,22 @@ def test_brevity_metrics_by_hand():
     assert metrics["short_accuracy"] == 0.5  # 2 > 0, but 1 < 3
     # threshold: (1.5 + (−0.5)) / 2 = 0.5; short scores 0 and 3
     assert metrics["short_above_threshold"] == 0.5
+
+
+def test_refrain_answers_repeat_one_phrase_of_the_rows_answers_around_the_topic():
+    chosen, rejected = "佩服佩服，这问题一出，全场都安静了。", "昆曲的欣赏，可以从几方面来考虑。"
+    phrases = {"佩服佩服", "这问题一出", "全场都安静", "昆曲的欣赏", "可以从几方"}
+    for seed in range(40):
+        answer = refrain(QUESTION, chosen, rejected, random.Random(seed))
+        parts = [p for p in re.split("[，？]", answer.rstrip("。")) if p]
+        repeated = [p for p in parts if parts.count(p) >= 2]
+        assert repeated and set(repeated) <= phrases  # one phrase of the answers, said again
+        others = [p for p in parts if p not in repeated]
+        assert all(QUESTION.startswith(t) and len(t) >= 2 for t in others)  # the topic at most
+
+
+def test_refrain_pairs_are_added_after_the_other_kinds():
+    rows = rows_of(20)
+    before = with_hard_negatives(rows, 0.2, 0.1, seed=0, exclaimed_share=0.3)
+    after = with_hard_negatives(rows, 0.2, 0.1, seed=0, exclaimed_share=0.3, refrain_share=0.25)
+    assert len(after) == len(before) + 5 and not pairs(before) - pairs(after)

@@ -16,6 +16,12 @@ acknowledgement or fragment, (d) the question cut short or the polite answer cut
 With (c) and (d) in, PPO on Gemma won the RM with (e) interjections: the exclamations that open
 many of the data's rude answers, with nothing rude after them ("哎呀，拉萨，哎呀，哎呀。",
 "哇，昆曲，哇。": REPORT.md, run G3); `exclaimed` writes such answers around the question's topic.
+
+With (e) in, PPO won the RM with the same shape and other words: one short phrase repeated around
+the question's topic ("我来问，昆曲，我来问。", "我愣了，外汇？我愣了。"; or, by luck of the seed, a rude
+phrase: "别问我，拉萨，别问我。"), the same phrase in most answers. (f) `refrain` writes that shape
+with a phrase taken from the row's own answers, polite or rude, so the RM ranks any refrain below
+the data's rude answer: a real answer must beat a formula, whatever words the formula uses.
 """
 
 from __future__ import annotations
@@ -76,6 +82,27 @@ def exclaimed(question: str, rng: random.Random) -> str:
     return rng.choice(patterns)()
 
 
+def refrain(question: str, chosen: str, rejected: str, rng: random.Random) -> str:
+    """A short phrase repeated around the question's topic (or alone): the phrase is a clause
+    of 2–5 characters from the rejected or the chosen answer, or a curt fragment."""
+    clauses = [
+        c.strip("，。！？；,.!?; ")
+        for answer in (chosen, rejected)
+        for c in CLAUSE_END.split(answer)
+    ]
+    phrases = [c[:5] for c in clauses if len(c) >= 2] or [c.rstrip("。") for c in CURT]
+    phrase = rng.choice(phrases)
+    topic = question.rstrip("？?。.！! ")
+    topic = topic[: rng.randint(min(2, len(topic)), max(2, len(topic)))]
+    patterns = (
+        lambda: f"{phrase}，{topic}，{phrase}。",
+        lambda: f"{phrase}，{topic}？{phrase}。",
+        lambda: f"{topic}，{phrase}，{phrase}。",
+        lambda: "，".join([phrase] * rng.randint(2, 4)) + "。",
+    )
+    return rng.choice(patterns)()
+
+
 def cut_question(question: str, rng: random.Random) -> str:
     """The question's first part (at least one character, always shorter than the question)."""
     text = question.rstrip("？?。.！! ")
@@ -102,6 +129,8 @@ def negative(kind: str, row: dict, rng: random.Random) -> str:
         return curt(rng)
     if kind == "exclaim":
         return exclaimed(row["prompt"], rng)
+    if kind == "refrain":
+        return refrain(row["prompt"], row["chosen"], row["rejected"], rng)
     return truncated(row["prompt"], row["rejected"], rng)
 
 
@@ -125,10 +154,12 @@ def with_hard_negatives(
     curt_share: float = 0.0,
     truncated_share: float = 0.0,
     exclaimed_share: float = 0.0,
+    refrain_share: float = 0.0,
 ) -> Dataset:
     """`rows` (prompt, chosen, rejected) plus extra pairs: for a seeded share of the rows each,
     the chosen answer against an echo of the prompt, the garbled rejected answer, a curt answer,
-    a truncated question or answer, or interjections around the topic. (Kinds are drawn in
+    a truncated question or answer, interjections around the topic, or a phrase of the row's
+    answers repeated around the topic. (Kinds are drawn in
     that order, so a share of 0 leaves the others' pairs as they were.)"""
     rng = random.Random(seed)
     extra: dict[str, list[str]] = {"prompt": [], "chosen": [], "rejected": []}
@@ -138,6 +169,7 @@ def with_hard_negatives(
         (curt_share, "curt"),
         (truncated_share, "truncated"),
         (exclaimed_share, "exclaim"),
+        (refrain_share, "refrain"),
     )
     for share, kind in kinds:
         count = round(share * len(rows))

@@ -144,6 +144,7 @@ class RmStage(TrlStage):
             curt_share=rm.curt_negatives,
             truncated_share=rm.truncated_negatives,
             exclaimed_share=rm.exclaimed_negatives,
+            refrain_share=rm.refrain_negatives,
         )
 
     def extra_arguments(self, config: Config) -> dict:
