@@ -66,10 +66,16 @@ class WarmTrain:
         )
 
     def __call__(
-        self, args: list[str], run_dir: Path, timeout: int = TRAIN_TIMEOUT
+        self,
+        args: list[str],
+        run_dir: Path,
+        timeout: int = TRAIN_TIMEOUT,
+        env: dict[str, str] | None = None,
     ) -> subprocess.CompletedProcess:
+        """`env`: variables added to the run's environment (RLHF_FAULT, RLHF_TEST_KILL)."""
         argv = [*args, f"hydra.run.dir={run_dir}"]
-        self.server.stdin.write(json.dumps({"argv": argv, "timeout": timeout}) + "\n")
+        request = {"argv": argv, "timeout": timeout, "env": env or {}}
+        self.server.stdin.write(json.dumps(request) + "\n")
         self.server.stdin.flush()
         line = self.server.stdout.readline()
         if not line:

@@ -6,7 +6,8 @@ server imports them once and then, for each request, forks a child that runs tra
 with its own exit status, Hydra state and output, started in a fraction of a second. The server
 itself never computes with torch, so no thread pool is copied into a child half-initialised.
 
-Protocol (one JSON object a line): stdin {"argv": [...], "timeout": seconds}; stdout
+Protocol (one JSON object a line): stdin {"argv": [...], "timeout": seconds, "env": {...}}
+(env optional: variables added in the child, e.g. a fault point); stdout
 {"returncode": int, "stdout": str, "stderr": str, "timed_out": bool}. A child still running at
 its timeout is killed (SIGKILL), as `subprocess.run(timeout=...)` kills a fresh process.
 """
@@ -60,16 +61,24 @@ def exit_status(code: object) -> int:
     return 1
 
 
-def run_child(argv: list[str], stdout_path: str, stderr_path: str) -> None:
-    """In the forked child: train.py as __main__ with `argv`, then exit with its status."""
+def run_child(
+    argv: list[str], stdout_path: str, stderr_path: str, env: dict[str, str] | None = None
+) -> None:
+    """In the forked child: train.py as __main__ with `argv` (and `env` added to its
+    environment, with a kill point when it sets RLHF_TEST_KILL: tests/kill_points.py), then exit
+    with its status."""
     # the exit hooks registered so far are the server's (W&B's media folder, for one): run in
     # a child they would delete what the next child needs. The child's own hooks still run.
     atexit._clear()
     for fd, path in ((1, stdout_path), (2, stderr_path)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_TRUNC), fd)
+    os.environ.update(env or {})
     sys.argv = [str(TRAIN_PY), *argv]
     status = 0
     try:
+        from tests.kill_points import install_from_env
+
+        install_from_env()
         runpy.run_path(str(TRAIN_PY), run_name="__main__")
     except SystemExit as stop:
         status = exit_status(stop.code)
@@ -117,7 +126,7 @@ def serve() -> None:
             check_single_threaded()
             pid = os.fork()
             if pid == 0:
-                run_child(request["argv"], str(out), str(err))
+                run_child(request["argv"], str(out), str(err), request.get("env"))
             wait_status, timed_out = wait_with_timeout(pid, request["timeout"])
             answer = {
                 "returncode": os.waitstatus_to_exitcode(wait_status),
