@@ -861,7 +861,7 @@ class EvalConfig:
     length_drift_factor: float | None = 2.0  # policy/baseline mean length outside [1/f, f]: hacking
     phrase_margin: float | None = 0.25  # policy's top-phrase share − baseline's above this: hacking
     fluency: bool = True  # fluency_nll of the answers under the run's untouched base model
-    goals: dict[str, GoalConfig] = field(default_factory=dict)  # name → GoalConfig; {}: none
+    goals: Any = None  # name → {metric, min, max, relative_to} (GoalConfig); null: no goals
 
     section: ClassVar[str] = "eval"
     DATA_ROW: ClassVar[str] = "data_rude"  # the data's chosen answers, measured as a reference
@@ -910,7 +910,11 @@ class EvalConfig:
             "eval.length_drift_factor",
             f"must be > 1 when set, got {self.length_drift_factor}",
         )
-        self.goals = {name: self._typed_goal(name, goal) for name, goal in self.goals.items()}
+        # typed here, not by the schema, for the same reason as judge: `eval.goals={name: {...}}`
+        # on the command line cannot merge into a typed mapping
+        goals = {} if self.goals is None else self.goals
+        _require(isinstance(goals, dict), "eval.goals", f"a mapping name → goal, got {goals!r}")
+        self.goals = {name: self._typed_goal(str(name), goal) for name, goal in goals.items()}
         self.check_goals(has_answers=True)  # the data's answers are known when the stage runs
 
     @classmethod
