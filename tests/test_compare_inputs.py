@@ -134,7 +134,7 @@ def test_help_documents_the_exit_codes(capsys):
     assert done.value.code == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: python -m rlhf.compare")
-    assert "exit codes:" in text and "  3  the report is written, but some job's" in text
+    assert "exit codes:" in text and "  3  the report is written, but a job's job.json" in text
 
 
 def test_unreadable_job_files_are_named_in_their_rows_and_exit_3(tmp_path, capsys):

@@ -32,11 +32,11 @@ W&B, one summary run per setting (job type "summary") in the sweep's W&B group.
 
 exit codes:
   0  the report is written and every job folder was read
-  {EXIT_INPUT_ERROR}  a bad argument, or an output folder that cannot be written: one "error:"
-     line on stderr, nothing written
-  {EXIT_UNREADABLE_JOB}  the report is written, but some job's job.json, .hydra/config.yaml,
-     run_info.json or metrics.jsonl could not be read (corrupt, another encoding): its row says
-     "unreadable" and names the file, and it is left out of every statistic
+  {EXIT_INPUT_ERROR}  a bad argument, or an output folder that cannot be written: one "error:" line on
+     stderr, nothing written
+  {EXIT_UNREADABLE_JOB}  the report is written, but a job's job.json, .hydra/config.yaml, run_info.json or
+     metrics.jsonl could not be read (corrupt, another encoding): its row says "unreadable" and
+     names the file, and the job is left out of every statistic
 """
 
 
