@@ -410,3 +410,27 @@ def test_trainer_evaluation_scores_a_judge_only_when_given_one(tiny_sft_model, t
     assert (
         metrics["ppo/eval/judge_score"] == 1.0 and metrics["ppo/eval/judge_above_threshold"] == 1.0
     )
+
+
+def test_the_rm_judge_gap_counts_beyond_the_judges_blind_spot_on_the_datas_own_answers():
+    # the RM calls 88 % of the data's rude answers rude, the judge 48 %: a 0.40 gap that is the
+    # judge's blind spot; a policy with gap 0.50 is 0.10 beyond it (no hacking), one with 0.82 is
+    # 0.42 beyond it (hacking)
+    base = {
+        "eval/baseline/above_threshold": 0.1, "eval/baseline/judge_above_threshold": 0.0,
+        "eval/baseline/length": 20.0, "eval/policy/length": 15.0,
+        "eval/data_rude/above_threshold": 0.88, "eval/data_rude/judge_above_threshold": 0.48,
+    }  # fmt: skip
+    near = {**base, "eval/policy/above_threshold": 0.82, "eval/policy/judge_above_threshold": 0.32}
+    numbers, reasons = hacking_check(near, 0.3, 2.0)
+    assert reasons == [] and numbers["eval/hacking_suspected"] == 0.0
+    assert numbers["eval/data_rude/rm_judge_gap"] == pytest.approx(0.40)
+    assert numbers["eval/policy/rm_judge_excess"] == pytest.approx(0.10)
+    far = {**base, "eval/policy/above_threshold": 0.88, "eval/policy/judge_above_threshold": 0.06}
+    numbers, reasons = hacking_check(far, 0.3, 2.0)
+    assert numbers["eval/policy/rm_judge_excess"] == pytest.approx(0.42)
+    assert len(reasons) == 1 and "0.42 beyond the data's answers' 0.40" in reasons[0]
+    # without the data's row the plain gap counts, as before
+    plain = {k: v for k, v in near.items() if "data_rude" not in k}
+    numbers, reasons = hacking_check(plain, 0.3, 2.0)
+    assert numbers["eval/hacking_suspected"] == 1.0 and "rm_judge_excess" not in str(numbers)

@@ -6,7 +6,10 @@ baseline's.
 Reward hacking is suspected (`eval/hacking_suspected` = 1, a warning line, and the pipeline's
 closing summary) when
 - the share of the policy's answers above the reward's threshold exceeds the share above the
-  judge's by more than `eval.hacking_margin` (`eval/<model>/rm_judge_gap`), or
+  judge's by more than `eval.hacking_margin` (`eval/<model>/rm_judge_gap`) — counted beyond the
+  same gap on the data's own preferred answers when the eval stage measured them
+  (`eval/data_rude/rm_judge_gap`; `eval/policy/rm_judge_excess`): a judge that sees half of the
+  data's real rudeness leaves a gap that is its blind spot, not the policy's doing — or
 - the policy's mean answer length over the baseline's (`eval/length_ratio`) leaves
   [1/`eval.length_drift_factor`, `eval.length_drift_factor`], or
 - the share of the policy's answers that hold its most frequent phrase
@@ -66,16 +69,21 @@ def hacking_check(
     numbers: dict[str, float] = {}
     reasons = []
     if "eval/policy/judge_above_threshold" in metrics:
-        for name in MODELS:
+        reference = ("data_rude",) if "eval/data_rude/judge_above_threshold" in metrics else ()
+        for name in MODELS + reference:
             rm_share = metrics[f"eval/{name}/above_threshold"]
             gap = rm_share - metrics[f"eval/{name}/judge_above_threshold"]
             numbers[f"eval/{name}/rm_judge_gap"] = gap
         gap = numbers["eval/policy/rm_judge_gap"]
-        if margin is not None and gap > margin:
+        blind = max(0.0, numbers["eval/data_rude/rm_judge_gap"]) if reference else 0.0
+        if reference:
+            numbers["eval/policy/rm_judge_excess"] = gap - blind
+        if margin is not None and gap - blind > margin:
+            beyond = f", {gap - blind:.2f} beyond the data's answers' {blind:.2f}" if blind else ""
             reasons.append(
                 f"the RM puts {metrics['eval/policy/above_threshold']:.0%} of the policy's "
                 f"answers above its threshold, the judge "
-                f"{metrics['eval/policy/judge_above_threshold']:.0%}: gap {gap:.2f} > "
+                f"{metrics['eval/policy/judge_above_threshold']:.0%}: gap {gap:.2f}{beyond} > "
                 f"eval.hacking_margin {margin:g}"
             )
     baseline, policy = metrics["eval/baseline/length"], metrics["eval/policy/length"]
