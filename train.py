@@ -34,4 +34,12 @@ def main(cfg: DictConfig) -> float | None:
 if __name__ == "__main__":
     with one_line_errors(full_traceback=USER_WANTS_TRACEBACKS):
         app.check_override_keys(sys.argv[1:])
-        main()
+        ignored = app.ignored_sweep_settings(sys.argv[1:], dict(os.environ))
+        if ignored:
+            print(ignored, file=sys.stderr)
+        try:
+            main()
+        except ValueError as exc:  # an Optuna sweep whose trials all failed
+            if USER_WANTS_TRACEBACKS or not app.is_sweep_without_results(exc):
+                raise
+            app.report_sweep_without_results()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import importlib.util
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rlhf.config import Config
 from rlhf.errors import ConfigError, RlhfError
-from rlhf.paths import folder_path_problem
+from rlhf.paths import folder_path_problem, resolve_path
 from rlhf.runs.resume import (
     check_resumable,
     has_something_to_resume,
@@ -72,6 +73,8 @@ def run(cfg: DictConfig) -> float | None:
     """
     job = current_job()
     if job is not None:
+        global last_sweep_dir
+        last_sweep_dir = job.sweep_dir  # for the end of a sweep whose trials all failed
         return run_recorded(job, lambda: _run_validated(cfg, job))
     try:
         return _run_validated(cfg, None)[1]
@@ -85,6 +88,7 @@ def run(cfg: DictConfig) -> float | None:
 def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, float | None]:
     config = typed_config(cfg)
     check_folders(config)
+    check_optional_packages(config)
     # one run folder for all processes of an `accelerate launch`: the main process's
     output_dir = shared_output_dir(config.output_dir)
     run_dir = Path(output_dir)
@@ -93,8 +97,11 @@ def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, f
         declarations = stages_to_run(config.stage, config.pipeline.stages)
         stages = [(d.name, d.checkpoints) for d in declarations]
         if is_auto_resume(config.resume):  # a requeued job: continue if it can, else start
+            skipped = [entry for name, layout in stages for entry in layout.stray(resumed / name)]
             resumed = resumed if has_something_to_resume(stages, resumed) else None
             what = f"continuing the run in {resumed}" if resumed else "nothing to resume"
+            if skipped:
+                what += f" (skipped in the checkpoint folder: {'; '.join(skipped)})"
             log.info("resume=auto: %s", what if resumed else what + ", starting fresh")
         else:
             check_resumable(stages, config.stage == PIPELINE, resumed)
@@ -114,6 +121,40 @@ def _run_validated(cfg: DictConfig, job: SweepJob | None) -> tuple[str | None, f
     return objective, value
 
 
+# what optuna's Study.best_trial raises when no trial completed (hydra-optuna-sweeper asks for
+# it after the last trial, to report the best one)
+NO_COMPLETED_TRIALS = "No trials are completed yet."
+# the sweep folder of the last job this process ran (Hydra keeps its config only while a job
+# runs); None when the jobs ran in other processes (launcher=joblib, slurm)
+last_sweep_dir: Path | None = None
+
+
+def is_sweep_without_results(exc: BaseException) -> bool:
+    return isinstance(exc, ValueError) and str(exc) == NO_COMPLETED_TRIALS
+
+
+def report_sweep_without_results() -> None:
+    """When no trial of an Optuna sweep completed: one error line, the failed jobs as the end
+    of every sweep lists them, exit code 1 (instead of the sweeper's traceback)."""
+    from rlhf.sweeps.jobs import EXIT_SWEEP_FAILED, SweepReport
+
+    if last_sweep_dir is None:
+        print(
+            "error: sweep: no trial completed, so there is no best trial to report (each job's "
+            "job.json in the sweep folder says why it failed)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_SWEEP_FAILED)
+    print(
+        "error: sweep: no trial completed, so there is no best trial to report; the failed "
+        "jobs follow",
+        file=sys.stderr,
+    )
+    sweep = OmegaConf.create({"hydra": {"sweep": {"dir": str(last_sweep_dir)}}})
+    SweepReport().on_multirun_end(sweep)
+    sys.exit(EXIT_SWEEP_FAILED)
+
+
 def check_override_keys(argv: list[str]) -> None:
     """An override with no key (`=3`, `+=1`) is one line: Hydra's grammar lets it through and
     then fails with a ValueError about config groups that names no override."""
@@ -124,16 +165,79 @@ def check_override_keys(argv: list[str]) -> None:
             raise ConfigError(f"cannot parse the override {arg!r}: it names no key (key=value)")
 
 
+SWEEP_ONLY_KEYS = ("sweep", "launcher", "hydra/sweeper", "hydra/launcher")  # groups
+SWEEP_ONLY_PREFIXES = ("hydra.sweeper.", "hydra.launcher.")
+
+
+def ignored_sweep_settings(argv: list[str], env: dict[str, str]) -> str | None:
+    """The warning for sweep settings given to a single run (no -m), which Hydra ignores
+    without a word. Not for a sweep's own job: the SLURM launcher hands each job the sweep's
+    overrides (it sets RESULT_FILE_ENV)."""
+    if "-m" in argv or "--multirun" in argv or env.get(RESULT_FILE_ENV):
+        return None
+    given = [
+        arg for arg in argv
+        if "=" in arg and not arg.startswith("-")
+        and ((key := arg.split("=", 1)[0].lstrip("+~")) in SWEEP_ONLY_KEYS
+             or key.startswith(SWEEP_ONLY_PREFIXES))
+        and not arg.endswith("=null")
+    ]  # fmt: skip
+    if not given:
+        return None
+    return (
+        f"warning: {', '.join(given)}: sweep settings take effect only in a sweep; add -m "
+        "(--multirun) to run it, this single run ignores them"
+    )
+
+
 def check_folders(config: Config) -> None:
     """The folders the run will write, checked before anything is written: none may lie inside
-    a file or hold a name the file system refuses."""
+    a file, hold a name the file system refuses, or lie in a folder that takes no new files."""
     folders = {"cache_dir": config.cache_dir, "output_dir": config.output_dir,
                "pipeline.stage_cache_dir": config.pipeline.stage_cache_dir,
                "logger.dir": config.logger.dir}  # fmt: skip
     for key, folder in folders.items():
-        problem = folder_path_problem(folder) if folder else None
+        problem = (folder_path_problem(folder) or unwritable_problem(folder)) if folder else None
         if problem is not None:
             raise ConfigError(f"{key}: {problem}")
+
+
+def check_optional_packages(config: Config) -> None:
+    """A setting that needs a package of an extra (pyproject.toml) that is not installed."""
+    if config.logger.backend == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "logger.backend: tensorboard needs the tensorboard package: "
+            "pip install -e '.[tensorboard]' (or logger=wandb | none)"
+        )
+
+
+def unwritable_problem(folder: str) -> str | None:
+    """The folder, or the nearest one above it that exists, must take new files."""
+    existing = resolve_path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable: choose a folder you can write to"
+    return None
+
+
+def optuna_sampler_seed(seed: int | None, storage: str | None, study_name: str) -> int | None:
+    """The seed of an Optuna sweep's sampler (`${optuna_sampler_seed:...}` in
+    conf/sweep/kl_clip_optuna.yaml): `seed` for a new study; for a study continued from
+    `hydra.sweeper.storage`, `seed` + the trials it already holds, so that the continued
+    search does not draw the first run's parameters again."""
+    if seed is None or not storage:
+        return seed
+    import optuna  # the sweeps extra; only a sweep with this sampler resolves this
+
+    try:
+        studies = optuna.get_all_study_summaries(storage=storage)
+    except Exception:  # a storage the sweeper will report itself, with its own error
+        return seed
+    return seed + sum(study.n_trials for study in studies if study.study_name == study_name)
+
+
+OmegaConf.register_new_resolver("optuna_sampler_seed", optuna_sampler_seed, replace=True)
 
 
 def shared_output_dir(output_dir: str) -> str:

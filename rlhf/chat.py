@@ -20,9 +20,10 @@ import torch
 
 from rlhf.config import ModelConfig
 from rlhf.data.chat_format import conversations
-from rlhf.errors import DataError, RlhfError
+from rlhf.errors import DataError, ModelLoadError, RlhfError
 from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
 from rlhf.models.scoring import score_conversations
+from rlhf.paths import folder_path_problem
 from rlhf.runtime.generation import SamplingSettings, sample_answers
 
 
@@ -85,12 +86,43 @@ def interactive(chat: Chat) -> None:
             return
 
 
+def read_text(path: Path, option: str) -> str:
+    """A text file given on the command line, as UTF-8; any other encoding (GBK is common for
+    Chinese text) is one line naming the byte and the line, not a UnicodeDecodeError."""
+    if path.is_dir():
+        raise DataError(f"{option}: {path} is a folder, not a file")
+    if not path.is_file():
+        problem = folder_path_problem(path.parent)
+        raise DataError(f"{option}: {path} does not exist" + (f" ({problem})" if problem else ""))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{option}: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+            f"save it as UTF-8 (e.g. iconv -f GBK -t UTF-8 {path.name} > utf8_{path.name})"
+        ) from exc
+
+
+def check_output_file(path: Path, option: str) -> None:
+    """Before any model loads: the file can be written where it is named."""
+    if path.is_dir():
+        raise DataError(f"{option}: {path} is a folder; name a file to write")
+    problem = folder_path_problem(path.parent)
+    if problem is not None:
+        raise DataError(f"{option}: {problem}")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DataError(f"{option}: {existing} is not writable: choose a folder you can write to")
+
+
 def read_questions(path: Path, column: str, answer_column: str | None) -> list[dict[str, str]]:
     """{question[, answer]} rows: a .jsonl file's `column` (and `answer_column`), or one
     question per line of any other file (blank lines skipped)."""
-    if not path.is_file():
-        raise DataError(f"--questions: {path} does not exist")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_text(path, "--questions").splitlines()
     rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -147,32 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--answer", help="with a reward model and --prompt: the answer to score")
     parser.add_argument("--questions", type=Path, help="a file of questions: one a line, or .jsonl")
     parser.add_argument("--out", type=Path, help="with --questions: the JSON lines written")
-    parser.add_argument("--column", default="question", help=".jsonl column of the question")
-    parser.add_argument("--answer-column", default="answer", help=".jsonl column a RM scores")
-    parser.add_argument("--batch-size", type=int, default=8, help="questions per batch")
+    parser.add_argument("--column", help=".jsonl column of the question (default: question)")
+    parser.add_argument("--answer-column", help=".jsonl column a RM scores (default: answer)")
+    parser.add_argument("--batch-size", type=int, help="with --questions: questions per batch (8)")
     parser.add_argument("--system", help="system message before every question")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, help="a policy's answer length (64)")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     args = parser.parse_args(argv)
     try:
-        if args.questions is not None and args.out is None:
-            raise RlhfError("--out: --questions writes its answers to a file; name it")
-        if args.questions is not None and args.prompt is not None:
-            raise RlhfError("--prompt: give either --prompt or --questions, not both")
-        if args.batch_size < 1:
-            raise RlhfError(f"--batch-size: must be >= 1, got {args.batch_size}")
-        chat = Chat(args.model, args.system, args.max_new_tokens, args.sample)
+        reward = check_arguments(args)
+        chat = Chat(args.model, args.system, args.max_new_tokens or 64, args.sample)
         if args.questions is not None:
-            if chat.reward and args.questions.suffix != ".jsonl":
-                raise RlhfError("--questions: a reward model scores answers: give a .jsonl file")
-            answers = args.answer_column if chat.reward else None
-            rows = read_questions(args.questions, args.column, answers)
-            answer_file(chat, rows, args.out, args.batch_size)
+            answers = (args.answer_column or "answer") if reward else None
+            rows = read_questions(args.questions, args.column or "question", answers)
+            answer_file(chat, rows, args.out, args.batch_size or 8)
         elif args.prompt is None:
             interactive(chat)
         elif chat.reward:
-            if args.answer is None:
-                raise RlhfError("--answer: a reward model scores an answer; give one")
             print(f"{chat.score(args.prompt, args.answer):.4f}")
         else:
             print(chat.reply(args.prompt))
@@ -180,6 +203,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_arguments(args: argparse.Namespace) -> bool:
+    """Every option makes sense together, numbers in range, files readable and writable, before
+    the model loads: an option the chosen mode would ignore is refused, not dropped silently.
+    Returns whether the model is a reward model."""
+    if args.questions is not None and args.out is None:
+        raise RlhfError("--out: --questions writes its answers to a file; name it")
+    if args.questions is not None and args.prompt is not None:
+        raise RlhfError("--prompt: give either --prompt or --questions, not both")
+    batch_only = {"--out": args.out, "--column": args.column, "--batch-size": args.batch_size,
+                  "--answer-column": args.answer_column}  # fmt: skip
+    for option, value in batch_only.items():
+        if value is not None and args.questions is None:
+            raise RlhfError(f"{option}: used only with --questions FILE")
+    if args.answer is not None and args.prompt is None:
+        raise RlhfError("--answer: goes with --prompt (the question whose answer is scored)")
+    counts = {"--batch-size": args.batch_size, "--max-new-tokens": args.max_new_tokens}
+    for option, value in counts.items():
+        if value is not None and value < 1:
+            raise RlhfError(f"{option}: must be >= 1, got {value}")
+    problem = folder_path_problem(args.model)
+    if problem is not None and " is a file, not a folder (" in problem:
+        raise ModelLoadError(f"model: {problem}")  # a path through a file
+    reward = is_reward_model(resolve_model_dir(ModelConfig(name_or_path=args.model), "."))
+    kind = "a reward model" if reward else "a language model"
+    if reward:
+        ignored = {"--max-new-tokens": args.max_new_tokens, "--sample": args.sample or None}
+        if args.prompt is not None and args.answer is None:
+            raise RlhfError("--answer: a reward model scores an answer; give one")
+    else:
+        ignored = {"--answer": args.answer, "--answer-column": args.answer_column}
+    for option, value in ignored.items():
+        if value is not None:
+            use = "scores answers, it does not write any" if reward else "writes the answers"
+            raise RlhfError(f"{option}: {args.model} is {kind}, which {use}; leave {option} out")
+    if args.questions is not None:
+        if reward and args.questions.suffix != ".jsonl":
+            raise RlhfError("--questions: a reward model scores answers: give a .jsonl file")
+        if args.column is not None and args.questions.suffix != ".jsonl":
+            raise RlhfError("--column: a plain text file has one question a line, no columns")
+        read_text(args.questions, "--questions")
+        check_output_file(args.out, "--out")
+    return reward
 
 
 if __name__ == "__main__":

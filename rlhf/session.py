@@ -34,17 +34,18 @@ from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlhf.app import typed_config
+from rlhf.app import check_folders, typed_config, unwritable_problem
 from rlhf.config import Config, register_schemas
 from rlhf.errors import ConfigError, RewardError
 from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.models.saving import save_model
-from rlhf.paths import PROJECT_ROOT
+from rlhf.paths import PROJECT_ROOT, folder_path_problem
 from rlhf.ppo.checkpoint import load_checkpoint, save_checkpoint
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, sample_rows
 from rlhf.ppo.rollout import Responses
 from rlhf.ppo.trainer import PPOTrainer
 from rlhf.rewards import is_real_number
+from rlhf.runs.resume import ppo_checkpoint_problem
 from rlhf.runtime import distributed
 from rlhf.runtime.generation import encode_prompts
 from rlhf.stages.ppo import load_prompts, new_trainer, session_context
@@ -65,7 +66,9 @@ def compose(overrides: Sequence[str] = (), output_dir: str | Path | None = None)
     if output_dir is None:
         output_dir = Path("outputs") / cfg.name / time.strftime("session-%Y-%m-%d_%H-%M-%S")
     cfg.output_dir = str(output_dir)
-    return typed_config(cfg)
+    config = typed_config(cfg)
+    check_folders(config)
+    return config
 
 
 def _no_reward(prompts, completions, tokens=None):
@@ -91,6 +94,7 @@ class PPOSession:
             raise ConfigError("PPOSession runs in one process; for several use train.py")
         if (policy is None) != (tokenizer is None):
             raise ConfigError("PPOSession: give the policy and its tokenizer together, or neither")
+        check_folders(config)  # the run folder (output_dir) and the caches it writes
         self.run_dir = Path(config.output_dir)
         self._stack = contextlib.ExitStack()
         # seeded as the ppo stage is: the same fresh heads and adapters as train.py's
@@ -213,6 +217,9 @@ class PPOSession:
         `path/checkpoint/`: everything `load` needs to continue exactly (weights, optimiser,
         scheduler, RNG and data order, KL controller, score normaliser)."""
         path = Path(path)
+        problem = folder_path_problem(path) or unwritable_problem(path)
+        if problem is not None:
+            raise ConfigError(f"save: {problem}")
         save_checkpoint(self.trainer, path / "checkpoint", {"run_id": self._context.tracker.run_id})
         model = self.trainer.model
         policy = copy.deepcopy(model.policy) if model.is_lora else model.policy
@@ -227,9 +234,15 @@ class PPOSession:
     def load(self, path: str | Path) -> None:
         """Continue from what `save(path)` wrote (the same config: the trained tensors must
         match by name)."""
-        folder = Path(path) / "checkpoint"
+        path = Path(path)
+        folder = path / "checkpoint"
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"load: {path} is a file, not a folder written by save()")
         if not folder.is_dir():
             raise ConfigError(f"load: {folder} does not exist (write it with save({str(path)!r}))")
+        problem = ppo_checkpoint_problem(folder)
+        if problem is not None:
+            raise ConfigError(f"load: {folder} is not a whole checkpoint: {problem}")
         load_checkpoint(self.trainer, folder)
 
     def close(self) -> None:

@@ -339,3 +339,290 @@ def test_every_bad_reward_is_a_reward_error_naming_the_source(
     trainer = make_trainer(make_config(tiny_sft_model), tmp_path, reward=checked(function, "fn"))
     with pytest.raises(RewardError, match=f"^reward fn {re.escape(needle)}"):
         trainer.step()
+
+
+# --- paths of the wrong kind, numbers out of range, ignored options: rlhf.chat ----------------
+
+
+@pytest.fixture(scope="module")
+def chat_models(tmp_path_factory, offline_environment):
+    """(language model folder, reward model folder): tiny, random, saved as stages save them."""
+    from rlhf.config import ModelConfig
+    from rlhf.models.loading import load_model_and_tokenizer
+
+    root = tmp_path_factory.mktemp("chat_models")
+    folders = []
+    for kind in ("causal", "reward"):
+        model, tokenizer = load_model_and_tokenizer(
+            ModelConfig(), offline_environment, kind=kind, new_head=kind == "reward"
+        )
+        model.save_pretrained(root / kind)
+        tokenizer.save_pretrained(root / kind)
+        folders.append(root / kind)
+    return folders
+
+
+def chat_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "q.txt").write_text("吃了没？\n", encoding="utf-8")
+    (tmp_path / "gbk.txt").write_bytes("吃了没？\n几点了？\n".encode("gbk"))
+    (tmp_path / "late_gbk.txt").write_bytes("吃了没？\n".encode() + "几点了？\n".encode("gbk"))
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "model,args,needle",
+    [
+        ("lm", ["--prompt", "hi", "--max-new-tokens", "-1"], "--max-new-tokens: must be >= 1, got -1"),
+        ("lm", ["--prompt", "hi", "--max-new-tokens", "0"], "--max-new-tokens: must be >= 1, got 0"),
+        ("{tmp}/notes.txt/model", ["--prompt", "hi"], "notes.txt is a file, not a folder"),
+        ("lm", ["--questions", "{tmp}/gbk.txt", "--out", "{tmp}/o.jsonl"],
+         "gbk.txt is not UTF-8 text (byte 0xb3 on line 1)"),
+        ("lm", ["--questions", "{tmp}/late_gbk.txt", "--out", "{tmp}/o.jsonl"],
+         "late_gbk.txt is not UTF-8 text (byte 0xbc on line 2)"),
+        ("lm", ["--questions", "{tmp}/folder", "--out", "{tmp}/o.jsonl"],
+         "--questions: {tmp}/folder is a folder, not a file"),
+        ("lm", ["--questions", "{tmp}/notes.txt/q.txt", "--out", "{tmp}/o.jsonl"],
+         "{tmp}/notes.txt is a file, not a folder"),
+        ("lm", ["--questions", "{tmp}/q.txt", "--out", "{tmp}/folder"],
+         "--out: {tmp}/folder is a folder; name a file to write"),
+        ("lm", ["--questions", "{tmp}/q.txt", "--out", "{tmp}/notes.txt/o.jsonl"],
+         "--out: {tmp}/notes.txt is a file, not a folder"),
+        ("lm", ["--prompt", "hi", "--out", "{tmp}/o.jsonl"], "--out: used only with --questions"),
+        ("lm", ["--prompt", "hi", "--batch-size", "4"], "--batch-size: used only with --questions"),
+        ("lm", ["--answer", "no"], "--answer: goes with --prompt"),
+        ("lm", ["--prompt", "hi", "--answer", "no"], "is a language model, which writes the answers"),
+        ("lm", ["--questions", "{tmp}/q.txt", "--out", "{tmp}/o.jsonl", "--column", "q"],
+         "--column: a plain text file has one question a line"),
+        ("rm", ["--prompt", "hi", "--answer", "no", "--sample"],
+         "--sample: {rm} is a reward model, which scores answers"),
+        ("rm", ["--prompt", "hi", "--answer", "no", "--max-new-tokens", "8"],
+         "--max-new-tokens: {rm} is a reward model"),
+    ],
+    ids=["negative-tokens", "zero-tokens", "model-inside-a-file", "gbk-questions",
+         "gbk-on-line-2", "questions-folder", "questions-inside-a-file", "out-folder",
+         "out-inside-a-file", "out-without-questions", "batch-size-without-questions",
+         "answer-without-prompt", "answer-to-a-language-model", "column-of-a-text-file",
+         "sample-with-a-reward-model", "tokens-with-a-reward-model"],
+)  # fmt: skip
+def test_chat_refuses_bad_arguments_with_one_line(
+    chat_models, tmp_path, capsys, model, args, needle
+):
+    from rlhf.chat import main as chat_main
+
+    files = chat_files(tmp_path)
+    names = {"lm": str(chat_models[0]), "rm": str(chat_models[1])}
+    fill = {"tmp": str(files), "rm": names["rm"]}
+    model = names.get(model, model.format(**fill))
+    assert chat_main([model, *(arg.format(**fill) for arg in args)]) == 2
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("error: ") and needle.format(**fill) in line, line
+    assert not (files / "o.jsonl").exists()
+
+
+# --- paths of the wrong kind: the Python API (rlhf.session) -----------------------------------
+
+SESSION = [
+    "experiment=keyword_ppo_quick", "logger=none", "ppo.batch_size=8", "ppo.mini_batch_size=4",
+    "ppo.max_new_tokens=4", "ppo.eval_every=0",
+]  # fmt: skip
+
+
+def test_a_session_run_folder_inside_a_file_is_refused_before_anything_is_built(tmp_path):
+    from rlhf.session import compose
+
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(ConfigError, match=r"^output_dir: .*notes.txt is a file, not a folder"):
+        compose(SESSION, output_dir=tmp_path / "notes.txt" / "run")
+    with pytest.raises(ConfigError, match=r"^output_dir: .*notes.txt is a file, not a folder$"):
+        compose(SESSION, output_dir=tmp_path / "notes.txt")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory, offline_environment):
+    from rlhf.session import PPOSession, compose
+
+    with PPOSession(compose(SESSION, output_dir=tmp_path_factory.mktemp("session"))) as opened:
+        yield opened
+
+
+def test_session_save_and_load_name_a_path_of_the_wrong_kind(session, tmp_path):
+    (tmp_path / "notes.txt").write_text("a file")
+    with pytest.raises(ConfigError, match=r"^save: .*notes.txt is a file, not a folder$"):
+        session.save(tmp_path / "notes.txt")
+    with pytest.raises(ConfigError, match=r"^save: .*notes.txt is a file, not a folder \("):
+        session.save(tmp_path / "notes.txt" / "saved")
+    with pytest.raises(ConfigError, match=r"^load: .*notes.txt is a file, not a folder written"):
+        session.load(tmp_path / "notes.txt")
+    saved = session.save(tmp_path / "saved")
+    (saved / "checkpoint" / "state.pt").write_bytes(b"\x00" * 100)  # a copy that stopped
+    with pytest.raises(ConfigError, match=r"^load: .* not a whole checkpoint: state.pt is damaged"):
+        session.load(saved)
+
+
+# --- checkpoint folders: stray entries, damaged state files ------------------------------------
+
+
+def test_resume_names_the_stray_entries_it_skipped(warm_train, tmp_path):
+    """Names that look like checkpoints but are not one (a file, a half-written temporary
+    folder, another name) are skipped; when nothing is resumable the line says what was found."""
+    stopped = tmp_path / "stopped"
+    checkpoints = stopped / "ppo" / "checkpoints"
+    (checkpoints / ".tmp-update-000004").mkdir(parents=True)
+    (checkpoints / "update-latest").mkdir()
+    (checkpoints / "update-000006").write_text("not a folder")
+    (checkpoints / "start").mkdir()  # the starting policy (hand_on=best): the layout's own
+    result = warm_train(["stage=ppo", f"resume={stopped}"], tmp_path / "run")
+    assert result.returncode == 2
+    (line,) = error_lines(result)
+    assert line.startswith(f"error: resume: no checkpoint in {checkpoints}; skipped: "), line
+    for entry in (".tmp-update-000004 (a checkpoint whose writing was interrupted)",
+                  "update-latest (not a checkpoint name)",
+                  "update-000006 (a file, not a checkpoint folder)"):  # fmt: skip
+        assert f"{checkpoints}/{entry}" in line, line
+    assert f"{checkpoints}/start" not in line
+
+
+def whole_ppo_checkpoint(folder):
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, folder / "trainable.safetensors")
+    torch.save({"optimizer": {}}, folder / "state.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"update": int(folder.name[-6:])}))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "damage,problem",
+    [
+        (lambda c: (c / "state.pt").write_bytes((c / "state.pt").read_bytes()[:40]),
+         "state.pt is damaged (40 bytes, not a whole torch.save file)"),
+        (lambda c: (c / "trainer_state.json").write_text('{"update": "two"}'),
+         "trainer_state.json has update='two', not a count of updates"),
+        (lambda c: (c / "trainer_state.json").write_text('{"data_order": []}'),
+         "trainer_state.json has update=None"),
+    ],
+    ids=["truncated-state-pt", "update-not-a-number", "update-missing"],
+)  # fmt: skip
+def test_a_checkpoint_whose_state_file_is_damaged_is_not_resumed(tmp_path, damage, problem):
+    from rlhf.runs.resume import PPO_CHECKPOINTS, check_resumable
+
+    stage = tmp_path / "ppo"
+    checkpoint = whole_ppo_checkpoint(stage / "checkpoints" / "update-000002")
+    assert PPO_CHECKPOINTS.resume_point(stage).checkpoint == checkpoint
+    damage(checkpoint)
+    assert PPO_CHECKPOINTS.resume_point(stage) is None
+    with pytest.raises(
+        ConfigError, match=f"^resume: no whole checkpoint in {tmp_path}: "
+    ) as caught:
+        check_resumable([("ppo", PPO_CHECKPOINTS)], False, tmp_path)
+    assert f"{checkpoint}: {problem}" in str(caught.value)
+
+
+# --- folders the run writes; packages a setting needs ------------------------------------------
+
+
+def test_a_folder_that_takes_no_new_files_is_refused_before_the_run(
+    compose_config, tmp_path, monkeypatch
+):
+    """(Tests run as root, which may write anywhere: the permission is faked.)"""
+    import os
+
+    from rlhf import app
+
+    config = typed_config(compose_config([f"cache_dir={tmp_path}/cache/models"]))
+    app.check_folders(config)
+    monkeypatch.setattr(os, "access", lambda path, mode: str(path) != str(tmp_path))
+    with pytest.raises(ConfigError, match=f"^cache_dir: {tmp_path} is not writable"):
+        app.check_folders(config)
+
+
+def test_the_tensorboard_logger_without_its_package_is_one_line(compose_config, monkeypatch):
+    import importlib.util
+
+    from rlhf import app
+
+    config = typed_config(compose_config(["logger=tensorboard"]))
+    app.check_optional_packages(config)  # installed here (the Makefile installs the extra)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name)
+    )
+    with pytest.raises(ConfigError, match=r"^logger.backend: tensorboard needs the tensorboard"):
+        app.check_optional_packages(config)
+
+
+# --- settings whose combination leaves nothing to work on -------------------------------------
+
+
+def test_a_test_split_that_takes_every_row_is_one_line(compose_config, tmp_path):
+    from rlhf.data.loading import load_preference_data
+    from rlhf.errors import DataError
+
+    train = rows_file(tmp_path, GOOD_ROWS)  # 4 rows
+    config = typed_config(
+        compose_config([f"data.train_file={train}", "data.test_file=null", "data.test_size=0.8"])
+    )
+    with pytest.raises(DataError, match=r"^data.test_size: 0.8 of 4 rows is 4 test rows"):
+        load_preference_data(config.data)
+
+
+def test_truncation_that_leaves_no_room_for_a_question_is_one_line(compose_config, chat_models):
+    from rlhf.config import ModelConfig
+    from rlhf.data.loading import limit_lengths, load_preference_data
+    from rlhf.errors import DataError
+    from rlhf.models.loading import load_tokenizer
+
+    config = typed_config(compose_config(["data.overlong=truncate", "data.max_prompt_length=4"]))
+    tokenizer = load_tokenizer(chat_models[0], ModelConfig(name_or_path=str(chat_models[0])))
+    data = load_preference_data(config.data)
+    with pytest.raises(DataError, match=r"^data.max_prompt_length: 4 tokens leave no room"):
+        limit_lengths(data.train, tokenizer, config.data, "train")
+
+
+# --- sweeps in which no trial completes ---------------------------------------------------------
+
+
+def test_an_optuna_sweep_whose_trials_all_fail_is_reported_without_a_traceback(
+    warm_train, tmp_path
+):
+    sweep = tmp_path / "sweep"
+    args = [
+        "-m", "sweep=kl_clip_optuna", "hydra.sweeper.n_trials=2", *PPO_TINY[:-1],
+        "reward=keywords", "reward.function._target_=no.such.reward",
+        "objective=ppo/objective/scores", f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    result = warm_train(args, tmp_path / "run")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error.startswith("error: sweep: no trial completed, so there is no best trial")
+    failed = [line for line in result.stderr.splitlines() if line.startswith("failed: job #")]
+    assert len(failed) == 2 and all("cannot import 'no.such.reward'" in f for f in failed)
+    assert f"sweep: 0 of 2 jobs complete in {sweep}" in result.stderr
+
+
+# --- options ignored in the mode they were given in: train.py ----------------------------------
+
+
+def test_sweep_settings_in_a_single_run_are_warned_about(warm_train, tmp_path):
+    """Hydra ignores a sweep's settings without -m; a run that cannot start shows the warning
+    before its own error (a sweep's own SLURM jobs get the sweep's overrides: no warning)."""
+    from rlhf import app
+    from rlhf.sweeps.cluster import RESULT_FILE_ENV
+
+    args = ["sweep=kl_clip_grid", "hydra.sweeper.params.ppo.seed=0,1"]
+    assert app.ignored_sweep_settings([*args, "-m"], {}) is None
+    assert app.ignored_sweep_settings(args, {RESULT_FILE_ENV: "x"}) is None
+    assert app.ignored_sweep_settings(["launcher=null", "ppo.seed=1"], {}) is None
+    result = warm_train(["stage=sft", "sweep=kl_clip_grid", "ppo.klcoef=1"], tmp_path / "run")
+    assert result.returncode == 2
+    warning, error = [line for line in result.stderr.splitlines() if line.strip()]
+    assert warning == (
+        "warning: sweep=kl_clip_grid: sweep settings take effect only in a sweep; add -m "
+        "(--multirun) to run it, this single run ignores them"
+    )
+    assert error.startswith("error: unknown config key 'ppo.klcoef'")

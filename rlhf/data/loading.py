@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,12 @@ def load_preference_data(cfg: DataConfig) -> PreferenceData:
             return PreferenceData(train, test, _combine(train_hash, test_hash))
     if len(train) < 2:
         raise DataError(f"data: cannot split a test set off {len(train)} row(s)")
+    test_rows = math.ceil(cfg.test_size * len(train))  # as Dataset.train_test_split counts
+    if test_rows >= len(train):
+        raise DataError(
+            f"data.test_size: {cfg.test_size} of {len(train)} rows is {test_rows} test rows, "
+            "which leaves no train row; lower it or give data.test_file"
+        )
     parts = train.train_test_split(test_size=cfg.test_size, seed=cfg.seed)
     log.info(
         "data: no test file or split, so %.0f %% of the %d rows were split off as the test set "
@@ -166,6 +173,11 @@ def limit_lengths(
         return _token_count(tokenizer, rendered)
 
     overhead = prompt_tokens("")  # template tokens around an empty question
+    if cfg.overlong == "truncate" and cfg.max_prompt_length <= overhead:
+        raise DataError(
+            f"data.max_prompt_length: {cfg.max_prompt_length} tokens leave no room for a "
+            f"question: the chat template and system prompt alone take {overhead}"
+        )
     rows, over = [], 0
     for row in dataset:
         prompt_over = prompt_tokens(row["prompt"]) > cfg.max_prompt_length

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ TRL_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"  # the JSON part of a PPO checkpoint, and TRL's own file
 PPO_TENSORS_FILE = "trainable.safetensors"  # rlhf/ppo/checkpoint.py writes these three
 PPO_TORCH_STATE_FILE = "state.pt"
+PPO_START = "start"  # checkpoints/start/: the starting policy that hand_on=best falls back to
+TMP_PREFIX = ".tmp-"  # a checkpoint being written (PPO), renamed into place when whole
 # where a TRL checkpoint keeps its weights: safetensors files (full model or PEFT adapter), or
 # the folders of a DeepSpeed or FSDP engine's sharded state
 TRL_WEIGHT_GLOBS = ("*.safetensors", "global_step*", "pytorch_model_fsdp*")
@@ -61,7 +64,28 @@ def ppo_checkpoint_problem(folder: Path) -> str | None:
     for name in (PPO_TENSORS_FILE, PPO_TORCH_STATE_FILE):
         if not (folder / name).is_file():
             return f"no {name}"
-    return safetensors_problem(folder / PPO_TENSORS_FILE) or _state_problem(folder)
+    return (
+        safetensors_problem(folder / PPO_TENSORS_FILE)
+        or _torch_state_problem(folder / PPO_TORCH_STATE_FILE)
+        or _state_problem(folder)
+        or _ppo_state_problem(folder)
+    )
+
+
+def _torch_state_problem(path: Path) -> str | None:
+    """torch.save writes a zip archive: a truncated or overwritten one has no readable
+    directory at its end (checked without torch)."""
+    if not zipfile.is_zipfile(path):
+        return f"{path.name} is damaged ({path.stat().st_size} bytes, not a whole torch.save file)"
+    return None
+
+
+def _ppo_state_problem(folder: Path) -> str | None:
+    """The update a PPO checkpoint was taken after: the step a resumed run continues from."""
+    update = (_read_json(folder / STATE_FILE) or {}).get("update")
+    if isinstance(update, bool) or not isinstance(update, int) or update < 0:
+        return f"{STATE_FILE} has update={update!r}, not a count of updates"
+    return None
 
 
 def trl_checkpoint_problem(folder: Path) -> str | None:
@@ -93,9 +117,31 @@ class CheckpointLayout:
         (skipped by `resume_point`, named in the error when none is whole)."""
         return []
 
+    def stray(self, stage_dir: Path) -> list[str]:
+        """'<name> (<what it is>)' for each entry of the checkpoint folder that is neither a
+        checkpoint nor one of the layout's own files: skipped, and named when nothing is resumed."""
+        return []
+
     def setting(self, stage: str) -> str:
         """The config key that makes `stage` write checkpoints (for the error line)."""
         return "a stage with checkpoints"
+
+
+def _stray_entries(folder: Path, pattern: re.Pattern, own: tuple[str, ...] = ()) -> list[str]:
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in own:
+            continue
+        if pattern.match(entry.name):
+            if not entry.is_dir():
+                found.append(f"{entry.name} (a file, not a checkpoint folder)")
+        elif entry.name.startswith(TMP_PREFIX):
+            found.append(f"{entry.name} (a checkpoint whose writing was interrupted)")
+        else:
+            found.append(f"{entry.name} (not a checkpoint name)")
+    return found
 
 
 class PpoCheckpoints(CheckpointLayout):
@@ -111,6 +157,9 @@ class PpoCheckpoints(CheckpointLayout):
     def broken(self, stage_dir: Path) -> list[str]:
         found = ((p, ppo_checkpoint_problem(p)) for p in ppo_checkpoints(stage_dir))
         return [f"{path}: {problem}" for path, problem in found if problem]
+
+    def stray(self, stage_dir: Path) -> list[str]:
+        return _stray_entries(stage_dir / self.folder, PPO_PATTERN, own=(PPO_START,))
 
     def setting(self, stage: str) -> str:
         return f"{stage}.checkpoint.every"
@@ -129,6 +178,11 @@ class TrlCheckpoints(CheckpointLayout):
     def broken(self, stage_dir: Path) -> list[str]:
         found = ((p, trl_checkpoint_problem(p)) for _, p in trl_checkpoints(stage_dir))
         return [f"{path}: {problem}" for path, problem in found if problem]
+
+    def stray(self, stage_dir: Path) -> list[str]:
+        # only names like TRL's checkpoints: TRL keeps other files of its own beside them
+        found = _stray_entries(stage_dir / self.folder, TRL_PATTERN)
+        return [entry for entry in found if entry.startswith(("checkpoint", TMP_PREFIX))]
 
     def setting(self, stage: str) -> str:
         return f"{stage}.save_steps"
@@ -216,10 +270,16 @@ def check_resumable(
         if pipeline and (stage_dir / RUN_INFO).is_file():
             return  # an unfinished stage without a checkpoint starts over
     broken = [problem for name, layout in stages for problem in layout.broken(run_dir / name)]
+    stray = [
+        f"{run_dir / name / layout.folder}/{entry}"
+        for name, layout in stages
+        for entry in layout.stray(run_dir / name)
+    ]
+    skipped = f"; skipped: {'; '.join(stray)}" if stray else ""
     if broken:
         raise ConfigError(
-            f"resume: no whole checkpoint in {run_dir}: {'; '.join(broken)} (start the run "
-            "afresh, or restore the folder)"
+            f"resume: no whole checkpoint in {run_dir}: {'; '.join(broken)}{skipped} (start the "
+            "run afresh, or restore the folder)"
         )
     name, layout = stages[0]
     if pipeline or layout.folder is None:
@@ -227,6 +287,6 @@ def check_resumable(
     else:
         where, hint = f"{run_dir}/{name}/{layout.folder}", layout.setting(name)
     raise ConfigError(
-        f"resume: no checkpoint in {where} (nothing to resume: pass the stopped run's folder "
-        f"as resume=<path>; checkpoints come from {hint})"
+        f"resume: no checkpoint in {where}{skipped} (nothing to resume: pass the stopped run's "
+        f"folder as resume=<path>; checkpoints come from {hint})"
     )
