@@ -384,32 +384,81 @@ class JudgeConfig(RewardConfig):
 
 @dataclass
 class CheckpointConfig:
-    """PPO checkpoints: `<stage>/checkpoints/update-NNNNNN/`, written whole or not at all."""
+    """PPO checkpoints: `<stage>/checkpoints/update-NNNNNN/`, written whole or not at all, and
+    which policy the stage hands on (rlhf/ppo/checkpoint.py)."""
 
     every: int = (
         10  # save every N updates and after the last; 0 = no checkpoints (model still saved)
     )
     keep_last: int = 2  # newest checkpoints kept; older ones are pruned (the best is kept too)
-    best_metric: str | None = "ppo/eval/score"  # logged metric that picks the best; null = off
+    best_metric: str | None = "auto"  # picks the best; auto: judge's share or RM score; null: off
     best_mode: str = "max"  # max or min: which direction of best_metric is better
+    hand_on: str = "best"  # the policy saved for later stages: best (checkpoint) or last (update)
+    max_top_phrase_share: float | None = None  # above it (ppo/eval/top_phrase_share): never best
 
     section: ClassVar[str] = "ppo.checkpoint"
-    RANGES: ClassVar[dict[str, Range]] = {"every": NON_NEGATIVE, "keep_last": AT_LEAST_ONE}
+    AUTO: ClassVar[str] = "auto"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "every": NON_NEGATIVE, "keep_last": AT_LEAST_ONE, "max_top_phrase_share": SHARE,
+    }  # fmt: skip
     EVAL_METRICS: ClassVar[tuple[str, ...]] = (
         "ppo/eval/score", "ppo/eval/length", "ppo/eval/eos_rate", "ppo/eval/distinct",
+        "ppo/eval/above_threshold", "ppo/eval/top_phrase_share", "ppo/eval/judge_score",
+        "ppo/eval/judge_above_threshold",
     )  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_ranges(self)
         _one_of(self.best_mode, ("max", "min"), "ppo.checkpoint.best_mode")
+        _one_of(self.hand_on, ("best", "last"), "ppo.checkpoint.hand_on")
         metric = self.best_metric
         _require(
-            metric is None or metric.startswith("ppo/"),
+            metric in (None, self.AUTO) or metric.startswith("ppo/"),
             "ppo.checkpoint.best_metric",
-            f"{metric!r} is not a metric PPO logs (they start with ppo/)",
+            f"{metric!r} is not a metric PPO logs (they start with ppo/; auto: the judge's or "
+            "the reward's held-out score)",
         )
         if metric is not None and metric.startswith("ppo/eval/"):
             _one_of(metric, self.EVAL_METRICS, "ppo.checkpoint.best_metric")
+        _require(
+            self.every > 0 or self.hand_on == "last" or metric is None,
+            "ppo.checkpoint.hand_on",
+            "best hands on a saved checkpoint, and ppo.checkpoint.every=0 saves none; set "
+            "ppo.checkpoint.every >= 1, hand_on=last or best_metric=null",
+        )
+        _require(
+            self.max_top_phrase_share is None or metric is not None,
+            "ppo.checkpoint.max_top_phrase_share",
+            "bounds which checkpoint can be the best, and ppo.checkpoint.best_metric is null",
+        )
+
+    def resolve_best_metric(self, judged: bool) -> None:
+        """`auto` → the judge's share above its threshold when eval.judge is scored at PPO's
+        evaluations (`judged`), else the reward's mean held-out score."""
+        if self.best_metric == self.AUTO:
+            self.best_metric = "ppo/eval/judge_above_threshold" if judged else "ppo/eval/score"
+
+
+@dataclass
+class HackingGuardConfig:
+    """`ppo.hacking_guard`: acts when PPO's held-out evaluations find the reward and the judge
+    (eval.judge) disagreeing: the share of answers above the reward's threshold minus the share
+    above the judge's (`ppo/guard/gap`, the eval stage's rm_judge_gap) above `margin` at
+    `patience` consecutive evaluations of trained policies (rlhf/ppo/guard.py)."""
+
+    margin: float = 0.3  # an evaluation counts when ppo/guard/gap is above this
+    patience: int = 2  # consecutive counted evaluations before the guard acts
+    action: str = "stop"  # stop: training ends (ppo.checkpoint.hand_on picks the model); raise_kl
+    kl_factor: float = 2.0  # raise_kl: kl_coef is multiplied by this each time the guard acts
+
+    section: ClassVar[str] = "ppo.hacking_guard"
+    RANGES: ClassVar[dict[str, Range]] = {
+        "margin": SHARE, "patience": AT_LEAST_ONE, "kl_factor": Range(1, low_open=True),
+    }  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _check_ranges(self)
+        _one_of(self.action, ("stop", "raise_kl"), "ppo.hacking_guard.action")
 
 
 @dataclass
@@ -591,6 +640,7 @@ class PPOConfig:
     on_nonfinite: str = "stop"  # non-finite score/advantage/loss/grad norm: stop, or skip the batch
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
     health: HealthConfig = field(default_factory=HealthConfig)  # warn/stop thresholds
+    hacking_guard: Any = None  # reward-vs-judge guard: {margin, patience, action, ...}; null: off
 
     section: ClassVar[str] = "ppo"
     RANGES: ClassVar[dict[str, Range]] = {
@@ -647,7 +697,49 @@ class PPOConfig:
         if self.critic_init is not None:
             _one_of(self.critic_init, ("reward_model", "policy"), "ppo.critic_init")
         _require(self.stop_token != "", "ppo.stop_token", "must not be empty (null: EOS)")
+        self._typed_guard()
+        _require(
+            self.hacking_guard is None or self.eval_every > 0,
+            "ppo.hacking_guard",
+            "acts on held-out evaluations, and ppo.eval_every=0 runs none; set eval_every >= 1",
+        )
         self._check_estimator()
+
+    def _typed_guard(self) -> None:
+        """`hacking_guard` as a HackingGuardConfig (an open field, typed here: OmegaConf cannot
+        merge `ppo.hacking_guard={...}` into a null structured node, as for eval.judge)."""
+        guard = self.hacking_guard
+        if isinstance(guard, dict):
+            known = [f.name for f in dataclasses.fields(HackingGuardConfig)]
+            for key in guard:
+                _require(
+                    key in known,
+                    f"ppo.hacking_guard.{key}",
+                    f"unknown key (known: {', '.join(known)})",
+                )
+            guard = self.hacking_guard = HackingGuardConfig(**guard)
+        _require(
+            guard is None or isinstance(guard, HackingGuardConfig),
+            "ppo.hacking_guard",
+            f"{{margin, patience, action, kl_factor}} or null, got {guard!r}",
+        )
+
+    def check_judge(self, judged: bool) -> None:
+        """What reads the judge's held-out scores needs eval.judge scored at PPO's evaluations
+        (`judged`): the hacking guard, a judge best_metric. Resolves best_metric=auto."""
+        self.checkpoint.resolve_best_metric(judged)
+        needs = "needs eval.judge scored in PPO (set eval.judge and eval.judge_in_ppo=true)"
+        _require(
+            judged or self.hacking_guard is None,
+            "ppo.hacking_guard",
+            f"compares the reward with the judge: {needs}",
+        )
+        metric = self.checkpoint.best_metric or ""
+        _require(
+            judged or not metric.startswith("ppo/eval/judge_"),
+            "ppo.checkpoint.best_metric",
+            f"{metric!r} {needs}",
+        )
 
     def _check_estimator(self) -> None:
         """The estimator, and the settings that follow it when null (resolved here, once, so the
@@ -1044,6 +1136,7 @@ class Config:
         _one_of(self.host_heap, HOST_HEAPS, "host_heap")
         _require(bool(self.cache_dir), "cache_dir", "must not be empty")
         self._check_objective()
+        self.ppo.check_judge(self.eval.judge is not None and self.eval.judge_in_ppo)
         _require(
             self.resume is None or isinstance(self.resume, (bool, str)),
             "resume",

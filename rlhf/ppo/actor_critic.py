@@ -2,7 +2,8 @@
 
 critic kinds (`ppo.critic`):
 - separate: a model of its own, backbone + one-output `score` head (the public example: the base
-  model with a fresh head, every parameter trained);
+  model with a fresh head, every parameter trained), plus a constant `value_offset` (0 unless
+  the critic was put in a calibrated reward's units, `rescale_critic`);
 - value_head: a linear head on the policy's last hidden state: one forward pass gives logits and
   values;
 - lora: a second LoRA adapter ("critic") plus a linear head on the policy's own frozen base, so
@@ -17,6 +18,7 @@ its adapters disabled (no second copy in memory).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,6 +61,9 @@ class ActorCritic(nn.Module):
         self.reference = reference
         self.is_lora = isinstance(policy, PeftModel)
         self.frozen_base: FrozenBase | None = None  # a LoRA base held in bf16 (stages/ppo.py)
+        # added to a separate critic's score head: its heads often have no bias (Llama, Gemma),
+        # and a calibrated reward's bias must reach the values (`rescale_critic`)
+        self.value_offset = 0.0
         if reference is None and not self.is_lora:
             raise ValueError("a full-parameter policy needs a separate reference model")
         if critic_kind == "separate" and critic is None:
@@ -157,7 +162,7 @@ class ActorCritic(nn.Module):
         if self.critic_kind == "separate":
             hidden = self.critic.base_model(**inputs).last_hidden_state
             values = self.critic.score(response_slice(hidden, prompt_width, response_width))
-            return upcast(values.squeeze(-1))
+            return upcast(values.squeeze(-1)) + self.value_offset
         if self.critic_kind == "value_head":
             return self.policy_forward(inputs, prompt_width, response_width)[1]
         with self.critic_adapter():
@@ -194,15 +199,33 @@ class ActorCritic(nn.Module):
         finally:
             self.policy.set_adapter(previous)
 
+    @torch.no_grad()
+    def rescale_critic(self, gain: float, bias: float) -> None:
+        """Map a separate critic's values v to gain·v + bias: its score head's weight (and bias,
+        where it has one) times gain, then `value_offset` = gain·offset + bias. A critic started
+        from the reward model then predicts in the units of the calibrated reward
+        (score' = gain·score + bias) that its returns are made of, from the first update."""
+        if self.critic_kind != "separate":
+            raise ValueError(f"critic {self.critic_kind!r} has no score head to rescale")
+        head = self.critic.score
+        head.weight.mul_(gain)
+        if head.bias is not None:
+            head.bias.mul_(gain)
+        self.value_offset = gain * self.value_offset + bias
+
     # --- saving ---------------------------------------------------------------------------
 
     def save_critic(self, folder: Path) -> None:
-        """The critic's trained weights in `folder` (nothing, and no folder, without a critic)."""
+        """The critic's trained weights in `folder` (nothing, and no folder, without a critic);
+        a separate critic's non-zero `value_offset` in `value_offset.json` beside them."""
         if not self.has_critic:
             return
         folder.mkdir(parents=True, exist_ok=True)
         if self.critic_kind == "separate":
             self.critic.save_pretrained(folder, safe_serialization=True)
+            if self.value_offset:  # values = score head + this (no bias in most heads)
+                offset = {"value_offset": self.value_offset}
+                (folder / "value_offset.json").write_text(json.dumps(offset, indent=2))
             return
         head = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
         save_file(head, str(folder / "value_head.safetensors"))

@@ -7,12 +7,25 @@
   generators; one set per process), read back with `torch.load(weights_only=True)`: no pickled
   code runs on load;
 - `trainer_state.json`: update count, data position, KL controller, score normaliser, health
-  history, best metric so far and the tracker's run id.
+  history, hacking guard, critic value offset, best checkpoint so far (and the checkpoints left
+  out of the choice) and the tracker's run id.
 A checkpoint is written into `.tmp-update-NNNNNN/` and renamed into place, so a process killed
 during the write leaves the previous checkpoint whole and the half-written folder is ignored
 (and removed by the next run). Before writing, every trained tensor and optimiser moment must be
 finite: a poisoned state is never saved. Older checkpoints are pruned to `keep_last`; the best by
 `best_metric` is kept besides and named in `<stage>/best_checkpoint.json`.
+
+Which policy the stage hands on (`ppo.checkpoint.hand_on`):
+- `best` (default): the best checkpoint's. Candidates are the updates whose logged metrics hold
+  `best_metric` (with the default, the held-out evaluations); a better value replaces the best
+  only when strictly better, so of equal values the earlier checkpoint wins (the same score
+  with less drift from the reference). With `max_top_phrase_share` set, an evaluation whose
+  `ppo/eval/top_phrase_share` is above it (answers collapsed onto one phrase) is never the
+  best, nor is an update that was not evaluated. The starting policy (the evaluation before
+  update 1) does not compete: it is the eval stage's baseline. It is the fallback when the
+  bound left out every evaluated checkpoint: its weights are saved then, before update 1, in
+  `<stage>/checkpoints/start/`. With no candidate at all (no evaluation ran), the last update's.
+- `last`: the last update's policy, whatever the best.
 
 The trainer's `state_dict()` / `load_state_dict()` are all this module reads and writes.
 Several processes (rlhf/runtime/distributed.py): weights, optimiser, scheduler, data order, KL
@@ -26,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +66,9 @@ TENSORS_FILE = PPO_TENSORS_FILE
 TORCH_STATE_FILE = PPO_TORCH_STATE_FILE
 BEST_FILE = "best_checkpoint.json"
 JSON_STATE = ("update", "data_order", "kl_controller", "score_processor", "health")
+LATER_JSON_STATE = ("guard", "value_offset")  # absent from older checkpoints
+START = "start"  # checkpoints/start/: the starting policy, the fallback of hand_on=best
+TOP_PHRASE = "ppo/eval/top_phrase_share"
 
 
 class Checkpointable(Protocol):
@@ -62,6 +79,8 @@ class Checkpointable(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def load_trainable(self, tensors: dict[str, torch.Tensor]) -> None: ...
 
 
 def check_not_poisoned(state: dict[str, Any]) -> None:
@@ -119,7 +138,7 @@ def _write_checkpoint(
         },
         tmp / TORCH_STATE_FILE,
     )
-    written = {key: state[key] for key in JSON_STATE}
+    written = {key: state[key] for key in JSON_STATE + LATER_JSON_STATE if key in state}
     (tmp / STATE_FILE).write_text(
         json.dumps({**written, "processes": len(rngs), **json_state}, indent=2)
     )
@@ -143,6 +162,7 @@ def load_checkpoint(trainer: Checkpointable, folder: Path) -> dict:
         trainer.load_state_dict(
             {
                 **{key: state[key] for key in JSON_STATE},
+                **{key: state[key] for key in LATER_JSON_STATE if key in state},
                 "trainable": load_file(folder / TENSORS_FILE),
                 "optimizer": saved["optimizer"],
                 "scheduler": saved["scheduler"],
@@ -157,7 +177,8 @@ def load_checkpoint(trainer: Checkpointable, folder: Path) -> dict:
 
 
 class Checkpointer:
-    """Saves after updates (every N, the last, and each new best), prunes, and resumes."""
+    """Saves after updates (every N, the last, and each new best), prunes, resumes, and picks
+    the policy the stage hands on (`kept`, `hand_on`)."""
 
     def __init__(
         self, config: CheckpointConfig, stage_dir: Path, total_updates: int, run_id: str | None
@@ -165,7 +186,13 @@ class Checkpointer:
         self.config, self.total_updates, self.run_id = config, total_updates, run_id
         self.stage_dir = stage_dir
         self.folder = stage_dir / "checkpoints"
+        metric = config.best_metric
+        # `auto` resolved without a Config (tests, sessions): the reward's held-out score
+        self.metric = "ppo/eval/score" if metric == config.AUTO else metric
         self.best: dict | None = None
+        self.candidates = 0  # updates scored by the metric (eligible or not)
+        self.excluded: list[dict] = []  # {update, top_phrase_share} above max_top_phrase_share
+        self.start: dict | None = None  # the starting policy's snapshot (checkpoints/start/)
         self.main = distributed.is_main_process()  # the one that writes; all keep `best`
         if self.main:
             for leftover in self.folder.glob(".tmp-*"):  # a write that a kill interrupted
@@ -178,6 +205,10 @@ class Checkpointer:
     def resume(self, trainer: Checkpointable, folder: Path) -> None:
         state = load_checkpoint(trainer, folder)
         self.best = state.get("best")
+        selection = state.get("selection") or {}
+        self.candidates = selection.get("candidates", 0)
+        self.excluded = list(selection.get("excluded", []))
+        self.start = selection.get("start")
         log.info("resumed from %s (update %d)", folder, trainer.update)
 
     def _is_better(self, value: float) -> bool:
@@ -187,21 +218,54 @@ class Checkpointer:
             return value > self.best["value"]
         return value < self.best["value"]
 
+    def _candidate(self, update: int, metrics: dict[str, float]) -> float | None:
+        """This update's value of the metric when it may be the best, else None (not scored,
+        not finite, or above max_top_phrase_share: recorded in `excluded`)."""
+        value = metrics.get(self.metric) if self.metric is not None else None
+        if value is None or not math.isfinite(value):
+            return None
+        self.candidates += 1
+        bound = self.config.max_top_phrase_share
+        if bound is None:
+            return value
+        share = metrics.get(TOP_PHRASE)
+        if share is None or share > bound:
+            self.excluded.append({"update": update, "top_phrase_share": share})
+            return None
+        return value
+
+    def _selection(self) -> dict:
+        return {"candidates": self.candidates, "excluded": self.excluded, "start": self.start}
+
+    def at_start(self, trainer: Checkpointable, metrics: dict[str, float]) -> None:
+        """After the evaluation before update 1: with hand_on=best and max_top_phrase_share set,
+        save the starting policy (the fallback when the bound leaves out every checkpoint)."""
+        c = self.config
+        if c.hand_on != "best" or c.max_top_phrase_share is None or c.every == 0:
+            return
+        folder = self.folder / START
+        held_out = {k: v for k, v in metrics.items() if k.startswith("ppo/eval/")}
+        self.start = {"checkpoint": str(folder.relative_to(self.stage_dir)), "update": 0,
+                      "held_out": held_out}  # fmt: skip
+        save_checkpoint(trainer, folder, {"run_id": self.run_id, "best": None})
+
     def after_update(self, trainer: Checkpointable, metrics: dict[str, float]) -> Path | None:
         update, every = trainer.update, self.config.every
         if every == 0:  # checkpoints off: the stage still saves the final model
             return None
-        metric = self.config.best_metric
-        is_best = metric is not None and metric in metrics and self._is_better(metrics[metric])
+        value = self._candidate(update, metrics)
+        is_best = value is not None and self._is_better(value)
         due = update >= self.total_updates or update % every == 0
         if not (due or is_best):
             return None
         folder = self.folder / f"{PPO_PREFIX}{update:06d}"
         best = self.best
         if is_best:
+            held_out = {k: v for k, v in metrics.items() if k.startswith("ppo/eval/")}
             best = {"checkpoint": str(folder.relative_to(self.stage_dir)), "update": update,
-                    "metric": metric, "value": metrics[metric]}  # fmt: skip
-        save_checkpoint(trainer, folder, {"run_id": self.run_id, "best": best})
+                    "metric": self.metric, "value": value, "held_out": held_out}  # fmt: skip
+        state = {"run_id": self.run_id, "best": best, "selection": self._selection()}
+        save_checkpoint(trainer, folder, state)
         if is_best:
             self.best = best
         if self.main:
@@ -213,6 +277,46 @@ class Checkpointer:
         maybe_kill("ppo", "after_checkpoint", update)
         return folder
 
+    def kept(self) -> dict[str, Any]:
+        """What the stage hands on: `checkpoint` (folder under the stage; None: the model as the
+        last update left it), `update` (None: the last), `reason` (one sentence) and `held_out`
+        (the kept checkpoint's held-out metrics; empty for the last update)."""
+        c, metric = self.config, self.metric
+        if c.hand_on == "last":
+            return _kept(None, None, "ppo.checkpoint.hand_on=last")
+        left_out = ""
+        if self.excluded:
+            updates = ", ".join(str(e["update"]) for e in self.excluded)
+            left_out = (
+                f"; left out for a top phrase share above ppo.checkpoint.max_top_phrase_share "
+                f"{c.max_top_phrase_share:g}: update(s) {updates}"
+            )
+        if self.best is not None:
+            best = self.best
+            reason = (
+                f"the best {metric} ({best['value']:.4g}, best_mode={c.best_mode}, ties to the "
+                f"earlier) of {self.candidates} scored update(s){left_out}"
+            )
+            return _kept(best["checkpoint"], best["update"], reason, best.get("held_out", {}))
+        if self.excluded and self.start is not None:
+            reason = f"the starting policy: no scored update was eligible{left_out}"
+            return _kept(self.start["checkpoint"], 0, reason, self.start["held_out"])
+        if self.excluded:
+            reason = f"no scored update was eligible, and no starting policy was saved{left_out}"
+            return _kept(None, None, f"the last update: {reason}")
+        why = "best_metric is null" if metric is None else f"no update was scored by {metric}"
+        return _kept(None, None, f"the last update: {why}")
+
+    def hand_on(self, trainer: Checkpointable) -> dict[str, Any]:
+        """Put the kept checkpoint's trained weights (policy and critic) into `trainer`'s model,
+        on every process; returns `kept()` with `update` filled in."""
+        kept = self.kept()
+        if kept["checkpoint"] is not None:
+            trainer.load_trainable(load_file(self.stage_dir / kept["checkpoint"] / TENSORS_FILE))
+        if kept["update"] is None:
+            kept["update"] = trainer.update
+        return kept
+
     def prune(self) -> None:
         checkpoints = ppo_checkpoints(self.stage_dir)
         keep = {p.name for p in checkpoints[-self.config.keep_last :]}
@@ -221,3 +325,10 @@ class Checkpointer:
         for path in checkpoints:
             if path.name not in keep:
                 shutil.rmtree(path)
+
+
+def _kept(
+    checkpoint: str | None, update: int | None, reason: str, held_out: dict | None = None
+) -> dict[str, Any]:
+    return {"checkpoint": checkpoint, "update": update, "reason": reason,
+            "held_out": held_out or {}}  # fmt: skip

@@ -16,7 +16,8 @@
    approx-KL (k3 form) passes target_kl; the first critic_warmup_updates train only the critic;
 7. log: scores, KL (penalty estimator, k1 and k3), entropy, losses, clip fractions, EOS and
    truncation rates, phase times, tokens/s; samples and held-out evaluation every N updates
-   (scored by the reward and, when given, by an independent judge: eval.judge);
+   (scored by the reward and, when given, by an independent judge: eval.judge), read by the
+   hacking guard (rlhf/ppo/guard.py: raise kl_coef, or stop after this update);
 8. health alarms (rlhf/ppo/health.py), then a checkpoint when due (rlhf/ppo/checkpoint.py).
 Numeric guards: a non-finite score, advantage, loss or gradient norm stops the update naming
 the phase and update (or, with on_nonfinite=skip, skips that batch or mini-batch). Under several
@@ -57,12 +58,14 @@ from rlhf.errors import ConfigError, NumericError
 from rlhf.ppo import core, estimators
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
+from rlhf.ppo.guard import HackingGuard
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
 from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
 from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval, describe_precision
 from rlhf.ppo.rollout import Responses, Rollout
+from rlhf.reporting.phrases import top_phrase
 from rlhf.rewards import RewardFunction, with_tokens_argument
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.rewards.tokens import ResponseTokens
@@ -194,9 +197,11 @@ class PPOTrainer:
         score_processor: ScoreProcessor,
         mixed_precision: str = "no",
         judge: Judge | None = None,
+        threshold: float = 0.0,
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.judge = judge  # eval.judge: scored beside the reward at each evaluation
+        self.threshold = threshold  # the reward's decision threshold (ppo/eval/above_threshold)
         self.reward_fn = with_tokens_argument(reward_fn)
         self.tracker, self.processor = tracker, score_processor
         self.prompts, self.eval_prompts, self.system_prompt = prompts, eval_prompts, system_prompt
@@ -240,6 +245,7 @@ class PPOTrainer:
         self._update_started = time.perf_counter()
         self._main = distributed.is_main_process()
         self.health = HealthMonitor(config.health)
+        self.guard = HackingGuard(config.hacking_guard)
 
     # --- data ---------------------------------------------------------------------------
 
@@ -796,6 +802,8 @@ class PPOTrainer:
             "ppo/eval/length": sum(lengths) / n,
             "ppo/eval/eos_rate": sum(ended) / n,
             "ppo/eval/distinct": len(set(texts)) / n,
+            "ppo/eval/above_threshold": sum(s > self.threshold for s in scores) / n,
+            "ppo/eval/top_phrase_share": top_phrase(texts).share,
         }
         if self.judge is not None:
             metrics["ppo/eval/judge_score"] = sum(judged) / n
@@ -827,7 +835,11 @@ class PPOTrainer:
             log.info(self.describe_sampling())
             log.info(describe_precision(self.precision.mode, self.precision.device_type))
         if c.eval_every and self.eval_prompts and self.update == 0:
-            self.tracker.log(self.evaluate(), step=0)
+            start = self.evaluate()
+            self.guard.observe(0, start)  # logs the starting policy's gap; does not count
+            self.tracker.log(start, step=0)
+            if checkpointer is not None:
+                checkpointer.at_start(self, start)
         # as a context manager: a stop leaves the bar's line, so the error gets a line of its own
         with tqdm(
             total=c.total_updates,
@@ -836,10 +848,23 @@ class PPOTrainer:
             unit="update",
             disable=not self._main,
         ) as bar:
-            while self.update < c.total_updates:
+            while self.update < c.total_updates and self.guard.stopped is None:
                 final = self._train_one(checkpointer)
                 bar.update()
         return final
+
+    def _take_guard_action(self, metrics: dict[str, float]) -> None:
+        """The hacking guard (rlhf/ppo/guard.py) on this update's evaluation: raise kl_coef, or
+        mark training as stopped after this update (the loop ends; the checkpoint still runs)."""
+        action = self.guard.observe(self.update, metrics)
+        if action is None:
+            return
+        if action.action == "raise_kl":
+            self.kl_controller.value *= self.config.hacking_guard.kl_factor
+            metrics["ppo/guard/kl_coef"] = self.kl_controller.value
+            log.warning("%s; kl_coef raised to %.4g", action.message, self.kl_controller.value)
+        else:
+            log.warning("%s; training stops (ppo.hacking_guard.action=stop)", action.message)
 
     def _train_one(self, checkpointer: Checkpointer | None) -> dict[str, float]:
         """One update with its evaluation, samples, health check, log line and checkpoint."""
@@ -847,6 +872,7 @@ class PPOTrainer:
         metrics = self.step()
         if c.eval_every and self.eval_prompts and self.update % c.eval_every == 0:
             metrics.update(self.evaluate())
+            self._take_guard_action(metrics)
         alarms = self.observe_health(metrics)
         if c.log_samples_every and self.update % c.log_samples_every == 0 and self._last_rollout:
             rows = distributed.gather_objects(sample_rows(self._last_rollout, self.update))
@@ -868,7 +894,8 @@ class PPOTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact continuation needs: the `trainable` tensors, the `optimizer` and
         `scheduler` states, this process's `rng` states (global and the trainer's own), and the
-        JSON-able `update`, `data_order`, `kl_controller`, `score_processor` and `health`.
+        JSON-able `update`, `data_order`, `kl_controller`, `score_processor`, `health`, `guard`
+        and `value_offset` (a separate critic's, `ActorCritic.value_offset`).
         Every process calls it: with a sharded optimiser (ZeRO-1) the moments are gathered on
         the main process, and only its `optimizer` entry is set (None on the others); under
         FSDP2 the sharded weights and moments are gathered whole on every process."""
@@ -883,6 +910,8 @@ class PPOTrainer:
                 "bias": processor.bias,
             },
             "health": self.health.state_dict(),
+            "guard": self.guard.state_dict(),
+            "value_offset": self.model.value_offset,
             # whole tensors: under FSDP2 gathered from every process's shard
             "trainable": {k: sharding.whole(v) for k, v in self.trainable_tensors().items()},
             "optimizer": self._optimizer_state(),
@@ -897,13 +926,7 @@ class PPOTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Put the trainer back in the state `state_dict` gave (the full optimiser state, this
         process's RNG states). Raises ConfigError when the trained tensors differ in name."""
-        expected = self.trainable_tensors()
-        if set(state["trainable"]) != set(expected):
-            missing = sorted(set(expected) - set(state["trainable"]))[:3]
-            raise ConfigError(f"does not match this model (tensors missing: {missing})")
-        with torch.no_grad():
-            for name, tensor in state["trainable"].items():
-                expected[name].copy_(sharding.like(tensor, expected[name]))
+        self.load_trainable(state["trainable"])
         self.optimizer.load_state_dict(self._laid_out_like_parameters(state["optimizer"]))
         self.scheduler.load_state_dict(state["scheduler"])
         restore_global_rng_states(state["rng"])
@@ -916,6 +939,19 @@ class PPOTrainer:
         self.processor.moments.load_state_dict(processor["moments"])
         self.processor.gain, self.processor.bias = processor["gain"], processor["bias"]
         self.health.load_state_dict(state["health"])
+        self.guard.load_state_dict(state.get("guard"))  # absent: written before the guard
+        self.model.value_offset = state.get("value_offset", 0.0)
+
+    def load_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy saved trained tensors (`state_dict()["trainable"]`) into the model. Raises
+        ConfigError when they differ in name."""
+        expected = self.trainable_tensors()
+        if set(tensors) != set(expected):
+            missing = sorted(set(expected) - set(tensors))[:3]
+            raise ConfigError(f"does not match this model (tensors missing: {missing})")
+        with torch.no_grad():
+            for name, tensor in tensors.items():
+                expected[name].copy_(sharding.like(tensor, expected[name]))
 
     def _optimizer_state(self) -> dict[str, Any] | None:
         """The optimiser's whole state (see `state_dict`)."""

@@ -3,10 +3,15 @@
 Inputs by convention: the policy is `model.*` (the pipeline hands over the SFT model), the reward
 model defaults to the run's reward model (the model of the stage declared as producing one,
 rlhf/stages/table.py), prompts are the data set's train prompts and the held-out
-evaluation prompts its test prompts. Outputs in `<run>/ppo/`: `model/` (merged policy and
-tokenizer, loadable like any model folder), `adapter/` for a LoRA policy, `critic/`, `plots/`,
-`checkpoints/` (rlhf/ppo/checkpoint.py) and `best_checkpoint.json`. With `resume`, the newest
-checkpoint is loaded after the models are built and training continues from its update.
+evaluation prompts the last `ppo.eval_prompts` of its test prompts (the eval stage answers the
+first `eval.num_prompts`: the two sets must not overlap when a pipeline runs both stages).
+Outputs in `<run>/ppo/`: `model/` (merged policy and tokenizer, loadable like any model folder:
+the policy `ppo.checkpoint.hand_on` picks, the best checkpoint's by default), `adapter/` for a
+LoRA policy, `critic/`, `plots/`, `checkpoints/` (rlhf/ppo/checkpoint.py) and
+`best_checkpoint.json`; `run_info.json` says which update was kept and why (`kept`). With
+`reward.calibrate`, a separate critic started from the reward model is put in the calibrated
+reward's units after calibration. With `resume`, the newest checkpoint is loaded after the
+models are built and training continues from its update.
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ from rlhf.rewards import RewardFunction, build_reward
 from rlhf.rewards.ensemble import member_folders
 from rlhf.rewards.judge import Judge, build_judge
 from rlhf.rewards.processing import ScoreProcessor
+from rlhf.rewards.reward_model import decision_threshold
 from rlhf.runs.folders import RunPaths
 from rlhf.runs.tracking import Tracker
 from rlhf.runtime import distributed, sharding
 from rlhf.stages.context import StageContext, stage_context
-from rlhf.stages.table import REWARD_MODEL, producer
+from rlhf.stages.table import PIPELINE, REWARD_MODEL, producer
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +164,51 @@ def partner_tokenizers(config: Config, reward_model: str) -> dict[str, PreTraine
 
 
 def load_prompts(
-    config: Config, tokenizer: PreTrainedTokenizerBase
+    config: Config, tokenizer: PreTrainedTokenizerBase, check: bool = False
 ) -> tuple[list[str], list[str], str]:
-    """(train prompts, the first ppo.eval_prompts held-out prompts, the data's fingerprint),
-    within data.max_prompt_length."""
+    """(train prompts, the last ppo.eval_prompts held-out prompts, the data's fingerprint),
+    within data.max_prompt_length. `check`: `check_held_out` on the test split's size."""
     data = load_preference_data(config.data)
     train = limit_lengths(data.train, tokenizer, config.data, "train", answers=())["prompt"]
-    test = limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"]
-    return list(train), list(test[: config.ppo.eval_prompts]), data.fingerprint
+    test = list(limit_lengths(data.test, tokenizer, config.data, "test", answers=())["prompt"])
+    if check:
+        check_held_out(config, len(test))
+    held_out = test[max(0, len(test) - config.ppo.eval_prompts) :]
+    return list(train), held_out, data.fingerprint
+
+
+def check_held_out(config: Config, available: int) -> None:
+    """PPO evaluates on the last ppo.eval_prompts test prompts, the eval stage on the first
+    eval.num_prompts, so that the eval stage grades the handed-on policy on prompts that PPO's
+    checkpoint choice and hacking guard never saw. Too small a test split for both: refused when
+    this run's pipeline also runs the eval stage, a warning otherwise."""
+    ppo, graded = config.ppo, config.eval.num_prompts
+    if not ppo.eval_every or available >= graded + ppo.eval_prompts:
+        return
+    problem = (
+        f"the test split has {available} prompts (within data.max_prompt_length), fewer than "
+        f"eval.num_prompts={graded} + ppo.eval_prompts={ppo.eval_prompts}, so PPO's held-out "
+        "prompts (the last) would be among the eval stage's (the first)"
+    )
+    # a stage's config section is named as the stage (rlhf/stages/table.py)
+    if config.stage == PIPELINE and config.eval.section in config.pipeline.stages:
+        raise ConfigError(f"ppo.eval_prompts: {problem}; lower one of the two")
+    log.warning(
+        "ppo.eval_prompts: %s: an eval stage run on this policy later would grade answers to "
+        "prompts that PPO's evaluations (and its checkpoint choice) saw",
+        problem,
+    )
+
+
+def reward_threshold(config: Config, reward_model: str | None) -> float:
+    """The reward's decision threshold (`ppo/eval/above_threshold`), as the eval stage takes
+    it: eval.threshold, else a reward model's own (midway between its mean chosen and rejected
+    test scores), else 0."""
+    if config.eval.threshold is not None:
+        return config.eval.threshold
+    if config.reward.kind == "reward_model" and reward_model is not None:
+        return decision_threshold(Path(reward_model))
+    return 0.0
 
 
 def new_trainer(
@@ -179,9 +222,11 @@ def new_trainer(
     judge: Judge | None = None,
     reference: PreTrainedModel | None = None,
     critic: PreTrainedModel | None = None,
+    threshold: float = 0.0,
 ) -> PPOTrainer:
     """The actor-critic around `policy` and the PPO trainer on it, as this stage and
-    rlhf.session.PPOSession build them. `prompts`: (train prompts, held-out prompts)."""
+    rlhf.session.PPOSession build them. `prompts`: (train prompts, held-out prompts);
+    `threshold`: the reward's decision threshold."""
     fsdp2 = sharding.fsdp2_requested(os.environ)  # accelerate/fsdp.yaml
     if fsdp2:
         check_fsdp2_settings(config.ppo, config.model.mixed_precision)
@@ -210,6 +255,7 @@ def new_trainer(
         processor,
         mixed_precision=config.model.mixed_precision,
         judge=judge,
+        threshold=threshold,
     )
 
 
@@ -246,11 +292,78 @@ def last_logged_update(stage_dir: Path) -> dict[str, float]:
     return updates[-1] if updates else {}
 
 
+def critic_from_reward_model(config: Config, reward_model: str | None) -> bool:
+    """Whether this run's separate critic starts from the reward model (ppo.critic_init)."""
+    separate = config.ppo.critic == "separate"
+    return separate and critic_source(config, reward_model)[1] == "the reward model"
+
+
+def calibrate(
+    config: Config, trainer: PPOTrainer, prompts: list[str], reward_model: str | None
+) -> dict:
+    """reward.calibrate on a fresh start: the gain and bias that give the starting policy's
+    sampled answers mean 0 and std 1. A separate critic started from the reward model outputs
+    raw reward-model scores, while the returns it learns are calibrated (and reward.scale'd):
+    its values are rescaled to those units (ActorCritic.rescale_critic). A resume takes both
+    from the checkpoint instead."""
+    gain, bias, scores = trainer.calibrate_reward(prompts[: config.reward.calibrate_samples])
+    calibrated = {"gain": gain, "bias": bias, "start_scores": score_spread(scores)}
+    if critic_from_reward_model(config, reward_model):
+        scale = config.reward.scale  # processed score = (gain·raw + bias)·scale before clipping
+        trainer.model.rescale_critic(gain * scale, bias * scale)
+        calibrated["critic"] = {"gain": gain * scale, "bias": bias * scale}
+        log.info(
+            "critic (from the reward model) in the calibrated reward's units: "
+            "value·%.4f %+.4f",
+            gain * scale, bias * scale,
+        )  # fmt: skip
+    return calibrated
+
+
+def log_calibration(ctx: StageContext, calibrated: dict) -> None:
+    """The calibration in run_info, reward_calibration.json, the tracker (step 0) and the log."""
+    gain, bias, spread = calibrated["gain"], calibrated["bias"], calibrated["start_scores"]
+    ctx.info["reward_calibration"] = calibrated
+    if distributed.is_main_process():
+        (ctx.stage_dir / "reward_calibration.json").write_text(json.dumps(calibrated, indent=2))
+    start = {f"ppo/start/score_{name}": value for name, value in spread.items()}
+    ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias, **start}, step=0)
+    log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
+    log.info(
+        "reward on the starting policy's %d sampled answers: mean %.3g, std %.3g, "
+        "p10 %.3g, median %.3g, p90 %.3g (min %.3g, max %.3g)",
+        *(spread[k] for k in ("n", "mean", "std", "p10", "median", "p90", "min", "max")),
+    )
+
+
+def hand_on(
+    ctx: StageContext, config: Config, trainer: PPOTrainer, checkpointer: Checkpointer
+) -> dict[str, float]:
+    """Put the policy ppo.checkpoint.hand_on picks into the model the stage saves; say which
+    and why (log line, run_info `kept`); returns `ppo/kept_update` and the kept checkpoint's
+    held-out metrics as `ppo/kept/<name>`."""
+    kept = checkpointer.hand_on(trainer)
+    stopped = trainer.guard.stopped
+    ctx.info["kept"] = {**kept, "hand_on": config.ppo.checkpoint.hand_on,
+                        "stopped_by_guard": stopped}  # fmt: skip
+    where = f" ({kept['checkpoint']})" if kept["checkpoint"] else ""
+    ended = f"; training ended early: {stopped}" if stopped else ""
+    log.info("ppo: hands on the policy of update %d%s: %s%s", kept["update"], where,
+             kept["reason"], ended)  # fmt: skip
+    metrics = {"ppo/kept_update": float(kept["update"])}
+    if stopped:
+        metrics["ppo/guard/stopped_at"] = float(trainer.update)
+    metrics.update(
+        {f"ppo/kept/{k.removeprefix('ppo/eval/')}": v for k, v in kept["held_out"].items()}
+    )
+    return metrics
+
+
 def run(config: Config, paths: RunPaths) -> dict[str, float]:
     with stage_context(config, paths, "ppo") as ctx:
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
         ctx.info["policy_start"] = config.model.name_or_path
-        prompts, held_out, ctx.info["data_fingerprint"] = load_prompts(config, tokenizer)
+        prompts, held_out, ctx.info["data_fingerprint"] = load_prompts(config, tokenizer, True)
         reward_stage = producer(REWARD_MODEL, config.pipeline.stages).name
         reward_model = config.reward.model_path or str(paths.model_dir(reward_stage))
         check_tokenizers_agree("policy", tokenizer, partner_tokenizers(config, reward_model))
@@ -260,7 +373,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         judge = evaluation_judge(config, Path(reward_model))
         trainer = new_trainer(
             config, policy, tokenizer, ctx.tracker, reward, (prompts, held_out),
-            reward_model, judge,
+            reward_model, judge, threshold=reward_threshold(config, reward_model),
         )  # fmt: skip
         model = trainer.model
         checkpointer = Checkpointer(
@@ -269,26 +382,10 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         if ctx.resume is not None:  # calibration and all state come from the checkpoint
             checkpointer.resume(trainer, ctx.resume.checkpoint)
         elif config.reward.calibrate:
-            gain, bias, scores = trainer.calibrate_reward(
-                prompts[: config.reward.calibrate_samples]
-            )
-            spread = score_spread(scores)  # the RM's spread on the starting policy's answers
-            calibrated = {"gain": gain, "bias": bias, "start_scores": spread}
-            ctx.info["reward_calibration"] = calibrated
-            if distributed.is_main_process():
-                (ctx.stage_dir / "reward_calibration.json").write_text(
-                    json.dumps(calibrated, indent=2)
-                )
-            start = {f"ppo/start/score_{name}": value for name, value in spread.items()}
-            ctx.tracker.log({"ppo/reward_gain": gain, "ppo/reward_bias": bias, **start}, step=0)
-            log.info("reward calibrated on the starting policy: score·%.4f %+.4f", gain, bias)
-            log.info(
-                "reward on the starting policy's %d sampled answers: mean %.3g, std %.3g, "
-                "p10 %.3g, median %.3g, p90 %.3g (min %.3g, max %.3g)",
-                *(spread[k] for k in ("n", "mean", "std", "p10", "median", "p90", "min", "max")),
-            )
+            log_calibration(ctx, calibrate(config, trainer, prompts, reward_model))
         last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
         ctx.info["best_checkpoint"] = checkpointer.best
+        kept = hand_on(ctx, config, trainer, checkpointer)
         sharding.release_whole_weights(model)  # FSDP2: every process gathers whole weights
         if distributed.is_main_process():  # the weights are the same on every process
             save_outputs(ctx, model, tokenizer)
@@ -296,4 +393,5 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         keys = ("ppo/objective/scores", "ppo/objective/kl", "ppo/objective/rlhf_reward")
         ctx.final_metrics = {key: last[key] for key in keys if key in last}
         ctx.final_metrics.update({k: v for k, v in last.items() if k.startswith("ppo/eval/")})
+        ctx.final_metrics.update(kept)
     return ctx.final_metrics
