@@ -512,7 +512,7 @@ def test_checkpoint_every_zero_writes_no_checkpoint_and_still_saves_the_model(
     result = warm_train(
         ["stage=ppo", f"model.name_or_path={tiny_sft_model}", "reward=char_fraction",
          "logger=none", "ppo.total_updates=2", "ppo.eval_every=1", "ppo.eval_prompts=4",
-         "ppo.checkpoint.every=0"],
+         "ppo.checkpoint.every=0", "ppo.checkpoint.hand_on=last"],  # best needs checkpoints
         tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
