@@ -144,9 +144,9 @@ class HealthyFirstUpdate(HealthMonitor):
         super().__init__(cfg)
         self.seen = 0
 
-    def observe(self, metrics, responses, scores):
+    def observe(self, metrics, responses, scores, texts=None):
         self.seen += 1
-        alarms = super().observe(metrics, responses, scores)
+        alarms = super().observe(metrics, responses, scores, texts)
         return alarms if self.seen > 1 else []
 
 
