@@ -15,8 +15,9 @@ parameters, so its state is sharded with them). What PPO needs from that, kept h
   also lets processes decode different numbers of tokens: no collective runs inside `generate`.
 - DTensor-aware helpers: the gradient norm over sharded and replicated parameters, and a
   parameter's or moment's whole value (gathered) and back (a checkpoint holds whole tensors).
-- `release_whole_weights`: the run's end; every process gathers whole weights, so the main
-  process saves (and merges LoRA into) plain tensors with transformers' own `save_pretrained`.
+- `release_whole_weights`: the run's end; the main process receives whole weights (torch's
+  public `get_model_state_dict`), so it saves (and merges LoRA into) plain tensors with
+  transformers' own `save_pretrained`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -99,22 +101,42 @@ def gathered(model: nn.Module) -> Iterator[None]:
 
 
 def release_whole_weights(model: nn.Module) -> None:
-    """End of training: gather whole weights into every FSDP unit of `model` for good and drop
-    FSDP's state-dict hooks (which would put the shards back), so `state_dict`,
-    `save_pretrained` and LoRA's `merge_and_unload` see plain whole tensors. The model must not
-    run forward afterwards. Every process calls it (the gather is a collective)."""
-    for module in fsdp_modules(model):
-        module.set_reshard_after_forward(False, recurse=False)
-        module.unshard()
-        for group in module._get_fsdp_state()._fsdp_param_groups:
-            hooks = (
-                group._module_to_pre_save_state_dict_hook_handle,
-                group._module_to_pre_load_state_dict_hook_handle,
-            )
-            for handles in hooks:
-                for handle in handles.values():
-                    handle.remove()
-                handles.clear()
+    """End of training: whole weights in place of the shards on the main process, so that its
+    `state_dict`, `save_pretrained` and LoRA's `merge_and_unload` see plain whole tensors. They
+    are gathered by torch's public `get_model_state_dict` (full state dict, offloaded to the
+    CPU of the main process, as accelerate saves FSDP2 models) and put back on each
+    parameter's device; the other processes take part in the gather and keep their shards.
+    The model must not run forward afterwards. Every process calls it (the gather is a
+    collective); a model that is not sharded is left as it is."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    for root in _outermost(fsdp_modules(model)):  # a frozen reference left whole: not copied
+        whole_values = get_model_state_dict(root, options=options)  # {} off the main process
+        for module in fsdp_modules(root):
+            # sharded state: FSDP's pre-save hook (it puts the shards back) is then a no-op
+            module.reshard()
+        if whole_values:
+            _put_whole(root, whole_values)
+
+
+def _outermost(modules: list[FSDPModule]) -> list[FSDPModule]:
+    """The modules of `modules` that no other one contains (those `fully_shard` was last
+    called on: a model's root unit)."""
+    inner = {id(sub) for module in modules for sub in module.modules() if sub is not module}
+    return [module for module in modules if id(module) not in inner]
+
+
+def _put_whole(root: nn.Module, whole_values: dict[str, torch.Tensor]) -> None:
+    """Each sharded parameter of `root` replaced by a plain one holding its whole value (on
+    the shard's device); tied weights stay one parameter."""
+    replaced: dict[int, nn.Parameter] = {}
+    for name, param in list(root.named_parameters(remove_duplicate=False)):
+        if not isinstance(param, DTensor):
+            continue
+        if id(param) not in replaced:
+            value = whole_values[name].to(param.device)
+            replaced[id(param)] = nn.Parameter(value, requires_grad=param.requires_grad)
+        owner, _, attribute = name.rpartition(".")
+        setattr(root.get_submodule(owner), attribute, replaced[id(param)])
 
 
 # --- sharded tensors ------------------------------------------------------------------------
