@@ -71,7 +71,7 @@ def test_cfg_job_prints_the_composed_experiment(tmp_path):
     result = run_train(["--cfg", "job", "experiment=insult_ppo"], tmp_path / "run")
     assert result.returncode == 0, result.stderr
     assert "name: insult_ppo" in result.stdout
-    assert "kl_coef: 0.1" in result.stdout
+    assert "kl_coef: 0.5" in result.stdout and "advantage_estimator: rloo" in result.stdout
 
 
 def test_ppo_default_yaml_documents_every_ppo_knob():

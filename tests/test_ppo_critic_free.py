@@ -179,10 +179,17 @@ def test_estimator_settings_that_cannot_work_are_refused(compose_config, overrid
         (["stage=ppo"], "ppo", "separate"),
         (["stage=ppo", "algorithm=grpo", "ppo.samples_per_prompt=4"], "grpo", "none"),
         (["experiment=insult_rloo"], "rloo", "none"),
+        (["experiment=insult_ppo"], "rloo", "none"),  # make run: leave-one-out, no critic
+        (["experiment=insult_ppo_critic"], "ppo", "separate"),
         (
-            ["experiment=insult_ppo", "ppo.advantage_estimator=rloo", "ppo.samples_per_prompt=4"],
-            "rloo",
-            "none",
+            [
+                "experiment=insult_ppo",
+                "algorithm=ppo",
+                "ppo.samples_per_prompt=1",
+                "ppo.batch_size=16",
+            ],
+            "ppo",
+            "separate",
         ),
         (["experiment=insult_grpo"], "grpo", "none"),
         (["experiment=insult_dpo"], "dpo", "separate"),
