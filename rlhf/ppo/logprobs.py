@@ -5,7 +5,8 @@
 over the kept set K_t of the distribution actually sampled: every token, or what Hugging Face's
 warpers leave (a caller's `keep` mask first, e.g. EOS suppressed by min_new_tokens, then top-k,
 then top-p, in generate's order, on the temperature-scaled logits). Shapes: N = B·T positions
-(the functions take (B, T, ·) and flatten), V = vocabulary, H = hidden width.
+(the functions take (B, T, ·) and flatten), V = vocabulary, H = hidden width. `stop_suppressed`
+builds the min_new_tokens mask; `full_kl` is the exact KL between two such distributions.
 
 The autograd version of the plain formula (`log_softmax(logits.float() / T)` then gather) keeps
 ~3 N×V float32 tensors alive at once and one for backward: 335 MB each for Gemma's 262k
@@ -211,3 +212,50 @@ def token_logprobs(
         save_log_probs,
     )  # fmt: skip
     return _unflat(logprobs, entropy, shape, with_entropy)
+
+
+def stop_suppressed(
+    mask: torch.Tensor, vocab_size: int, stop_token_id: int, min_new_tokens: int
+) -> torch.Tensor | None:
+    """The `keep` mask of generate's min_new_tokens: mask (B, T) bool, True on real response
+    tokens → (B, T, V) bool, the stop token excluded at the real positions among the first
+    `min_new_tokens` (padding keeps every token, so its log-probs stay finite); None when
+    `min_new_tokens` is 0. One byte per logit: a quarter of float32 logits' memory."""
+    if min_new_tokens <= 0:
+        return None
+    keep = torch.ones((*mask.shape, vocab_size), dtype=torch.bool, device=mask.device)
+    restricted = mask.bool().clone()
+    restricted[:, min_new_tokens:] = False
+    keep[..., stop_token_id] = ~restricted
+    return keep
+
+
+@torch.no_grad()
+def full_kl(
+    logits: torch.Tensor,
+    ref_logits: torch.Tensor,
+    temperature: float = 1.0,
+    *,
+    keep: torch.Tensor | None = None,
+    chunk_rows: int | None = None,
+) -> torch.Tensor:
+    """Exact per-position KL(p ‖ q) = Σ_{v ∈ K} p_v·(log p_v − log q_v) of the policy's and the
+    reference's temperature-scaled distributions, both truncated to the kept set K (`keep`
+    (B, T, V) bool, None: every token) and renormalised: logits (B, T, V) twice → (B, T)
+    float32 (float64 for float64 logits), in chunks of positions. No gradient: the penalty's
+    KL enters the rewards."""
+    shape, vocab = logits.shape[:-1], logits.shape[-1]
+    n = shape.numel()
+    flat, ref_flat, keep = logits.reshape(n, vocab), ref_logits.reshape(n, vocab), _flat(keep, n)
+    kl = torch.empty(n, dtype=_compute(flat[:0]).dtype, device=flat.device)
+    rows = chunk_rows or default_chunk_rows(vocab)
+    for start in range(0, n, rows):
+        chunk = slice(start, start + rows)
+        kept = _chunk_rows(keep, chunk)
+        log_p, log_q = (
+            torch.log_softmax(_scaled(z[chunk], temperature, kept, (0, 1.0))[0], dim=-1)
+            for z in (flat, ref_flat)
+        )
+        terms = log_p.exp() * (log_p - log_q)  # NaN outside the kept set (0 · (−inf + inf))
+        kl[chunk] = (terms if kept is None else terms.masked_fill(~kept, 0.0)).sum(-1)
+    return kl.view(shape)

@@ -61,7 +61,7 @@ from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.guard import HackingGuard
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
-from rlhf.ppo.logprobs import token_logprobs
+from rlhf.ppo.logprobs import full_kl, stop_suppressed, token_logprobs
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
 from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval, describe_precision
 from rlhf.ppo.rollout import Responses, Rollout
@@ -393,25 +393,51 @@ class PPOTrainer:
         with self.precision.autocast():
             logits, values = self.model.policy_forward(inputs, *widths)
             ref_logits = self.model.reference_logits(inputs, *widths)
-            rollout.logprobs = self._logprobs(logits, rollout.responses)[0]
-            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses)[0]
+            # policy and reference over the same kept tokens: the KL of the sampling distributions
+            keep = self._sampled_keep(rollout.responses, rollout.mask, logits.shape[-1], True)
+            rollout.logprobs = self._logprobs(logits, rollout.responses, keep)[0]
+            rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses, keep)[0]
             if self.config.kl_estimator == "full":
-                rollout.kl_full = core.full_kl_from_logits(
-                    logits, ref_logits, self.config.temperature
-                )
-            del logits, ref_logits
+                rollout.kl_full = full_kl(logits, ref_logits, self.config.temperature, keep=keep)
+            del logits, ref_logits, keep
             if values is None and self.model.has_critic:
                 values = self.model.critic_forward(inputs, *widths)
         rollout.values = core.upcast(values) if values is not None else None
 
     def _logprobs(
-        self, logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False
+        self,
+        logits: torch.Tensor,
+        tokens: torch.Tensor,
+        keep: torch.Tensor | None,
+        with_entropy: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs of `tokens` (and the entropy) under the distribution actually sampled:
-        softmax(logits / T) over the whole vocabulary (PPO refuses top-k / top-p truncation),
-        in chunks of positions with no full-vocabulary float32 copy kept (rlhf/ppo/logprobs.py);
-        the backward recomputes each chunk's log-softmax from the logits."""
-        return token_logprobs(logits, tokens, self.config.temperature, with_entropy=with_entropy)
+        softmax(logits / T) over the tokens `keep` leaves (`_sampled_keep`; PPO refuses top-k /
+        top-p truncation), in chunks of positions with no full-vocabulary float32 copy kept
+        (rlhf/ppo/logprobs.py); the backward recomputes each chunk's log-softmax from the logits."""
+        return token_logprobs(
+            logits, tokens, self.config.temperature, keep=keep, with_entropy=with_entropy
+        )
+
+    def _sampled_keep(
+        self, tokens: torch.Tensor, mask: torch.Tensor, vocab_size: int, check: bool = False
+    ) -> torch.Tensor | None:
+        """(B, T, V) bool, the tokens the sampler could draw at each response position: all but
+        the stop token among the first ppo.min_new_tokens (generate suppresses it there); None
+        when that is 0. `check`: refuse answers holding the stop token there (given from outside:
+        their log-prob under the distribution sampled is −inf), alike on every process."""
+        first = self.config.min_new_tokens
+        if first == 0:
+            return None
+        if check:
+            early = (tokens[:, :first] == self.stop_token_id) & mask[:, :first].bool()
+            if distributed.any_process(bool(early.any())):
+                raise ConfigError(
+                    f"ppo.min_new_tokens={first}: an answer has the stop token among its first "
+                    f"{first} tokens, where sampling forbids it (log-probability −inf under the "
+                    "distribution sampled); give longer answers or lower ppo.min_new_tokens"
+                )
+        return stop_suppressed(mask, vocab_size, self.stop_token_id, first)
 
     def shape_rewards(self, rollout: Rollout) -> None:
         """Phases 4–5: per-token rewards (with the KL when kl_in=reward), the advantage
@@ -545,7 +571,8 @@ class PPOTrainer:
         )
         # log-probs and entropy from one pass; at entropy_coef = 0 the entropy's gradient is
         # None in backward, which then costs what the log-probs' alone does
-        logprobs, entropy = self._logprobs(logits, responses, with_entropy=True)
+        keep = self._sampled_keep(responses, mask, logits.shape[-1])
+        logprobs, entropy = self._logprobs(logits, responses, keep, with_entropy=True)
         pg_loss, pg_stats = core.policy_loss(
             logprobs,
             rollout.logprobs[index],

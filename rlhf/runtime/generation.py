@@ -30,7 +30,9 @@ class EncodedPrompts:
 @dataclass
 class SamplingSettings:
     """How responses are drawn. Sampling is softmax(logits / temperature) over the whole
-    vocabulary; top_k / top_p truncate it (chat and evaluation only: PPO refuses them)."""
+    vocabulary, except the stop token among the first min_new_tokens (generate suppresses it
+    there; PPO's log-probs use the same restriction: rlhf/ppo/logprobs.py `stop_suppressed`);
+    top_k / top_p truncate it (chat and evaluation only: PPO refuses them)."""
 
     max_new_tokens: int
     min_new_tokens: int = 0
