@@ -134,7 +134,8 @@ class PPOSession:
         """Sample one answer per query (a user turn, chat-formatted with data.system_prompt as
         train.py does): KV cache, left-padded prompts, cut after ppo.stop_token, one seed per
         answer from (ppo.seed, update, row). `sampling`: max_new_tokens, min_new_tokens (the
-        temperature is ppo.temperature: the log-probs in `step` are of that distribution).
+        latter only as ppo.min_new_tokens, and the temperature is ppo.temperature: the log-probs
+        in `step` are of that distribution).
         Returns Responses: `.texts`, `.tokens` (1-D ids each), `.ended`, padded `.responses`
         (B, Tr) and `.mask`."""
         queries = self._checked_queries(queries)
@@ -149,6 +150,13 @@ class PPOSession:
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"generate: {key}={value!r} is not a count of tokens")
             setattr(settings, key, value)
+        if settings.min_new_tokens != self.trainer.config.min_new_tokens:
+            # step's log-probs forbid the stop token where ppo.min_new_tokens says, as sampled
+            raise ConfigError(
+                f"generate: min_new_tokens={settings.min_new_tokens} differs from "
+                f"ppo.min_new_tokens={self.trainer.config.min_new_tokens}: step trains on the "
+                "distribution ppo.min_new_tokens samples; set that instead"
+            )
         if settings.max_new_tokens < 1 or settings.min_new_tokens > settings.max_new_tokens:
             raise ConfigError(
                 f"generate: need 1 <= min_new_tokens ({settings.min_new_tokens}) <= "

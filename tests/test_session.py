@@ -104,6 +104,9 @@ def test_bad_responses_and_queries_are_one_clear_error(session):
         (lambda: session.step([1, 2], ["a", "b"], [0.0, 0.0]), "list of prompt strings"),
         (lambda: session.generate(queries, temperature=0.5), "unknown sampling setting"),
         (lambda: session.generate(queries, max_new_tokens=0), "need 1 <= min_new_tokens"),
+        # step's log-probs follow ppo.min_new_tokens: another value per call would train on a
+        # distribution the answers were not drawn from
+        (lambda: session.generate(queries, min_new_tokens=3), "differs from ppo.min_new_tokens"),
     ]
     for call, message in cases:
         with pytest.raises(ConfigError) as error:
