@@ -386,7 +386,7 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
         last = trainer.train(checkpointer) or last_logged_update(ctx.stage_dir)
         ctx.info["best_checkpoint"] = checkpointer.best
         kept = hand_on(ctx, config, trainer, checkpointer)
-        sharding.release_whole_weights(model)  # FSDP2: every process gathers whole weights
+        sharding.release_whole_weights(model)  # FSDP2: the main process ends whole
         if distributed.is_main_process():  # the weights are the same on every process
             save_outputs(ctx, model, tokenizer)
             plot_ppo_run(ctx.stage_dir)
