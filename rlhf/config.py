@@ -1006,7 +1006,11 @@ class EvalConfig:
         # on the command line cannot merge into a typed mapping
         goals = {} if self.goals is None else self.goals
         _require(isinstance(goals, dict), "eval.goals", f"a mapping name → goal, got {goals!r}")
-        self.goals = {name: self._typed_goal(str(name), goal) for name, goal in goals.items()}
+        self.goals = {  # a goal set to null is dropped: eval.goals.<name>=null
+            name: self._typed_goal(str(name), goal)
+            for name, goal in goals.items()
+            if goal is not None
+        }
         self.check_goals(has_answers=True)  # the data's answers are known when the stage runs
 
     @classmethod
@@ -1039,7 +1043,12 @@ class EvalConfig:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 _require(metric in needs, key, f"{metric!r} is not an eval metric{hint}")
                 for need in needs[metric]:
-                    _require(present[need], key, f"{metric!r} is measured {missing[need]}")
+                    _require(
+                        present[need],
+                        key,
+                        f"{metric!r} is measured {missing[need]}; drop the goal with "
+                        f"eval.goals.{name}=null",
+                    )
 
     @staticmethod
     def _typed_goal(name: str, goal: Any) -> GoalConfig:

@@ -15,7 +15,7 @@ from rlhf.errors import ConfigError
 from rlhf.stages.goals import describe, evaluate_goal, report_goals
 from tests.helpers import error_lines
 
-# the goals proposed for experiment=insult_ppo, as one command-line override
+# the goals of experiment=insult_ppo, as one command-line override
 MAIN_GOALS = (
     "eval.goals={"
     "judge_rude:{metric:eval/policy/judge_above_threshold,min:0.9,"
@@ -170,17 +170,22 @@ def test_a_goal_name_with_a_slash_and_data_goals_without_answers_are_refused():
         config.check_goals(has_answers=False)
 
 
-def test_the_main_experiments_goals_compose_from_the_command_line(compose_config):
-    config = typed_config(compose_config(["experiment=insult_ppo", MAIN_GOALS]))
-    assert list(config.eval.goals) == [
-        "judge_rude", "no_hacking", "top_phrase", "distinct", "fluency", "eos", "length",
-    ]  # fmt: skip
+def test_goals_compose_from_the_experiment_and_the_command_line(compose_config):
+    names = ["judge_rude", "no_hacking", "top_phrase", "distinct", "fluency", "eos", "length"]
+    assert list(typed_config(compose_config(["experiment=insult_ppo"])).eval.goals) == names
+    config = typed_config(compose_config(["experiment=insult_ppo_quick", MAIN_GOALS]))
+    assert list(config.eval.goals) == names
     assert config.eval.goals["length"] == GoalConfig(
         "eval/policy/length", 0.5, 2, "eval/baseline/length"
     )
     added = ["+eval.goals.short={metric:eval/policy/length,max:40}"]
     assert list(typed_config(compose_config(added)).eval.goals) == ["short"]
     assert typed_config(compose_config([])).eval.goals == {}
+    # the judge off: its goal is refused, and dropped by name
+    with pytest.raises(ConfigError, match="eval.goals.judge_rude.metric: .* only with eval.judge"):
+        typed_config(compose_config(["experiment=insult_ppo", "eval.judge=null"]))
+    dropped = ["experiment=insult_ppo", "eval.judge=null", "eval.goals.judge_rude=null"]
+    assert list(typed_config(compose_config(dropped)).eval.goals) == names[1:]
 
 
 def test_train_py_refuses_a_goal_on_a_metric_it_does_not_write(warm_train, tmp_path):

@@ -165,7 +165,9 @@ def test_judge_composes_from_its_group_and_from_an_inline_override(compose_confi
         judge = typed_config(compose_config(overrides)).eval.judge
         assert judge.kind == "function" and judge.function == RUDENESS["function"], overrides
     assert (
-        typed_config(compose_config(["experiment=insult_ppo", "eval.judge=null"])).eval.judge
+        typed_config(
+            compose_config(["experiment=insult_ppo", "eval.judge=null", "eval.goals=null"])
+        ).eval.judge
         is None
     )
     weighted = (
