@@ -972,7 +972,7 @@ class EvalConfig:
     }  # fmt: skip
     DATA_METRICS: ClassVar[tuple[str, ...]] = (
         "score", "above_threshold", "length", "distinct", "distinct_2", "top_phrase_share",
-        "fluency_nll", "judge_score", "judge_above_threshold",
+        "fluency_nll", "judge_score", "judge_above_threshold", "rm_judge_gap",
     )  # fmt: skip
     RANGES: ClassVar[dict[str, Range]] = {
         "num_prompts": AT_LEAST_ONE, "max_new_tokens": AT_LEAST_ONE, "batch_size": AT_LEAST_ONE,
@@ -1021,6 +1021,8 @@ class EvalConfig:
             needs.update({f"eval/{model}/{k}": need for k, need in cls.MODEL_METRICS.items()})
         for name in cls.DATA_METRICS:
             needs[f"eval/{cls.DATA_ROW}/{name}"] = ("answers", *cls.MODEL_METRICS[name])
+        # the policy's RM-judge gap beyond the data's own (rlhf/stages/hacking.py)
+        needs["eval/policy/rm_judge_excess"] = ("answers", "judge")
         return needs
 
     def check_goals(self, has_answers: bool) -> None:

@@ -86,7 +86,9 @@ def test_insult_ppo_quick_runs_the_pipeline_and_reuses_sft_and_rm(
     metrics = final_metrics(run / "eval")
     assert 0 <= metrics["eval/win_rate"] <= 1 and metrics["eval/num_prompts"] == 100
     samples = (run / "eval" / "samples.md").read_text()
-    assert "| question | baseline answer | score | judge |" in samples  # the rudeness judge
+    assert (
+        "| question | data's answer | baseline answer | score | judge |" in samples
+    )  # the rudeness judge
     assert 0 <= metrics["eval/policy/judge_above_threshold"] <= 1
     suspected = metrics["eval/hacking_suspected"] == 1.0
     summary = "eval: reward hacking suspected" if suspected else "eval: no reward hacking"

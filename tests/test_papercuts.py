@@ -57,7 +57,7 @@ def test_the_main_job_runs_on_the_tiny_model(warm_train, tmp_path):
 def test_help_lists_only_real_config_groups(warm_train, tmp_path):
     result = warm_train(["--help"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    groups = result.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    groups = result.stdout.split("== Config groups (group=option) ==")[1].split("== Examples")[0]
     listed = {line.split(":")[0].strip() for line in groups.splitlines() if ":" in line}
     assert "accelerate" not in listed  # accelerate launch configs live in accelerate/
     assert {"model", "data", "reward", "ppo", "experiment", "sweep", "launcher"} <= listed
