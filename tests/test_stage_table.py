@@ -140,3 +140,14 @@ def test_a_declared_summary_closes_the_pipeline_log(monkeypatch, compose_config,
     ]
     assert lines == [(logging.WARNING, "toy: counted to 3 (seed 7)")]
     assert STAGES["eval"].load_summary() is not None and TOY.load_summary() is None
+
+
+def test_the_eval_stage_declares_its_phrase_fluency_reference_and_goal_metrics():
+    # so that objective=eval/goals_met (or any of these) is a metric the stage returns
+    declaration = STAGES["eval"]
+    for name in (
+        "eval/goals_met", "eval/goals/judge_rude", "eval/data_rude/fluency_nll",
+        "eval/policy/top_phrase_share", "eval/top_phrase_gap", "eval/policy/rm_judge_excess",
+    ):  # fmt: skip
+        assert declaration.returns_metric(name), name
+    assert not declaration.returns_metric("eval/goals_mett")

@@ -160,8 +160,16 @@ STAGES: dict[str, StageDeclaration] = {
                 "eval/judge_*",
                 "eval/*/judge_*",
                 "eval/*/rm_judge_gap",
+                "eval/policy/rm_judge_excess",
                 "eval/length_ratio",
                 "eval/hacking_suspected",
+                # phrases, fluency, the data's own answers and eval.goals (rlhf/stages/goals.py)
+                "eval/*/top_phrase_share",
+                "eval/*/fluency_nll",
+                "eval/data_rude/*",
+                "eval/top_phrase_gap",
+                "eval/goals/*",
+                "eval/goals_met",
             ),  # fmt: skip
             starts_from="sft",
             summary="rlhf.stages.hacking:closing_summary",  # "reward hacking suspected" or not
