@@ -2,7 +2,7 @@
 fit, and the spread over seeds (`python -m rlhf.compare` adds it when jobs logged a judge).
 
 The gold reward is `eval.judge` (logged by PPO's periodic evaluation as `ppo/eval/judge_score`;
-the issue's `gold_score`), the proxy the reward PPO trains against (`ppo/eval/score`, raw), both
+the gold score), the proxy the reward PPO trains against (`ppo/eval/score`, raw), both
 on the same held-out answers every `ppo.eval_every` updates. Each evaluation at update u is a
 point at d = √KL, KL the mean per-sequence KL to the reference of update u's rollouts
 (`ppo/objective/kl`, 0 before the first update); scores are gains over the job's own update-0
