@@ -363,7 +363,9 @@ def run(config: Config, paths: RunPaths) -> dict[str, float]:
     with stage_context(config, paths, "ppo") as ctx:
         policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
         ctx.info["policy_start"] = config.model.name_or_path
-        prompts, held_out, ctx.info["data_fingerprint"] = load_prompts(config, tokenizer, True)
+        prompts, held_out, ctx.info["data_fingerprint"] = load_prompts(
+            config, tokenizer, check=True
+        )
         reward_stage = producer(REWARD_MODEL, config.pipeline.stages).name
         reward_model = config.reward.model_path or str(paths.model_dir(reward_stage))
         check_tokenizers_agree("policy", tokenizer, partner_tokenizers(config, reward_model))
