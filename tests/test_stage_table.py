@@ -151,3 +151,12 @@ def test_the_eval_stage_declares_its_phrase_fluency_reference_and_goal_metrics()
     ):  # fmt: skip
         assert declaration.returns_metric(name), name
     assert not declaration.returns_metric("eval/goals_mett")
+
+
+def test_the_ppo_stage_declares_the_kept_checkpoint_and_guard_metrics():
+    declaration = STAGES["ppo"]
+    for name in (
+        "ppo/kept_update", "ppo/kept/judge_above_threshold", "ppo/guard/stopped_at",
+        "ppo/eval/top_phrase_share", "ppo/eval/above_threshold",
+    ):  # fmt: skip
+        assert declaration.returns_metric(name), name

@@ -132,8 +132,22 @@ STAGES: dict[str, StageDeclaration] = {
                 "ppo/objective/kl",
                 "ppo/objective/rlhf_reward",
                 # only when the last update evaluates (PPOConfig checks eval_every)
-                *(f"ppo/eval/{name}" for name in ("score", "length", "eos_rate", "distinct")),
+                *(
+                    f"ppo/eval/{name}"
+                    for name in (
+                        "score",
+                        "length",
+                        "eos_rate",
+                        "distinct",
+                        "above_threshold",
+                        "top_phrase_share",
+                    )
+                ),
                 "ppo/eval/judge_*",  # with eval.judge and eval.judge_in_ppo
+                # the checkpoint handed on (ppo.checkpoint.hand_on) and the hacking guard
+                "ppo/kept_update",
+                "ppo/kept/*",
+                "ppo/guard/stopped_at",
             ),  # fmt: skip
             produces=POLICY,
             starts_from="sft",
