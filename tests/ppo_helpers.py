@@ -70,3 +70,23 @@ def make_trainer(config: Config, stage_dir: Path, reward=None) -> PPOTrainer:
 
 def replace_ppo(config: Config, **changes: object) -> Config:
     return dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, **changes))
+
+
+LEARNING_SEEDS = (0, 1, 2)  # ppo.seed of the learning tests' runs (sampling and data order)
+
+
+def score_rises(
+    config: Config, stage_dir: Path, updates: int, window: int = 5
+) -> tuple[list[float], list[list[dict[str, float]]]]:
+    """Per seed of LEARNING_SEEDS: the mean score of the last `window` of `updates` updates minus
+    that of the first `window` (and every update's metrics). One seed is one trajectory: on the
+    tiny model a run's score takes off at an update that varies with the seed and with the
+    CPU's summation order (its thread count), so the learning tests judge several."""
+    rises, logged = [], []
+    for seed in LEARNING_SEEDS:
+        trainer = make_trainer(replace_ppo(config, seed=seed), stage_dir / f"seed{seed}")
+        metrics = [trainer.step() for _ in range(updates)]
+        scores = [m["ppo/objective/scores"] for m in metrics]
+        rises.append(sum(scores[-window:]) / window - sum(scores[:window]) / window)
+        logged.append(metrics)
+    return rises, logged

@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 
 import pytest
 import torch
 
 from rlhf.models.loading import load_model_and_tokenizer
-from tests.ppo_helpers import make_config, make_trainer, replace_ppo
+from tests.ppo_helpers import make_config, make_trainer, replace_ppo, score_rises
 
 
 def snapshot(parameters) -> list[torch.Tensor]:
@@ -26,24 +27,33 @@ def unchanged(before, parameters) -> bool:
     return all(torch.equal(a, b) for a, b in zip(before, parameters, strict=True))
 
 
+# Rise of the mean score (last 5 of 40 updates minus the first 5), measured per ppo.seed on
+# this 2-core AMD EPYC, the SFT model trained under the same thread count; 1 and 2 torch threads
+# gave identical numbers here:
+#   fp32, seeds 0,1,2: +0.92 +0.87 +0.95 with 1 thread, +0.92 +0.87 +0.95 with 2; seeds 3–11
+#     (1 thread): +0.42 +0.87 +0.90 +0.91 +0.90 +0.90 +0.90 +0.77 +0.94
+#   bf16, seeds 0,1,2: +0.96 +0.91 +0.96 with 1 thread, the same with 2; seeds 3–11: +0.93 +0.90
+#     +0.94 +0.91 +0.95 +0.91 +0.81 +0.84 +0.92
+# The score takes off somewhere between updates ~8 and ~36 (seed 3 at ~36): one trajectory can
+# be slow (seed 0 under 2 threads on another machine: +0.27, 0.018 → 0.288, where +0.4 was
+# asked of it alone). The median of three asks two trajectories to be slower than any measured;
+# a PPO that does not learn stays at +0.0 ± 0.1 (the scores hover at 0.05–0.2 before take-off).
+RISE_MEDIAN, RISE_EACH = 0.3, 0.1
+
+
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_mean_score_rises_with_a_simple_function_reward(tiny_sft_model, tmp_path, precision):
-    """Reward = share of the characters 你 and 我 in the answer, rare in the SFT model's answers.
-    Over seeds 0–4 the mean of the last 5 of 40 updates was 0.82–0.96, from 0.04–0.06 (~9 s);
-    under bf16 autocast (issue 15's faster CPU setting) it must learn as well."""
+    """Reward = share of the characters 你 and 我 in the answer, rare in the SFT model's answers;
+    40 updates of 16 answers, three seeds (~5 s each). Under bf16 autocast (the faster
+    CPU setting) it must learn as well."""
     config = make_config(
         tiny_sft_model, batch_size=16, max_new_tokens=16, ppo_epochs=2, total_updates=40
     )
     config.model.mixed_precision = precision
     config.reward.function["chars"] = "你我"
-    trainer = make_trainer(config, tmp_path)
-    scores, kls = [], []
-    for _ in range(40):
-        metrics = trainer.step()
-        scores.append(metrics["ppo/objective/scores"])
-        kls.append(metrics["ppo/objective/kl"])
-    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-    assert last > first + 0.4, (first, last)
+    rises, logged = score_rises(config, tmp_path, updates=40)
+    assert statistics.median(rises) > RISE_MEDIAN and min(rises) > RISE_EACH, rises
+    kls = [metrics["ppo/objective/kl"] for run in logged for metrics in run]
     assert all(math.isfinite(k) for k in kls) and max(kls) > 0
 
 
@@ -122,7 +132,7 @@ def test_first_epoch_ratio_is_one(tiny_sft_model, tmp_path, precision):
     config.model.mixed_precision = precision  # rollout and update in the same precision
     trainer = make_trainer(config, tmp_path)
     metrics = trainer.step()  # one mini-batch, before any step: new == old log-probs
-    # fp32: equal to rounding; bf16: the same bf16 passes, so still 1 within 1e-3 (issue 15)
+    # fp32: equal to rounding; bf16: the same bf16 passes, so still 1 within 1e-3
     tolerance = 1e-5 if precision == "no" else 1e-3
     assert metrics["ppo/policy/ratio_mean"] == pytest.approx(1.0, abs=tolerance)
     assert metrics["ppo/policy/ratio_max"] == pytest.approx(1.0, abs=tolerance)
