@@ -9,8 +9,9 @@ optimiser step between two checkpoints, between the eval stage's models). Everyt
 so that a resumed run can differ from the straight one by summation order at most (~1e-16
 relative a step; on the same machine and thread count it does not: measured bit-identical).
 The pipeline runs are forked warm (tests/train_forks.py): the straight run, the five runs of
-the killed one and the two of the PPO kill took 8 + 8 + 5 s on an idle 2-core machine; the
-two-process runs are fresh `accelerate launch`es, ~30 s a case, so those are marked slow.
+the one killed in every stage and the two of the one killed in PPO took 3 + 7 + 2.4 s on an
+idle 2-core machine (1 or 2 torch threads); the two-process runs are fresh `accelerate
+launch`es, 15–20 s a case, so those are marked slow.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def launch_killed(overrides: list[str], run_dir: Path, kill: str) -> subprocess.
     )
 
 
-@pytest.mark.slow  # two launches of two processes each (~1 min): make test-all
+@pytest.mark.slow  # two launches of two processes each (15–20 s): make test-all
 @pytest.mark.parametrize("ranks", ["1", "both"], ids=["one-process", "both-processes"])
 def test_two_processes_killed_in_the_middle_of_an_update_resume_to_the_straight_run(
     tiny_sft_model, compose_config, tmp_path, ranks

@@ -3,12 +3,14 @@ answers with their own seeds, the KL in the loss, DAPO's dropped groups, and eac
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
 from rlhf.app import typed_config
 from rlhf.errors import ConfigError
-from tests.ppo_helpers import PROMPTS, make_config, make_trainer
+from tests.ppo_helpers import PROMPTS, make_config, make_trainer, score_rises
 
 CRITIC_FREE = ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
 
@@ -108,32 +110,47 @@ def test_drop_uniform_groups_leaves_groups_with_equal_scores_out(tiny_sft_model,
     )
 
 
-# the rise asked of the mean score, last 5 of 30 updates against the first 5 (measured: the
-# docstring below). REINFORCE++-baseline is the slowest here: with scores this sparse most groups
-# are all 0, its centred score is 0 there, and the whitened per-token KL is most of its signal.
+# Rise of the mean score (last 5 updates minus the first 5) per ppo.seed, measured on a 2-core
+# AMD EPYC, seeds 0,1,2 with 1 torch thread and again with 2 (identical here), then seeds 3–11
+# with 1 thread, at 30 updates (the test's length before) and at the length the test now runs:
+#   grpo    30: +0.90 +0.85 +0.91 | +0.64 +0.91 +0.86 +0.86 +0.44 +0.85 +0.88 +0.88 +0.88
+#   dr_grpo 30: +0.90 +0.84 +0.93 | +0.90 +0.60 +0.85 +0.84 +0.85 +0.82 +0.84 +0.86 +0.91
+#   rloo    30: +0.91 +0.51 +0.94 | +0.16 +0.74 +0.89 +0.20 +0.85 +0.90 +0.88 +0.88 +0.88
+#           40: +0.89 +0.91 +0.94 | +0.85 +0.90 +0.89 +0.86 +0.89 +0.91 +0.90 +0.92 +0.91
+#   reinforce_pp 30: +0.42 +0.68 +0.60 | +0.22 +0.15 +0.53 +0.26 +0.12 +0.37 +0.81 +0.86 +0.52
+#                50: +0.86 +0.91 +0.89 | +0.36 +0.78 +0.88 +0.33 +0.81 +0.90 +0.90 +0.93 +0.89
+#   reinforce_pp_baseline 30: +0.12 +0.06 +0.22 | +0.17 +0.35 +0.56 +0.74 +0.13 +0.66 +0.74 +0.66
+#                             +0.38
+#                         50: +0.32 +0.23 +0.90 | +0.34 +0.86 +0.85 +0.88 +0.90 +0.85 +0.83 +0.92
+#                             +0.82
+# The score takes off at an update that varies with the seed (and the CPU's summation order); at
+# 30 updates a single seed of rloo or REINFORCE++(-baseline) could rise by less than 0.1, so those
+# run longer. REINFORCE++-baseline is the slowest: with scores this sparse most groups are all 0,
+# its centred score is 0 there, and the whitened per-token KL is most of its signal. The test asks
+# the median of three seeds to rise by more than a margin below every measured seed at that
+# length; an estimator that does not learn stays at +0.0 ± 0.1.
+UPDATES = {"grpo": 30, "dr_grpo": 30, "rloo": 40, "reinforce_pp": 50, "reinforce_pp_baseline": 50}
 RISE = {
     "grpo": 0.3,
     "dr_grpo": 0.3,
-    "rloo": 0.3,
-    "reinforce_pp": 0.3,
-    "reinforce_pp_baseline": 0.08,
+    "rloo": 0.5,
+    "reinforce_pp": 0.25,
+    "reinforce_pp_baseline": 0.15,
 }
 
 
 @pytest.mark.parametrize("estimator", CRITIC_FREE)
 def test_mean_score_rises_with_each_critic_free_estimator(tiny_sft_model, tmp_path, estimator):
     """Reward = share of 你 and 我 in the answer (as the GAE test in test_ppo_trainer.py), 4
-    prompts × 4 answers an update, 30 updates. Measured, first-5 mean → last-5 mean:
-    grpo 0.078 → 0.988, dr_grpo 0.081 → 0.994, rloo 0.087 → 1.0, reinforce_pp 0.074 → 0.768,
-    reinforce_pp_baseline 0.047 → 0.153 (seed 0, /tmp learning script, shared machine)."""
+    prompts × 4 answers an update, 30–50 updates (~0.07 s each), three seeds."""
+    updates = UPDATES[estimator]
     config = grouped_config(
-        tiny_sft_model, estimator, batch_size=4, max_new_tokens=16, ppo_epochs=2, total_updates=30
-    )
+        tiny_sft_model, estimator, batch_size=4, max_new_tokens=16, ppo_epochs=2,
+        total_updates=updates,
+    )  # fmt: skip
     config.reward.function["chars"] = "你我"
-    trainer = make_trainer(config, tmp_path)
-    scores = [trainer.step()["ppo/objective/scores"] for _ in range(30)]
-    first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
-    assert last > first + RISE[estimator], (estimator, first, last)
+    rises, _ = score_rises(config, tmp_path, updates)
+    assert statistics.median(rises) > RISE[estimator], (estimator, rises)
 
 
 @pytest.mark.parametrize(

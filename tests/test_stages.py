@@ -31,7 +31,10 @@ def test_sft_trains_saves_and_records(sft_run):
     losses = [
         r["sft/train/loss"] for r in read_jsonl(stage / "metrics.jsonl") if "sft/train/loss" in r
     ]
-    assert len(losses) >= 10 and losses[-1] < losses[0] - 0.2  # it learns
+    # it learns. One run, because the spread leaves a wide margin: the last logged loss below
+    # the first, per sft.seed on a 2-core AMD EPYC, seeds 42 (this run),0,1,2: 0.337 0.347 0.345
+    # 0.343 lower with 1 torch thread, the same with 2 (7.26–7.28 → 6.93 each)
+    assert len(losses) >= 10 and losses[-1] < losses[0] - 0.2
     info = json.loads((stage / "run_info.json").read_text())
     assert info["status"] == "complete" and info["seed"] == 42
     assert info["overrides"] == ["stage=sft", "model=tiny", "data=insult_zh"]
@@ -50,6 +53,10 @@ def test_sft_run_is_in_an_offline_wandb_run(sft_run):
 
 
 def test_rm_reaches_pairwise_accuracy_on_the_test_split(warm_train, tmp_path):
+    """One run, because the spread leaves wide margins. Per rm.seed on a 2-core AMD EPYC, seeds
+    42 (this run),0,1,2, identical with 1 and 2 torch threads: accuracy 1.0 1.0 1.0 1.0,
+    short_accuracy 0.45 0.50 0.45 0.47, short_above_threshold 0.98 0.98 0.95 0.98, length_corr
+    −0.90 −0.91 −0.89 −0.89."""
     result = warm_train(["stage=rm", "model=tiny", "data=insult_zh"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((tmp_path / "rm" / "run_info.json").read_text())
@@ -75,6 +82,9 @@ def test_rm_reaches_pairwise_accuracy_on_the_test_split(warm_train, tmp_path):
 
 
 def test_brevity_negatives_teach_the_rm_that_short_is_not_rude(warm_train, tmp_path):
+    """One run, because the spread leaves wide margins. Per rm.seed on a 2-core AMD EPYC, seeds
+    42 (this run),0,1,2, identical with 1 and 2 torch threads: accuracy 0.975 0.992 0.983 0.975,
+    short_accuracy 0.98 0.98 0.99 0.98, short_above_threshold 0.20 0.19 0.16 0.14."""
     negatives = ["rm.curt_negatives=0.5", "rm.truncated_negatives=0.5", "rm.max_train_samples=300"]
     result = warm_train(["stage=rm", "model=tiny", "data=insult_zh", *negatives], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
