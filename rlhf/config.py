@@ -338,19 +338,21 @@ def _component(spec: Any, base: type[RewardConfig], key: str) -> tuple[float, Re
         f"{key}.weight",
         f"must be a finite number, got {weight!r}",
     )
-    return float(weight), _typed_reward(spec, _sectioned(base, key), also=("weight",))
+    return float(weight), _typed_section(spec, _sectioned(base, key), also=("weight",))
 
 
-def _typed_reward(
-    spec: dict, config_class: type[RewardConfig], also: tuple[str, ...] = ()
-) -> RewardConfig:
-    """`spec` as a `config_class`, every key known (named in the error when not; `also`: keys
-    the caller took out first)."""
+def _typed_section(
+    spec: dict, config_class: type, key: str | None = None, also: tuple[str, ...] = ()
+) -> Any:
+    """`spec` (a mapping from YAML or the command line) as a `config_class`, every key known
+    (named as `<key>.<name>` in the error when not; `key` defaults to the class's section;
+    `also`: keys the caller took out first)."""
+    key = key or config_class.section
     known = [f.name for f in dataclasses.fields(config_class)]
     for name in spec:
         _require(
             name in known,
-            f"{config_class.section}.{name}",
+            f"{key}.{name}",
             f"unknown key (known: {', '.join(known + list(also))})",
         )
     return config_class(**spec)
@@ -710,14 +712,7 @@ class PPOConfig:
         merge `ppo.hacking_guard={...}` into a null structured node, as for eval.judge)."""
         guard = self.hacking_guard
         if isinstance(guard, dict):
-            known = [f.name for f in dataclasses.fields(HackingGuardConfig)]
-            for key in guard:
-                _require(
-                    key in known,
-                    f"ppo.hacking_guard.{key}",
-                    f"unknown key (known: {', '.join(known)})",
-                )
-            guard = self.hacking_guard = HackingGuardConfig(**guard)
+            guard = self.hacking_guard = _typed_section(guard, HackingGuardConfig)
         _require(
             guard is None or isinstance(guard, HackingGuardConfig),
             "ppo.hacking_guard",
@@ -985,7 +980,7 @@ class EvalConfig:
         # typed here, not by the schema: OmegaConf cannot merge `eval.judge={...}` into a null
         # structured node, so the field is open and converted once
         if isinstance(self.judge, dict):
-            self.judge = _typed_reward(self.judge, JudgeConfig)
+            self.judge = _typed_section(self.judge, JudgeConfig)
         _require(
             self.judge is None or isinstance(self.judge, JudgeConfig),
             "eval.judge",
@@ -1061,10 +1056,7 @@ class EvalConfig:
             "a goal name must be non-empty, without '/' or spaces (it names eval/goals/<name>)",
         )
         if isinstance(goal, dict):
-            known = [f.name for f in dataclasses.fields(GoalConfig)]
-            for item in goal:
-                _require(item in known, f"{key}.{item}", f"unknown key (known: {', '.join(known)})")
-            goal = GoalConfig(**goal)
+            goal = _typed_section(goal, GoalConfig, key)
         _require(
             isinstance(goal, GoalConfig),
             key,
