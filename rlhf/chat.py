@@ -20,6 +20,7 @@ import torch
 
 from rlhf.config import ModelConfig
 from rlhf.data.chat_format import conversations
+from rlhf.data.loading import utf8_text
 from rlhf.errors import DataError, ModelLoadError, RlhfError
 from rlhf.models.loading import load_model, load_tokenizer, resolve_model_dir
 from rlhf.models.scoring import score_conversations
@@ -94,15 +95,7 @@ def read_text(path: Path, option: str) -> str:
     if not path.is_file():
         problem = folder_path_problem(path.parent)
         raise DataError(f"{option}: {path} does not exist" + (f" ({problem})" if problem else ""))
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{option}: {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
-            f"save it as UTF-8 (e.g. iconv -f GBK -t UTF-8 {path.name} > utf8_{path.name})"
-        ) from exc
+    return utf8_text(path, option)
 
 
 def check_output_file(path: Path, option: str) -> None:

@@ -44,7 +44,7 @@ def _read_local(name: str, key: str) -> tuple[Dataset, str]:
     if path.suffix not in FORMATS:
         raise DataError(f"{key}: {path.name} is not one of {', '.join(FORMATS)}")
     if FORMATS[path.suffix] != "parquet":
-        _require_utf8(path, key)
+        utf8_text(path, key)  # JSON and CSV are read as UTF-8
     try:
         dataset = load_dataset(FORMATS[path.suffix], data_files=str(path), split="train")
     except Exception as exc:  # datasets raises many types for unreadable files
@@ -54,12 +54,13 @@ def _read_local(name: str, key: str) -> tuple[Dataset, str]:
     return dataset, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _require_utf8(path: Path, key: str) -> None:
-    """JSON and CSV files are read as UTF-8: say so for a file in another encoding (GBK is
-    common for Chinese data) instead of a UnicodeDecodeError from deep in the reader."""
+def utf8_text(path: Path, key: str) -> str:
+    """The file's text as UTF-8 (data files, the CLIs' text files): a file in another encoding
+    (GBK is common for Chinese text) is one line naming `key`, the byte and the line, instead of
+    a UnicodeDecodeError from deep in a reader."""
     data = path.read_bytes()
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise DataError(
