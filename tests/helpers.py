@@ -115,3 +115,16 @@ def error_lines(result: subprocess.CompletedProcess) -> list[str]:
 def read_jsonl(path: Path) -> list[dict]:
     """Every record of a JSON-lines file a finished run wrote (strict: a broken line fails)."""
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def whole_ppo_checkpoint(folder: Path) -> Path:
+    """A PPO checkpoint folder with every file a resume reads (tiny stand-in contents), named
+    update-NNNNNN: resume tests damage or surround it."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, folder / "trainable.safetensors")
+    torch.save({"optimizer": {}}, folder / "state.pt")
+    (folder / "trainer_state.json").write_text(json.dumps({"update": int(folder.name[-6:])}))
+    return folder

@@ -16,7 +16,7 @@ from rlhf.app import typed_config
 from rlhf.errors import ConfigError, RewardError
 from rlhf.rewards import checked
 from tests import bad_rewards
-from tests.helpers import error_lines, run_train
+from tests.helpers import error_lines, run_train, whole_ppo_checkpoint
 from tests.ppo_helpers import make_config, make_trainer
 
 PPO_TINY = [
@@ -482,17 +482,6 @@ def test_resume_names_the_stray_entries_it_skipped(warm_train, tmp_path):
                   "update-000006 (a file, not a checkpoint folder)"):  # fmt: skip
         assert f"{checkpoints}/{entry}" in line, line
     assert f"{checkpoints}/start" not in line
-
-
-def whole_ppo_checkpoint(folder):
-    import torch
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    save_file({"w": torch.zeros(3)}, folder / "trainable.safetensors")
-    torch.save({"optimizer": {}}, folder / "state.pt")
-    (folder / "trainer_state.json").write_text(json.dumps({"update": int(folder.name[-6:])}))
-    return folder
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ from rlhf.app import typed_config
 from rlhf.config import Config, Range
 from rlhf.errors import ConfigError, RewardError
 from rlhf.rewards import checked
+from tests.helpers import whole_ppo_checkpoint
 
 # --- impossible numbers ------------------------------------------------------------------------
 
@@ -491,19 +492,6 @@ def test_a_test_file_that_is_a_folder_names_data_test_file(tmp_path):
 
 
 # --- folders from earlier runs -----------------------------------------------------------------
-
-
-def whole_ppo_checkpoint(folder):
-    import json
-
-    import torch
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True)
-    save_file({"w": torch.zeros(3)}, folder / "trainable.safetensors")
-    torch.save({"optimizer": {}}, folder / "state.pt")
-    (folder / "trainer_state.json").write_text(json.dumps({"update": int(folder.name[-6:])}))
-    return folder
 
 
 def whole_trl_checkpoint(folder, weights="model.safetensors"):
