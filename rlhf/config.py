@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from rlhf.algorithms import ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS
 from rlhf.chat_templates import CHAT_TEMPLATES
 from rlhf.errors import ConfigError
 from rlhf.stages.table import PIPELINE, POLICY, STAGES, producer, stages_to_run
@@ -515,37 +516,7 @@ class HealthConfig:
         )
 
 
-LOSS_AGGREGATIONS = (
-    "token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm",
-)  # fmt: skip
 CRITICS = ("separate", "value_head", "lora", "none")
-
-
-@dataclass(frozen=True)
-class EstimatorDefaults:
-    """What an advantage estimator uses where `ppo.critic`, `ppo.whiten_advantages` and
-    `ppo.loss_aggregation` are left null (README, "Algorithms")."""
-
-    critic: str  # the value model it needs: separate, or none for the critic-free estimators
-    whiten_advantages: bool  # whiten the advantages over the global batch
-    loss_aggregation: str  # how per-token losses become one number
-    needs_groups: bool  # its baseline is the prompt's group: samples_per_prompt >= 2
-
-
-ESTIMATORS = {
-    # PPO: a learnt value baseline, GAE(γ, λ), advantages whitened per batch
-    "gae": EstimatorDefaults("separate", True, "token_mean", False),
-    # GRPO (Shao et al. 2024): (R − group mean) / (group std + ε), 1/|o| per answer
-    "grpo": EstimatorDefaults("none", False, "seq_mean_token_mean", True),
-    # Dr. GRPO (Liu et al. 2025): R − group mean, token sums over a constant length
-    "dr_grpo": EstimatorDefaults("none", False, "seq_mean_token_sum_norm", True),
-    # RLOO (Ahmadian et al. 2024): R − mean of the group's other answers
-    "rloo": EstimatorDefaults("none", False, "token_mean", True),
-    # REINFORCE++ (Hu 2025): discounted per-token returns, KL in the reward, whitened
-    "reinforce_pp": EstimatorDefaults("none", True, "token_mean", False),
-    # REINFORCE++-baseline: the group's mean score subtracted first
-    "reinforce_pp_baseline": EstimatorDefaults("none", True, "token_mean", True),
-}
 
 
 def algorithm_name(stage: str, pipeline_stages: list[str], advantage_estimator: str) -> str:
@@ -694,7 +665,7 @@ class PPOConfig:
             f"mini_batch_size × gradient_accumulation_steps ({step})",
         )
         _one_of(self.on_nonfinite, ("stop", "skip"), "ppo.on_nonfinite")
-        _one_of(self.kl_estimator, ("k1", "k2", "k3", "abs", "full"), "ppo.kl_estimator")
+        _one_of(self.kl_estimator, tuple(KL_ESTIMATORS), "ppo.kl_estimator")
         _one_of(self.lr_scheduler, ("constant", "linear"), "ppo.lr_scheduler")
         if self.critic_init is not None:
             _one_of(self.critic_init, ("reward_model", "policy"), "ppo.critic_init")
@@ -747,7 +718,7 @@ class PPOConfig:
             self.whiten_advantages = own.whiten_advantages
         if self.loss_aggregation is None:
             self.loss_aggregation = own.loss_aggregation
-        _one_of(self.loss_aggregation, LOSS_AGGREGATIONS, "ppo.loss_aggregation")
+        _one_of(self.loss_aggregation, tuple(LOSS_AGGREGATIONS), "ppo.loss_aggregation")
         _one_of(self.critic, CRITICS, "ppo.critic")
         name = self.advantage_estimator
         if own.critic == "none":
@@ -761,7 +732,7 @@ class PPOConfig:
             _require(
                 self.critic != "none",
                 "ppo.critic",
-                "gae needs a critic for its values (separate, value_head or lora); without "
+                f"{name} needs a critic for its values (separate, value_head or lora); without "
                 "one choose a critic-free ppo.advantage_estimator (grpo, rloo, reinforce_pp, ...)",
             )
         for needed, what in (
@@ -781,7 +752,7 @@ class PPOConfig:
         )
         _one_of(self.kl_in, ("reward", "loss"), "ppo.kl_in")
         _require(
-            self.kl_in == "reward" or self.kl_estimator in ("k2", "k3"),
+            self.kl_in == "reward" or KL_ESTIMATORS[self.kl_estimator].loss_gradient,
             "ppo.kl_estimator",
             f"{self.kl_estimator!r} with ppo.kl_in=loss: use k3 (GRPO's) or k2; the gradient of "
             "k1 as a loss is zero in expectation, and the exact KL needs the reference's logits",

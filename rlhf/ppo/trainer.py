@@ -53,6 +53,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from rlhf import algorithms
 from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError, NumericError
 from rlhf.ppo import core, estimators
@@ -61,7 +62,7 @@ from rlhf.ppo.batch_stats import global_masked_whiten, reduce_metrics
 from rlhf.ppo.guard import HackingGuard
 from rlhf.ppo.health import Alarm, HealthMonitor
 from rlhf.ppo.kl_control import make_kl_controller
-from rlhf.ppo.logprobs import full_kl, stop_suppressed, token_logprobs
+from rlhf.ppo.logprobs import stop_suppressed, token_logprobs
 from rlhf.ppo.metrics import SAMPLE_COLUMNS, rollout_metrics, sample_row, sample_rows
 from rlhf.ppo.precision import MixedPrecision, checkpointing_in_eval, describe_precision
 from rlhf.ppo.rollout import Responses, Rollout
@@ -397,8 +398,10 @@ class PPOTrainer:
             keep = self._sampled_keep(rollout.responses, rollout.mask, logits.shape[-1], True)
             rollout.logprobs = self._logprobs(logits, rollout.responses, keep)[0]
             rollout.ref_logprobs = self._logprobs(ref_logits, rollout.responses, keep)[0]
-            if self.config.kl_estimator == "full":
-                rollout.kl_full = full_kl(logits, ref_logits, self.config.temperature, keep=keep)
+            penalty = algorithms.kl_estimator(self.config.kl_estimator)
+            if penalty.from_logits:
+                exact = penalty.load()
+                rollout.kl_full = exact(logits, ref_logits, self.config.temperature, keep=keep)
             del logits, ref_logits, keep
             if values is None and self.model.has_critic:
                 values = self.model.critic_forward(inputs, *widths)
@@ -443,7 +446,7 @@ class PPOTrainer:
         """Phases 4–5: per-token rewards (with the KL when kl_in=reward), the advantage
         estimator, whitening (moments of the global batch) and the tokens the loss trains on."""
         c = self.config
-        if c.kl_estimator == "full":
+        if algorithms.kl_estimator(c.kl_estimator).from_logits:
             rollout.kl = rollout.kl_full
         else:
             rollout.kl = core.kl_penalty(rollout.logprobs, rollout.ref_logprobs, c.kl_estimator)
@@ -454,15 +457,11 @@ class PPOTrainer:
         rewards = rollout.rewards
         if c.whiten_rewards:
             rewards = global_masked_whiten(rewards, rollout.mask, shift_mean=False)
-        if c.advantage_estimator == "gae":
-            advantages, rollout.returns = core.gae(
-                rewards, rollout.values, rollout.mask, c.gamma, c.lam
-            )
-        else:  # groups are whole on this process (next_prompts): their statistics are global
-            advantages, rollout.returns = estimators.critic_free(
-                c.advantage_estimator, rewards, rollout.scores, rollout.mask,
-                c.samples_per_prompt, c.gamma,
-            )  # fmt: skip
+        # groups are whole on this process (next_prompts): their statistics are global
+        advantages, rollout.returns = estimators.advantages(
+            c.advantage_estimator, rewards, rollout.scores, rollout.values, rollout.mask,
+            c.samples_per_prompt, c.gamma, c.lam,
+        )  # fmt: skip
         rollout.loss_mask = self._loss_mask(rollout)
         # with every group dropped on every process nothing is trained, and nothing to whiten
         dropped_all = c.drop_uniform_groups and not distributed.any_process(
@@ -533,7 +532,7 @@ class PPOTrainer:
             kept = rollout.loss_mask[micro]
             if not kept.any():
                 continue
-            if self.config.loss_aggregation == "token_mean":
+            if not algorithms.aggregation(self.config.loss_aggregation).per_sequence:
                 weight = kept.sum().item() / group_tokens
             else:
                 weight = kept.any(1).sum().item() / group_rows
@@ -790,7 +789,7 @@ class PPOTrainer:
     def controller_kl_metric(self) -> str:
         """The KL the adaptive controller steers: the penalty's own where it estimates KL
         (k1, k3, exact), k1 where the penalty is another function of the log-ratio (k2, abs)."""
-        if self.config.kl_estimator in ("k1", "k3", "full"):
+        if algorithms.kl_estimator(self.config.kl_estimator).estimates_kl:
             return "ppo/objective/kl"
         return "ppo/objective/kl_k1"
 
