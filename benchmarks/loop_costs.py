@@ -64,7 +64,7 @@ def micro_inputs(rollout, index):
 
 def measure_all(trainer, scorer, repeats: int) -> None:
     rollout, model, c = trainer._last_rollout, trainer.model, trainer.config
-    micro = torch.arange(c.mini_batch_size)
+    micro = torch.arange(c.micro_batch_size)
     inputs, widths = micro_inputs(rollout, micro)
     responses = rollout.responses[micro]
     with torch.no_grad():
@@ -117,7 +117,7 @@ def measure_all(trainer, scorer, repeats: int) -> None:
 
     @torch.no_grad()
     def rollout_micro():
-        for index in torch.arange(rollout.responses.shape[0]).split(c.mini_batch_size):
+        for index in torch.arange(rollout.responses.shape[0]).split(c.micro_batch_size):
             part, part_widths = micro_inputs(rollout, index)
             model.policy_forward(part, *part_widths)
 

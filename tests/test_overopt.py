@@ -118,7 +118,7 @@ def test_ppo_trains_against_the_worst_case_of_an_ensemble(
 ):
     members = [tmp_path / f"rm_{seed}" for seed in (0, 1)]
     tiny_rms(members, offline_environment)
-    config = make_config(tiny_sft_model, batch_size=4, mini_batch_size=4)
+    config = make_config(tiny_sft_model, batch_size=4, micro_batch_size=4)
     config.reward = RewardConfig(
         kind="ensemble", members=[str(m) for m in members], aggregate="min"
     )

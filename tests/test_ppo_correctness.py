@@ -230,7 +230,9 @@ def test_new_value_heads_start_at_zero(tiny_sft_model, tmp_path, critic):
 def test_critic_learning_rate_and_separate_clipping(tiny_sft_model, tmp_path):
     """The policy's step does not depend on the critic's gradient: with vf_coef 1000 the
     critic's gradient norm is huge, and joint clipping would shrink the policy's update."""
-    config = make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8, critic_learning_rate=3e-4)
+    config = make_config(
+        tiny_sft_model, ppo_epochs=1, micro_batch_size=8, critic_learning_rate=3e-4
+    )
     trainer = make_trainer(config, tmp_path / "a")
     lrs = [group["lr"] for group in trainer.optimizer.param_groups]
     assert lrs == [1e-3, 3e-4]

@@ -61,12 +61,12 @@ def test_gradient_accumulation_equals_one_big_mini_batch(tiny_sft_model, tmp_pat
     """In float64: the variants differ only in summation order, ~1e-16 relative, so no AdamW
     step (≈ lr·g/|g| at first, which a float32 rounding can flip where g ≈ 0) can differ by more
     than ~lr·1e-12. float32 failed here on another CPU by 6e-6 in 1 of 8192 weights."""
-    config = make_config(tiny_sft_model, batch_size=8, mini_batch_size=8, ppo_epochs=2)
+    config = make_config(tiny_sft_model, batch_size=8, micro_batch_size=8, ppo_epochs=2)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float64"))
     params = []
     for mini, accumulation in ((8, 1), (4, 2), (2, 4)):
         variant = replace_ppo(
-            config, mini_batch_size=mini, gradient_accumulation_steps=accumulation
+            config, micro_batch_size=mini, gradient_accumulation_steps=accumulation
         )
         trainer = make_trainer(variant, tmp_path / f"{mini}x{accumulation}")
         trainer.step()
@@ -128,7 +128,7 @@ def test_full_policy_and_each_critic_kind_learn_in_one_step(tiny_sft_model, tmp_
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_first_epoch_ratio_is_one(tiny_sft_model, tmp_path, precision):
-    config = make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8)
+    config = make_config(tiny_sft_model, ppo_epochs=1, micro_batch_size=8)
     config.model.mixed_precision = precision  # rollout and update in the same precision
     trainer = make_trainer(config, tmp_path)
     metrics = trainer.step()  # one mini-batch, before any step: new == old log-probs

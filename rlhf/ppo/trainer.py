@@ -487,7 +487,7 @@ class PPOTrainer:
         """Phase 6: epochs × mini-batches of PPO updates; returns averaged stats."""
         c = self.config
         total = rollout.responses.shape[0]
-        group = c.mini_batch_size * c.gradient_accumulation_steps
+        group = c.micro_batch_size * c.gradient_accumulation_steps
         stats: dict[str, list[float]] = defaultdict(list)
         critic_only = self.update <= c.critic_warmup_updates
         for epoch in range(c.ppo_epochs):
@@ -528,7 +528,7 @@ class PPOTrainer:
         if group_rows == 0:
             return
         contributed, error = False, None
-        for micro in group_index.split(self.config.mini_batch_size):
+        for micro in group_index.split(self.config.micro_batch_size):
             kept = rollout.loss_mask[micro]
             if not kept.any():
                 continue
