@@ -65,7 +65,8 @@ class PPOSettings:
     # --- advantages ---
     advantage_estimator: str = setting(
         "gae",
-        "gae (PPO), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline (README, Algorithms)",
+        "gae (PPO), grpo, dr_grpo, rloo, reinforce_pp, reinforce_pp_baseline, or one registered "
+        "in rlhf/algorithms.py (docs/algorithms.md)",
     )
     gamma: float = setting(1.0, "discount (GAE, REINFORCE++)", SHARE)
     lam: float = setting(0.95, "GAE lambda", SHARE)
