@@ -28,6 +28,7 @@ from ppo_bench import WORKLOADS, build_trainer  # noqa: E402
 from rlhf.models.scoring import score_token_batch  # noqa: E402
 from rlhf.ppo import core  # noqa: E402
 from rlhf.ppo.logprobs import token_logprobs  # noqa: E402
+from rlhf.ppo.optimiser import optimised_parameters  # noqa: E402
 from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
 
 
@@ -134,7 +135,7 @@ def measure_all(trainer, scorer, repeats: int) -> None:
         "policy forward (4 rows) with output_hidden_states (value_head critic only)", 0,
         without=timed(hidden_states(False), repeats), with_all_layers=timed(hidden_states(True), repeats)
     )  # fmt: skip
-    params = trainer._trained_parameters()
+    params = optimised_parameters(trainer.optimizer)
     for p in params:
         p.grad = torch.zeros_like(p)
     report(

@@ -6,7 +6,8 @@ over the kept set K_t of the distribution actually sampled: every token, or what
 warpers leave (a caller's `keep` mask first, e.g. EOS suppressed by min_new_tokens, then top-k,
 then top-p, in generate's order, on the temperature-scaled logits). Shapes: N = B·T positions
 (the functions take (B, T, ·) and flatten), V = vocabulary, H = hidden width. `stop_suppressed`
-builds the min_new_tokens mask; `full_kl` is the exact KL between two such distributions.
+and `sampled_keep` build the min_new_tokens mask; `full_kl` is the exact KL between two such
+distributions.
 
 The autograd version of the plain formula (`log_softmax(logits.float() / T)` then gather) keeps
 ~3 N×V float32 tensors alive at once and one for backward: 335 MB each for Gemma's 262k
@@ -32,6 +33,9 @@ from __future__ import annotations
 import math
 
 import torch
+
+from rlhf.errors import ConfigError
+from rlhf.runtime import distributed
 
 DEFAULT_CHUNK_ELEMENTS = 2**22  # ~16 MB of float32 per chunk temporary
 
@@ -228,6 +232,33 @@ def stop_suppressed(
     restricted[:, min_new_tokens:] = False
     keep[..., stop_token_id] = ~restricted
     return keep
+
+
+def sampled_keep(
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    vocab_size: int,
+    stop_token_id: int,
+    min_new_tokens: int,
+    check: bool = False,
+) -> torch.Tensor | None:
+    """(B, T, V) bool, the tokens the sampler could draw at each response position: all but
+    the stop token among the first `min_new_tokens` (generate suppresses it there); None when
+    that is 0. tokens (B, T) and mask (B, T) are the responses and their real positions.
+    `check`: refuse answers holding the stop token there (given from outside: their log-prob
+    under the distribution sampled is −inf), alike on every process."""
+    first = min_new_tokens
+    if first == 0:
+        return None
+    if check:
+        early = (tokens[:, :first] == stop_token_id) & mask[:, :first].bool()
+        if distributed.any_process(bool(early.any())):
+            raise ConfigError(
+                f"ppo.min_new_tokens={first}: an answer has the stop token among its first "
+                f"{first} tokens, where sampling forbids it (log-probability −inf under the "
+                "distribution sampled); give longer answers or lower ppo.min_new_tokens"
+            )
+    return stop_suppressed(mask, vocab_size, stop_token_id, first)
 
 
 @torch.no_grad()
