@@ -62,7 +62,7 @@ def label_methods(trainer) -> None:
     optimizer.step = labelled(optimizer.step, "ppo:adamw_step")
     optimizer.zero_grad = labelled(optimizer.zero_grad, "ppo:zero_grad")
     optimiser_module.gradient_norm = labelled(optimiser_module.gradient_norm, "ppo:grad_norm")
-    for name in ("gather_tokens", "policy_loss", "gae", "masked_whiten"):
+    for name in ("policy_loss", "gae", "masked_whiten"):
         setattr(core, name, labelled(getattr(core, name), f"ppo:{name}"))
 
 

@@ -105,16 +105,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token under the logits: (B, T, V), (B, T) → (B, T)."""
-    return gather_tokens(F.log_softmax(upcast(logits), dim=-1), tokens)
-
-
-def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) log-probabilities, (B, T) tokens → (B, T) log-probability of each token."""
-    return torch.gather(log_probs, 2, tokens.unsqueeze(-1)).squeeze(-1)
-
-
 # --- rewards and advantages -----------------------------------------------------------------
 
 
