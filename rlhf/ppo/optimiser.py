@@ -17,17 +17,18 @@ log = logging.getLogger(__name__)
 
 
 def make_optimizer(
-    groups: list[tuple[list[torch.nn.Parameter], float]], shard: bool = False
+    networks: list[tuple[list[torch.nn.Parameter], float]], shard: bool = False
 ) -> torch.optim.Optimizer:
-    """AdamW over (parameters, learning rate) groups, fused where PyTorch has a fused kernel for
-    the device (3–4× faster on CPU). With `shard` on several processes, ZeRO-1: each process
-    keeps the moments of, and updates, its share of the parameters, then every process receives
-    the others' (the gradients are already summed everywhere, see `optimizer_step`, so the
-    update is the same as unsharded). Under FSDP2 a group's sharded (DTensor) and whole
-    parameters go into two groups with its learning rate: one fused kernel takes one kind."""
+    """AdamW over each network's (parameters, learning rate), one parameter group each, fused
+    where PyTorch has a fused kernel for the device (3–4× faster on CPU). With `shard` on
+    several processes, ZeRO-1: each process keeps the moments of, and updates, its share of the
+    parameters, then every process receives the others' (the gradients are already summed
+    everywhere, see `optimizer_step`, so the update is the same as unsharded). Under FSDP2 a
+    network's sharded (DTensor) and whole parameters go into two parameter groups with its
+    learning rate: one fused kernel takes one kind."""
     param_groups = [
         {"params": part, "lr": lr}
-        for params, lr in groups
+        for params, lr in networks
         for part in sharding.split_sharded(params)
         if part
     ]

@@ -114,17 +114,14 @@ class UpdatePhase:
         nothing in it on any process takes no step."""
         trained = rollout.loss_mask[rows]
         counts = torch.stack([trained.sum(), trained.any(1).sum()])
-        mini_batch_tokens, mini_batch_rows = distributed.all_reduce_sum(counts).tolist()
-        if mini_batch_rows == 0:
+        mini_batch_tokens, mini_batch_sequences = distributed.all_reduce_sum(counts).tolist()
+        if mini_batch_sequences == 0:
             return
-        micro_batches = rows.split(self.config.mini_batch_size)
+        size = self.config.mini_batch_size  # sequences per micro-batch
+        micro_batches = rows.split(size)
         # every micro-batch's trained tokens and sequences, in one host transfer
-        micro_counts = torch.stack(
-            [
-                torch.stack([t.sum(), t.any(1).sum()])
-                for t in trained.split(self.config.mini_batch_size)
-            ]
-        ).tolist()
+        per_micro_batch = [torch.stack([t.sum(), t.any(1).sum()]) for t in trained.split(size)]
+        micro_counts = torch.stack(per_micro_batch).tolist()
         contributed, error = False, None
         for micro_batch, (tokens, sequences) in zip(micro_batches, micro_counts, strict=True):
             if not tokens:
@@ -132,7 +129,7 @@ class UpdatePhase:
             if self.config.loss_aggregation == "token_mean":
                 weight = tokens / mini_batch_tokens
             else:
-                weight = sequences / mini_batch_rows
+                weight = sequences / mini_batch_sequences
             try:
                 with self.precision.autocast():
                     micro_stats = self._micro_batch_step(rollout, micro_batch, weight, critic_only)
