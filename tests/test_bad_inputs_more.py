@@ -255,7 +255,7 @@ def tokenizer_with_unknown_token():
 
 
 def test_a_stop_token_outside_the_vocabulary_is_refused():
-    from rlhf.ppo.trainer import stop_token_id
+    from rlhf.ppo.validation import stop_token_id
 
     tokenizer = tokenizer_with_unknown_token()
     assert stop_token_id(tokenizer, ".") == 4 and stop_token_id(tokenizer, None) == 1

@@ -24,7 +24,7 @@ from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
 from rlhf.pipeline import check_launch_engine, run
-from rlhf.ppo.trainer import check_fsdp2_settings
+from rlhf.ppo.validation import check_fsdp2_settings
 from rlhf.runtime import distributed
 from rlhf.stages import ppo as ppo_stage
 from tests.helpers import free_port

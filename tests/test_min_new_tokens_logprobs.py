@@ -159,6 +159,7 @@ def test_log_probs_kl_and_entropy_are_those_of_the_sampler(trainer_and_rollout):
 
     # the entropy the loss and the logs see (one mini-batch, before any step: these weights)
     trainer.shape_rewards(rollout)
+    trainer.estimate_advantages(rollout)
     stats = trainer.optimise(rollout)
     entropy_terms = torch.where(kept, sampler.exp() * sampler, 0.0)
     entropy = -entropy_terms.sum(-1)

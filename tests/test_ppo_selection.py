@@ -78,7 +78,7 @@ def test_a_critic_from_the_reward_model_predicts_in_the_calibrated_units(
     assert calibrated["critic"] == {"gain": gain, "bias": bias}  # reward.scale = 1
     assert abs(gain - 1) > 1e-3 and abs(bias) > 1e-3  # a real change of units
 
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     critic = trainer.model.critic
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, torch_dtype=torch.float64)
     hidden_size = rm.config.hidden_size

@@ -2,7 +2,8 @@
 
 Shapes: B = sequences, T = response tokens. `mask` is the response mask, True (1) on real
 response tokens; values at masked positions never change a result. Functions take tensors and
-scalars, never config objects; losses return `(loss, stats)` with stats as detached scalars.
+scalars, never config objects; losses return `(loss, stats)` with stats as detached 0-d
+tensors: no host sync inside, the caller reduces them to numbers once, where it logs them.
 
 References: Schulman et al. 2017 (PPO), Schulman et al. 2016 (GAE), Ziegler et al. 2019 (KL
 penalty in the reward), Ye et al. 2020 (dual clip), Schulman 2020 "Approximating KL divergence"
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from rlhf import algorithms
 from rlhf.runtime.masks import last_true_index
 
-Stats = dict[str, float]
+Stats = dict[str, torch.Tensor]  # name → detached 0-d tensor, reduced to a number where logged
 
 
 def upcast(values: torch.Tensor) -> torch.Tensor:
@@ -115,16 +116,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-token entropy of the categorical distribution, (B, T, V) → (B, T)."""
     logp = F.log_softmax(upcast(logits), dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token under the logits: (B, T, V), (B, T) → (B, T)."""
-    return gather_tokens(F.log_softmax(upcast(logits), dim=-1), tokens)
-
-
-def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) log-probabilities, (B, T) tokens → (B, T) log-probability of each token."""
-    return torch.gather(log_probs, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 # --- rewards and advantages -----------------------------------------------------------------
@@ -245,11 +236,11 @@ def policy_loss(
     loss = aggregate(per_token, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-            "approxkl": masked_mean(-log_ratio, mask).item(),  # k1 of old ‖ new
-            "approxkl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item(),
-            "ratio_mean": masked_mean(ratio, mask).item(),
-            "ratio_max": ratio.masked_fill(~mask.bool(), 0).max().item(),
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approxkl": masked_mean(-log_ratio, mask),  # k1 of old ‖ new
+            "approxkl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": ratio.masked_fill(~mask.bool(), 0).max(),
         }
     return loss, stats
 
@@ -273,9 +264,9 @@ def value_loss(
     loss = 0.5 * aggregate(errors, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask).item(),
-            "mean": masked_mean(values, mask).item(),
-            "explained_variance": explained_variance(values, returns, mask).item(),
+            "clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask),
+            "mean": masked_mean(values, mask),
+            "explained_variance": explained_variance(values, returns, mask),
         }
     return loss, stats
 
