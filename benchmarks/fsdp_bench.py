@@ -44,7 +44,7 @@ from rlhf.stages.ppo import load_prompts, new_trainer  # noqa: E402
 
 WORKLOAD = [
     "stage=ppo", "logger=none", "reward=char_fraction", "reward.function.chars='你我的是了'",
-    "ppo.batch_size=4", "ppo.mini_batch_size=4", "ppo.ppo_epochs=1", "ppo.max_new_tokens=16",
+    "ppo.batch_size=4", "ppo.micro_batch_size=4", "ppo.ppo_epochs=1", "ppo.max_new_tokens=16",
     "ppo.min_new_tokens=16", "ppo.eval_every=0",
 ]  # fmt: skip
 

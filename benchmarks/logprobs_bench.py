@@ -1,6 +1,6 @@
 """Micro-benchmark: token log-probs the trainer's way (full float32 log-softmax, then gather, and
-a full entropy) against rlhf/ppo/logprobs.py and rlhf/ppo/lm_head_logprobs.py, at SmolLM2's
-and Gemma 3's vocabulary sizes.
+a full entropy) against rlhf/ppo/logprobs.py, at SmolLM2's and Gemma 3's vocabulary sizes
+(benchmarks/logprob_paths_bench.py compares the chunked LM-head versions too).
 
     MALLOC_MMAP_THRESHOLD_=65536 .venv/bin/python benchmarks/logprobs_bench.py
 
@@ -27,7 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf.ppo.lm_head_logprobs import head_token_logprobs  # noqa: E402
 from rlhf.ppo.logprobs import token_logprobs  # noqa: E402
 
 CASES = {  # name: (B, T, V, H, grad)
@@ -73,13 +72,8 @@ def head_today(hidden, weight, tokens, entropy: bool):
     return today(hidden @ weight.T, tokens, entropy)
 
 
-def head_chunked(hidden, weight, tokens, entropy: bool):
-    return head_token_logprobs(hidden, weight, tokens, TEMPERATURE + 1e-7, with_entropy=entropy)[0]
-
-
 HIDDEN_IN = {
     "matmul + today (+ entropy)": head_today,
-    "LM-head chunked (+ entropy)": head_chunked,
 }
 
 

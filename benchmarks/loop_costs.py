@@ -26,8 +26,8 @@ from logprobs_bench import rss_kib  # noqa: E402
 from ppo_bench import WORKLOADS, build_trainer  # noqa: E402
 
 from rlhf.models.scoring import score_token_batch  # noqa: E402
-from rlhf.ppo import core  # noqa: E402
 from rlhf.ppo.logprobs import token_logprobs  # noqa: E402
+from rlhf.ppo.optimiser import optimised_parameters  # noqa: E402
 from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
 
 
@@ -54,6 +54,11 @@ def report(item: str, per_update: int, **variants: tuple[float, float]) -> None:
     print(json.dumps(row), flush=True)
 
 
+def gather(log_probs, tokens):
+    """(B, T, V) log-probabilities, (B, T) tokens → (B, T): the plain formula's gather."""
+    return torch.gather(log_probs, 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
 def micro_inputs(rollout, index):
     encoded = EncodedPrompts(
         rollout.encoded.input_ids[index], rollout.encoded.attention_mask[index]
@@ -64,7 +69,7 @@ def micro_inputs(rollout, index):
 
 def measure_all(trainer, scorer, repeats: int) -> None:
     rollout, model, c = trainer._last_rollout, trainer.model, trainer.config
-    micro = torch.arange(c.mini_batch_size)
+    micro = torch.arange(c.micro_batch_size)
     inputs, widths = micro_inputs(rollout, micro)
     responses = rollout.responses[micro]
     with torch.no_grad():
@@ -74,14 +79,14 @@ def measure_all(trainer, scorer, repeats: int) -> None:
     def today_logprobs():  # _micro_step: one log-softmax, gather, entropy (no graph)
         leaf = logits.detach().requires_grad_()
         log_probs_all = torch.log_softmax(leaf.float() / temperature, dim=-1)
-        core.gather_tokens(log_probs_all, responses).sum().backward()
+        gather(log_probs_all, responses).sum().backward()
         with torch.no_grad():
             (-(log_probs_all.exp() * log_probs_all).sum(-1)).mean().item()
 
     def today_without_entropy():
         leaf = logits.detach().requires_grad_()
         log_probs_all = torch.log_softmax(leaf.float() / temperature, dim=-1)
-        core.gather_tokens(log_probs_all, responses).sum().backward()
+        gather(log_probs_all, responses).sum().backward()
 
     def selective(with_entropy: bool, save: bool = False):
         def run():
@@ -117,7 +122,7 @@ def measure_all(trainer, scorer, repeats: int) -> None:
 
     @torch.no_grad()
     def rollout_micro():
-        for index in torch.arange(rollout.responses.shape[0]).split(c.mini_batch_size):
+        for index in torch.arange(rollout.responses.shape[0]).split(c.micro_batch_size):
             part, part_widths = micro_inputs(rollout, index)
             model.policy_forward(part, *part_widths)
 
@@ -134,7 +139,7 @@ def measure_all(trainer, scorer, repeats: int) -> None:
         "policy forward (4 rows) with output_hidden_states (value_head critic only)", 0,
         without=timed(hidden_states(False), repeats), with_all_layers=timed(hidden_states(True), repeats)
     )  # fmt: skip
-    params = trainer._trained_parameters()
+    params = optimised_parameters(trainer.optimizer)
     for p in params:
         p.grad = torch.zeros_like(p)
     report(

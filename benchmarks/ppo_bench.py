@@ -151,7 +151,7 @@ def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) ->
         batch_size=8 // group,
         samples_per_prompt=group,
         advantage_estimator=workload.estimator,
-        mini_batch_size=4,
+        micro_batch_size=4,
         gradient_accumulation_steps=1,
         ppo_epochs=4,
         max_new_tokens=32,
@@ -272,7 +272,7 @@ def bare_operations(trainer: PPOTrainer, scorer: RewardModelScorer) -> dict[str,
 
     def update() -> None:
         for _ in range(c.ppo_epochs):
-            for index in torch.arange(rollout.responses.shape[0]).split(c.mini_batch_size):
+            for index in torch.arange(rollout.responses.shape[0]).split(c.micro_batch_size):
                 part = EncodedPrompts(encoded.input_ids[index], encoded.attention_mask[index])
                 micro = joined_inputs(part, rollout.responses[index], rollout.mask[index])
                 logits, _ = model.policy_forward(micro, *widths)

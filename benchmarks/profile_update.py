@@ -27,8 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ppo_bench import WORKLOADS, build_trainer  # noqa: E402
 
+import rlhf.ppo.advantages as advantages_module  # noqa: E402
 import rlhf.ppo.core as core  # noqa: E402
-import rlhf.ppo.trainer as trainer_module  # noqa: E402
+import rlhf.ppo.optimiser as optimiser_module  # noqa: E402
+import rlhf.ppo.sampling as sampling_module  # noqa: E402
+import rlhf.ppo.update as update_module  # noqa: E402
 from rlhf.runtime.host_memory import HOST_HEAPS, use_host_heap  # noqa: E402
 
 
@@ -44,18 +47,22 @@ def labelled(function, label: str):
 def label_methods(trainer) -> None:
     """`ppo:<name>` ranges around the phases, the model calls and the suspects of issue 15."""
     for name in (
-        "generate", "_score", "forward_passes", "shape_rewards", "optimise", "_micro_step",
-        "_backward", "_optimizer_step", "_logprobs", "_check_finite", "_value_loss",
+        "sample", "score", "forward_passes", "shape_rewards", "estimate_advantages", "optimise",
+        "_micro_batch_step", "_backward", "_optimizer_step", "_value_loss",
     ):  # fmt: skip
         setattr(trainer, name, labelled(getattr(trainer, name), f"ppo:{name.strip('_')}"))
+    for module in (advantages_module, update_module):  # functions looked up in their modules
+        module.token_logprobs = labelled(module.token_logprobs, "ppo:logprobs")
+    for module in (sampling_module, advantages_module, update_module):
+        module.check_finite = labelled(module.check_finite, "ppo:check_finite")
     model = trainer.model
     for name in ("policy_forward", "critic_forward", "reference_logits"):
         setattr(model, name, labelled(getattr(model, name), f"ppo:{name}"))
     optimizer = trainer.optimizer
     optimizer.step = labelled(optimizer.step, "ppo:adamw_step")
     optimizer.zero_grad = labelled(optimizer.zero_grad, "ppo:zero_grad")
-    trainer_module.gradient_norm = labelled(trainer_module.gradient_norm, "ppo:grad_norm")
-    for name in ("gather_tokens", "policy_loss", "gae", "masked_whiten"):
+    optimiser_module.gradient_norm = labelled(optimiser_module.gradient_norm, "ppo:grad_norm")
+    for name in ("policy_loss", "gae", "masked_whiten"):
         setattr(core, name, labelled(getattr(core, name), f"ppo:{name}"))
 
 

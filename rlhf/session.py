@@ -12,9 +12,9 @@
             session.log_stats(stats, responses, scores)
         session.save("my_ppo_model")
 
-`generate` is phase 1 of train.py's loop and `step` phases 2–8 (rlhf/ppo/trainer.py): the same
-methods of the same trainer, so a session and `python train.py stage=ppo` given the same config,
-prompts and rewards make the same updates. A session is one run folder (`run_dir`, the ppo
+`generate` is phase 1 of train.py's loop (the trainer's `sample`) and `step` phases 2–8
+(rlhf/ppo/trainer.py): the same methods of the same trainer, so a session and
+`python train.py stage=ppo` given the same config, prompts and rewards make the same updates. A session is one run folder (`run_dir`, the ppo
 stage's files: run_info.json, metrics.jsonl, the W&B / TensorBoard run) and runs in one process.
 """
 
@@ -145,7 +145,7 @@ class PPOSession:
                 f"generate: unknown sampling setting(s) {unknown}; it takes {list(SAMPLING_KEYS)} "
                 "(temperature is ppo.temperature; PPO samples the whole distribution)"
             )
-        settings = self.trainer.sampling(evaluation=False)
+        settings = self.trainer.sampling_settings(evaluation=False)
         for key, value in sampling.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"generate: {key}={value!r} is not a count of tokens")
@@ -188,7 +188,7 @@ class PPOSession:
         self._check_groups(queries)
         trainer = self.trainer
         trainer.begin_update()
-        metrics = trainer.learn(trainer.scored(batch, raw))
+        metrics = trainer.learn(trainer.process_scores(batch, raw))
         alarms = trainer.observe_health(metrics)
         trainer.health.stop_if_configured(alarms, self.update, "the last save(), if any")
         self._last = metrics

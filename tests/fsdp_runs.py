@@ -32,7 +32,7 @@ from rlhf.app import typed_config  # noqa: E402
 from rlhf.config import register_schemas  # noqa: E402
 from rlhf.paths import PROJECT_ROOT  # noqa: E402
 from rlhf.pipeline import run  # noqa: E402
-from rlhf.ppo import checkpoint, core, trainer  # noqa: E402
+from rlhf.ppo import advantages, checkpoint, core  # noqa: E402
 from rlhf.stages import ppo  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def one_run(run_dir: Path, overrides: list[str], variant: str | None) -> None:
     if variant == "resume":
         config = dataclasses.replace(config, resume=True)
     if variant == "local_whitening":
-        with patched(trainer, "global_masked_whiten", local_whiten):
+        with patched(advantages, "global_masked_whiten", local_whiten):
             run(config, run_dir)
     elif variant == "crash_after_checkpoint_1":
         with patched(checkpoint, "maybe_kill", crash_after_checkpoint_1):

@@ -35,7 +35,7 @@ def train_tiny_sft(folder: Path) -> Path:
 def make_config(model_dir: Path, lora: bool = False, **ppo: object) -> Config:
     settings = ModelConfig(name_or_path=str(model_dir))
     settings.lora.enabled = lora
-    defaults = {"batch_size": 8, "mini_batch_size": 4, "max_new_tokens": 12, "learning_rate": 1e-3}
+    defaults = {"batch_size": 8, "micro_batch_size": 4, "max_new_tokens": 12, "learning_rate": 1e-3}
     return Config(
         stage="ppo",
         model=settings,

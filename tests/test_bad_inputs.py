@@ -21,7 +21,7 @@ from tests.ppo_helpers import make_config, make_trainer
 
 PPO_TINY = [
     "stage=ppo", "model=tiny", "logger=none", "ppo.total_updates=1", "ppo.eval_every=0",
-    "ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.max_new_tokens=4", "reward=keywords",
+    "ppo.batch_size=4", "ppo.micro_batch_size=2", "ppo.max_new_tokens=4", "reward=keywords",
 ]  # fmt: skip
 
 
@@ -102,7 +102,7 @@ def test_config_errors(warm_train, tmp_path, override, needle):
     "override,key",
     [
         ("ppo.cliprange=-0.1", "ppo.cliprange"),
-        ("ppo.mini_batch_size=0", "ppo.mini_batch_size"),
+        ("ppo.micro_batch_size=0", "ppo.micro_batch_size"),
         ("ppo.kl_estimator=k9", "ppo.kl_estimator"),
         ("ppo.on_nonfinite=ignore", "ppo.on_nonfinite"),
         ("ppo.checkpoint.keep_last=0", "ppo.checkpoint.keep_last"),
@@ -424,7 +424,7 @@ def test_chat_refuses_bad_arguments_with_one_line(
 # --- paths of the wrong kind: the Python API (rlhf.session) -----------------------------------
 
 SESSION = [
-    "experiment=keyword_ppo_quick", "logger=none", "ppo.batch_size=8", "ppo.mini_batch_size=4",
+    "experiment=keyword_ppo_quick", "logger=none", "ppo.batch_size=8", "ppo.micro_batch_size=4",
     "ppo.max_new_tokens=4", "ppo.eval_every=0",
 ]  # fmt: skip
 

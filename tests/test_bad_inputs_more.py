@@ -19,6 +19,7 @@ from rlhf.app import typed_config
 from rlhf.config import Config, Range
 from rlhf.errors import ConfigError, RewardError
 from rlhf.rewards import checked
+from rlhf.schemas.fields import ranges_of
 from tests.helpers import whole_ppo_checkpoint
 
 # --- impossible numbers ------------------------------------------------------------------------
@@ -52,11 +53,11 @@ NUMERIC_FIELDS = numeric_fields()
 
 
 def test_every_numeric_field_of_every_schema_has_a_range():
-    """No int or float field is left unchecked: each is in its schema's RANGES (no exemptions
+    """No int or float field is left unchecked: each declares its range (no exemptions
     are needed: a field that is off when null is None-able and checked when set)."""
     assert len(NUMERIC_FIELDS) > 90  # the walk reaches every section (model.lora, ppo.health...)
     unchecked = [
-        key for key, instance, name, *_ in NUMERIC_FIELDS if name not in type(instance).RANGES
+        key for key, instance, name, *_ in NUMERIC_FIELDS if name not in ranges_of(instance)
     ]
     assert unchecked == []
     for key, instance, *_ in NUMERIC_FIELDS:  # the error names the key as the user types it
@@ -77,7 +78,7 @@ def outside(allowed: Range, element: type) -> list[float]:
 OUT_OF_RANGE = [
     pytest.param(instance, name, [bad, bad] if is_list else bad, key, id=f"{key}={bad}")
     for key, instance, name, element, is_list in NUMERIC_FIELDS
-    for bad in outside(type(instance).RANGES[name], element)
+    for bad in outside(ranges_of(instance)[name], element)
 ]
 
 
@@ -254,7 +255,7 @@ def tokenizer_with_unknown_token():
 
 
 def test_a_stop_token_outside_the_vocabulary_is_refused():
-    from rlhf.ppo.trainer import stop_token_id
+    from rlhf.ppo.validation import stop_token_id
 
     tokenizer = tokenizer_with_unknown_token()
     assert stop_token_id(tokenizer, ".") == 4 and stop_token_id(tokenizer, None) == 1

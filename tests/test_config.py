@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
+import logging
 import typing
-from pathlib import Path
 
 import pytest
 import yaml
 
-from rlhf import config as config_module
 from rlhf.app import typed_config
-from rlhf.config import Config
+from rlhf.config import SCHEMA_OPTIONS, Config, PPOConfig
+from rlhf.errors import ConfigError
+from rlhf.schemas import reference
+from rlhf.schemas.fields import doc_of, renames_of
 from tests.helpers import CONF_DIR, run_train
 
 GROUPS = ["model", "data", "reward", "ppo", "sft", "rm", "eval", "pipeline", "logger"]
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+    """The group's YAML files and the option the schema's own defaults make (`ppo: default`)."""
+    stored = [SCHEMA_OPTIONS[group][0]] if group in SCHEMA_OPTIONS else []
+    return sorted([path.stem for path in (CONF_DIR / group).glob("*.yaml")] + stored)
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
@@ -49,22 +52,40 @@ def test_insult_ppo_uses_gemma_with_lora_and_smollm2_on_request(compose_config):
     assert (smollm2.model.chat_template, smollm2.model.eos_token) == (None, None)  # its own
 
 
-def test_every_config_field_has_a_one_line_comment():
-    source = Path(config_module.__file__).read_text(encoding="utf-8")
-    lines = source.splitlines()
-    missing = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef) and any(
-            isinstance(d, ast.Name) and d.id == "dataclass" for d in node.decorator_list
-        ):
-            for statement in node.body:
-                if isinstance(statement, ast.AnnAssign) and "ClassVar" not in ast.unparse(
-                    statement.annotation
-                ):
-                    statement_lines = lines[statement.lineno - 1 : statement.end_lineno]
-                    if not any("#" in line for line in statement_lines):
-                        missing.append(f"{node.name}.{ast.unparse(statement.target)}")
-    assert not missing, f"fields without a comment: {missing}"
+def schemas_reachable() -> list[type]:
+    """Every schema class reachable from `Config`, and the open sections typed at validation."""
+    found: list[type] = []
+
+    def walk(schema: type) -> None:
+        found.append(schema)
+        for item in dataclasses.fields(schema):
+            hint = typing.get_type_hints(schema)[item.name]
+            if dataclasses.is_dataclass(hint):
+                walk(hint)
+
+    walk(Config)
+    return found + [schema for _, schema in reference.OPEN_SECTIONS]
+
+
+def test_every_config_field_has_a_one_line_doc():
+    missing = [
+        f"{schema.__name__}.{item.name}"
+        for schema in schemas_reachable()
+        for item in dataclasses.fields(schema)
+        if item.name not in renames_of(schema)
+        and (not doc_of(item).strip() or "\n" in doc_of(item))
+    ]
+    assert missing == [], f"fields without a one-line doc: {missing}"
+
+
+def test_the_config_reference_is_written_from_the_schemas():
+    """docs/reference/config.md is what the schemas say now: every key with its doc."""
+    written = reference.REFERENCE.read_text(encoding="utf-8")
+    assert written == reference.render(), "stale: run python -m rlhf.schemas.reference"
+    hints = typing.get_type_hints(PPOConfig)
+    for item in dataclasses.fields(PPOConfig):
+        is_section = dataclasses.is_dataclass(hints[item.name])
+        assert (f"## `ppo.{item.name}`" if is_section else f"| `ppo.{item.name}` |") in written
 
 
 def test_cfg_job_prints_the_composed_experiment(tmp_path):
@@ -74,13 +95,31 @@ def test_cfg_job_prints_the_composed_experiment(tmp_path):
     assert "kl_coef: 0.5" in result.stdout and "advantage_estimator: rloo" in result.stdout
 
 
-def test_ppo_default_yaml_documents_every_ppo_knob():
-    from rlhf.config import PPOConfig
+def test_cfg_job_prints_every_field(tmp_path):
+    result = run_train(["--cfg", "job"], tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
 
-    text = (CONF_DIR / "ppo" / "default.yaml").read_text(encoding="utf-8")
-    assert set(yaml.safe_load(text)) == {f.name for f in dataclasses.fields(PPOConfig)}
-    knob_lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert all("  # " in line for line in knob_lines)  # one line of doc each
+    def keys(node: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for key, value in node.items():
+            found.add(prefix + key)
+            if isinstance(value, dict):
+                found |= keys(value, f"{prefix}{key}.")
+        return found
+
+    def schema_keys(schema: type, prefix: str = "") -> set[str]:
+        found = set()
+        for item in dataclasses.fields(schema):
+            found.add(prefix + item.name)
+            hint = typing.get_type_hints(schema)[item.name]
+            if dataclasses.is_dataclass(hint):
+                found |= schema_keys(hint, f"{prefix}{item.name}.")
+        return found
+
+    expected = schema_keys(Config)
+    assert len(expected) > 200  # every section, nested ones too (ppo.health, model.lora, ...)
+    assert expected <= keys(printed)
 
 
 def schema_defaults(schema: type) -> dict:
@@ -93,54 +132,64 @@ def schema_defaults(schema: type) -> dict:
     return values
 
 
-def differences(written: dict, defaults: dict, prefix: str = "") -> list[str]:
-    """Every value written in a YAML file that is not the schema's default, recursively."""
+def restated(written: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Every value written in a YAML file that only repeats the schema's default, recursively."""
     found = []
     for key, value in written.items():
         if key not in defaults:
             found.append(f"{prefix}{key}: not a schema field")
         elif isinstance(value, dict) and isinstance(defaults[key], dict):
-            found += differences(value, defaults[key], f"{prefix}{key}.")
+            found += restated(value, defaults[key], f"{prefix}{key}.")
         elif isinstance(value, str) and "${" in value:
             continue  # an interpolation (Hydra's run folder, an environment variable)
-        elif value != defaults[key] or isinstance(value, bool) != isinstance(defaults[key], bool):
-            found.append(f"{prefix}{key}: YAML {value!r}, schema {defaults[key]!r}")
+        elif value == defaults[key] and isinstance(value, bool) == isinstance(defaults[key], bool):
+            found.append(f"{prefix}{key}: {value!r}")
     return found
 
 
 SECTIONS = typing.get_type_hints(Config)
-# The options conf/config.yaml picks by default restate the schema's defaults, value by value.
-# data=insult_zh is left out: the schema has no data set of its own (train_file is required).
-DEFAULT_FILES = [(group, "default") for group in ("ppo", "sft", "rm", "dpo", "eval", "pipeline")] + [
-    ("model", "tiny"), ("reward", "reward_model"), ("logger", "wandb"),
-]  # fmt: skip
 
 
-@pytest.mark.parametrize("group,option", DEFAULT_FILES, ids=[f"{g}/{o}" for g, o in DEFAULT_FILES])
-def test_default_yaml_values_equal_the_schema_defaults(group, option):
-    written = yaml.safe_load((CONF_DIR / group / f"{option}.yaml").read_text(encoding="utf-8"))
-    assert differences(written, schema_defaults(SECTIONS[group])) == []
-
-
-def test_root_config_values_equal_the_schema_defaults():
+def test_the_default_options_are_the_schemas_own():
+    """The options conf/config.yaml picks by default are stored from the schemas, so no YAML
+    file writes a default a second time (a file of the same name would shadow the schema)."""
     root = yaml.safe_load((CONF_DIR / "config.yaml").read_text(encoding="utf-8"))
+    chosen = {
+        k: v for entry in root["defaults"] if isinstance(entry, dict) for k, v in entry.items()
+    }
+    for group, (option, schema) in SCHEMA_OPTIONS.items():
+        assert chosen[group] == option and SECTIONS[group] is schema
+        assert not (CONF_DIR / group / f"{option}.yaml").exists(), f"{group}/{option}.yaml"
     written = {k: v for k, v in root.items() if k not in ("defaults", "hydra")}
-    assert set(written) >= {"stage", "resume", "name", "seed", "objective"}
-    assert differences(written, schema_defaults(Config)) == []
-    chosen = [entry for entry in root["defaults"] if isinstance(entry, dict)]
-    assert {"model": "tiny", "reward": "reward_model", "logger": "wandb"}.items() <= {
-        k: v for entry in chosen for k, v in entry.items()
-    }.items()  # the options DEFAULT_FILES compares
+    assert restated(written, schema_defaults(Config)) == []
 
 
-def test_a_changed_default_is_caught():
+def test_a_restated_default_is_caught():
     defaults = schema_defaults(SECTIONS["ppo"])
-    written = {"kl_coef": 0.1, "health": {"kl_min": -1.0, "entropy_min": 0.02}, "whiten_rewards": 0}
-    assert differences(written, defaults) == [
-        "kl_coef: YAML 0.1, schema 0.05",
-        "health.entropy_min: YAML 0.02, schema 0.01",
-        "whiten_rewards: YAML 0, schema False",
-    ]
+    written = {
+        "kl_coef": 0.05,
+        "health": {"kl_min": -1.0, "entropy_min": 0.02},
+        "whiten_rewards": 0,
+    }
+    assert restated(written, defaults) == ["kl_coef: 0.05", "health.kl_min: -1.0"]
+
+
+def test_a_renamed_key_still_works_with_one_warning(compose_config, caplog):
+    with caplog.at_level(logging.WARNING, logger="rlhf.schemas.fields"):
+        config = typed_config(compose_config(["ppo.mini_batch_size=4", "ppo.batch_size=8"]))
+    assert config.ppo.micro_batch_size == 4 and config.ppo.mini_batch_size is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["ppo.mini_batch_size is deprecated: its new name is ppo.micro_batch_size"]
+
+
+def test_a_renamed_key_given_with_its_new_name_is_one_error_line(compose_config):
+    overrides = ["ppo.mini_batch_size=4", "ppo.micro_batch_size=8", "ppo.batch_size=8"]
+    with pytest.raises(ConfigError) as caught:
+        typed_config(compose_config(overrides))
+    assert str(caught.value) == (
+        "ppo.mini_batch_size: is the old name of ppo.micro_batch_size, which is set too; set "
+        "only ppo.micro_batch_size"
+    )
 
 
 def test_settings_pointed_at_another_model_drop_the_gguf_source():

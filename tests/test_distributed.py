@@ -58,13 +58,13 @@ def test_two_processes_of_batch_4_make_the_update_of_one_process_of_batch_8(
     ]  # fmt: skip
     single_dir, double_dir = tmp_path / "single", tmp_path / "double"
     # the reference in this process (its imports are paid for already), without W&B
-    single = compose_config([*common, "ppo.batch_size=8", "ppo.mini_batch_size=8", "logger=none"])
+    single = compose_config([*common, "ppo.batch_size=8", "ppo.micro_batch_size=8", "logger=none"])
     run(typed_config(single), single_dir)
     launch = AccelerateLaunch("accelerate/ddp.yaml", 2, main_process_port=free_port())
     objective, result = run_under_accelerate(
         launch,
         [
-            *common, "ppo.batch_size=4", "ppo.mini_batch_size=4",
+            *common, "ppo.batch_size=4", "ppo.micro_batch_size=4",
             f"ppo.shard_optimizer={str(shard_optimizer).lower()}",
         ],
         double_dir,
@@ -143,11 +143,13 @@ def test_group_statistics_are_the_same_under_one_and_two_processes(
     ]  # fmt: skip
     single_dir, double_dir = tmp_path / "single", tmp_path / "double"
     run(
-        typed_config(compose_config([*common, "ppo.batch_size=4", "ppo.mini_batch_size=16"])),
+        typed_config(compose_config([*common, "ppo.batch_size=4", "ppo.micro_batch_size=16"])),
         single_dir,
     )
     launch = AccelerateLaunch("accelerate/ddp.yaml", 2, main_process_port=free_port())
-    run_under_accelerate(launch, [*common, "ppo.batch_size=2", "ppo.mini_batch_size=8"], double_dir)
+    run_under_accelerate(
+        launch, [*common, "ppo.batch_size=2", "ppo.micro_batch_size=8"], double_dir
+    )
     assert table(double_dir) == table(single_dir) and len(table(single_dir)) == 16
     one, two = (
         json.loads((d / "ppo" / "metrics.jsonl").read_text()) for d in (single_dir, double_dir)

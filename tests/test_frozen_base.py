@@ -96,7 +96,7 @@ def test_ppo_with_a_lora_critic_saves_the_merge_of_the_fp32_base(tiny_sft_model,
     merge of the trained adapters into the folder's fp32 weights, to the bit."""
     from rlhf.stages.ppo import save_outputs
 
-    config = make_config(tiny_sft_model, lora=True, batch_size=4, mini_batch_size=4)
+    config = make_config(tiny_sft_model, lora=True, batch_size=4, micro_batch_size=4)
     config.model.mixed_precision = "bf16"
     config.ppo.critic = "lora"
     trainer = make_trainer(config, tmp_path / "run")

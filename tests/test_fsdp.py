@@ -24,7 +24,7 @@ from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
 from rlhf.pipeline import check_launch_engine, run
-from rlhf.ppo.trainer import check_fsdp2_settings
+from rlhf.ppo.validation import check_fsdp2_settings
 from rlhf.runtime import distributed
 from rlhf.stages import ppo as ppo_stage
 from tests.helpers import free_port
@@ -116,8 +116,8 @@ def test_two_fsdp2_processes_of_batch_4_make_the_update_of_one_process_of_batch_
     full = [*common, "ppo.total_updates=2", "ppo.checkpoint.every=1"]
     lora = [*common, "ppo.total_updates=1", "model.lora.enabled=true", "model.lora.r=4"]
     single, double = (
-        ["ppo.batch_size=8", "ppo.mini_batch_size=8"],
-        ["ppo.batch_size=4", "ppo.mini_batch_size=4"],
+        ["ppo.batch_size=8", "ppo.micro_batch_size=8"],
+        ["ppo.batch_size=4", "ppo.micro_batch_size=4"],
     )
     dirs = {name: tmp_path / name for name in ("full1", "lora1", "lora2", "wrong2", "resumed2")}
     monkeypatch.setattr(ppo_stage, "plot_ppo_run", lambda stage_dir: [])  # ~1.5 s, tested elsewhere

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+from rlhf.config import SCHEMA_OPTIONS
 from rlhf.paths import PROJECT_ROOT
 from tests.helpers import subprocess_environment
 
@@ -16,14 +17,15 @@ CONF = PROJECT_ROOT / "conf"
 
 
 def config_groups() -> dict[str, list[str]]:
-    """Every group under conf/ (hydra's own aside) and its options, as Hydra lists them."""
-    groups = {}
+    """Every group under conf/ (hydra's own aside) and its options, as Hydra lists them: its
+    YAML files and the option stored from the schema's own defaults (`ppo: default`)."""
+    groups = {group: [option] for group, (option, _) in SCHEMA_OPTIONS.items()}
     for folder in sorted(path for path in CONF.rglob("*") if path.is_dir()):
         group = folder.relative_to(CONF).as_posix()
-        options = sorted(path.stem for path in folder.glob("*.yaml"))
+        options = [path.stem for path in folder.glob("*.yaml")]
         if options and not group.startswith("hydra"):
-            groups[group] = options
-    return groups
+            groups[group] = sorted(groups.get(group, []) + options)
+    return dict(sorted(groups.items()))
 
 
 def test_help_lists_the_groups_the_commands_and_the_docs():
@@ -39,7 +41,9 @@ def test_help_lists_the_groups_the_commands_and_the_docs():
         assert command in text
     for page in re.findall(r"^\s+(\S+\.md)\s", text, flags=re.M):
         assert (PROJECT_ROOT / page).is_file(), page
-    assert {"README.md", "docs/ARCHITECTURE.md"} <= set(re.findall(r"\S+\.md", text))
+    assert {"README.md", "docs/ARCHITECTURE.md", "docs/reference/config.md"} <= set(
+        re.findall(r"\S+\.md", text)
+    )
     assert "learning_rate:" not in text and "name_or_path:" not in text  # no composed config
     assert len(text.splitlines()) < 60
 

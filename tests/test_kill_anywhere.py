@@ -41,7 +41,7 @@ PIPELINE = [
     "rm.max_steps=4", "rm.save_steps=2", "rm.logging_steps=1", "rm.max_train_samples=64",
     "rm.max_eval_samples=32",
     "reward.calibrate_samples=8", "ppo.total_updates=4", "ppo.batch_size=8",
-    "ppo.mini_batch_size=4", "ppo.max_new_tokens=12", "ppo.learning_rate=1e-3",
+    "ppo.micro_batch_size=4", "ppo.max_new_tokens=12", "ppo.learning_rate=1e-3",
     "ppo.eval_every=2", "ppo.eval_prompts=4", "ppo.checkpoint.every=2",
     "eval.num_prompts=8", "eval.max_new_tokens=16",
 ]  # fmt: skip
@@ -206,9 +206,9 @@ def test_two_processes_killed_in_the_middle_of_an_update_resume_to_the_straight_
     is one process of batch 8 (tests/test_distributed.py: the same update to ~1e-12)."""
     model = f"model.name_or_path={tiny_sft_model}"
     straight = tmp_path / "straight"
-    config = compose_config([*DDP_PPO, model, "ppo.batch_size=8", "ppo.mini_batch_size=8"])
+    config = compose_config([*DDP_PPO, model, "ppo.batch_size=8", "ppo.micro_batch_size=8"])
     run(typed_config(config), straight)
-    double = [*DDP_PPO, model, "ppo.batch_size=4", "ppo.mini_batch_size=4"]
+    double = [*DDP_PPO, model, "ppo.batch_size=4", "ppo.micro_batch_size=4"]
     run_dir = tmp_path / "double"
     kill = DDP_KILL if ranks == "both" else f"{DDP_KILL}:{ranks}"
     done = launch_killed([*double, "resume=auto"], run_dir, kill)

@@ -78,7 +78,7 @@ def trainer_and_rollout(tiny_sft_model, tmp_path):
     not 0), and a rollout sampled by generate with the sampler's processors and scores."""
     config = make_config(
         tiny_sft_model, min_new_tokens=FIRST, max_new_tokens=MAX_NEW, temperature=TEMPERATURE,
-        kl_estimator="full", batch_size=8, mini_batch_size=8, ppo_epochs=1,
+        kl_estimator="full", batch_size=8, micro_batch_size=8, ppo_epochs=1,
     )  # fmt: skip
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float64"))
     trainer = make_trainer(config, tmp_path)
@@ -159,6 +159,7 @@ def test_log_probs_kl_and_entropy_are_those_of_the_sampler(trainer_and_rollout):
 
     # the entropy the loss and the logs see (one mini-batch, before any step: these weights)
     trainer.shape_rewards(rollout)
+    trainer.estimate_advantages(rollout)
     stats = trainer.optimise(rollout)
     entropy_terms = torch.where(kept, sampler.exp() * sampler, 0.0)
     entropy = -entropy_terms.sum(-1)

@@ -12,7 +12,7 @@ from rlhf.app import optuna_sampler_seed
 
 SWEEP = [
     "-m", "experiment=keyword_ppo_quick", "sweep=kl_clip_optuna", "hydra.sweeper.n_trials=2",
-    "logger=none", "ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.max_new_tokens=4",
+    "logger=none", "ppo.batch_size=8", "ppo.micro_batch_size=4", "ppo.max_new_tokens=4",
     "ppo.total_updates=2", "ppo.eval_every=0", "objective=ppo/objective/scores",
 ]  # fmt: skip
 STUDY = "keyword_ppo_quick-kl_clip"  # ${name}-kl_clip

@@ -118,7 +118,7 @@ def test_ppo_trains_against_the_worst_case_of_an_ensemble(
 ):
     members = [tmp_path / f"rm_{seed}" for seed in (0, 1)]
     tiny_rms(members, offline_environment)
-    config = make_config(tiny_sft_model, batch_size=4, mini_batch_size=4)
+    config = make_config(tiny_sft_model, batch_size=4, micro_batch_size=4)
     config.reward = RewardConfig(
         kind="ensemble", members=[str(m) for m in members], aggregate="min"
     )
@@ -126,7 +126,7 @@ def test_ppo_trains_against_the_worst_case_of_an_ensemble(
     seen = {}  # what the trainer hands its reward: texts and the token ids (the RM's fast path)
     ensemble = trainer.reward_fn
     trainer.reward_fn = lambda *batch: seen.setdefault("batch", batch) and ensemble(*batch)
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     scorers = [RewardModelScorer(m, None, ModelConfig()) for m in members]
     each = torch.stack([score(*seen["batch"]) for score in scorers])
     assert (each[0] != each[1]).all()  # the members disagree on every answer

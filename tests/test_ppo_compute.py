@@ -21,7 +21,7 @@ def test_gradient_checkpointing_recomputes_layers_in_the_update_and_changes_noth
     with model.gradient_checkpointing each layer's forward runs again in the backward pass."""
     counts, weights = {}, {}
     for checkpointing in (False, True):
-        config = make_config(tiny_sft_model, batch_size=4, mini_batch_size=2, ppo_epochs=1)
+        config = make_config(tiny_sft_model, batch_size=4, micro_batch_size=2, ppo_epochs=1)
         config.model.gradient_checkpointing = checkpointing
         trainer = make_trainer(config, tmp_path / str(checkpointing))
         calls = []
@@ -39,7 +39,7 @@ def test_gradient_checkpointing_recomputes_layers_in_the_update_and_changes_noth
 def test_mixed_precision_runs_the_passes_in_half_and_keeps_fp32_weights(
     tiny_sft_model, tmp_path, precision
 ):
-    config = make_config(tiny_sft_model, batch_size=4, mini_batch_size=4, ppo_epochs=2)
+    config = make_config(tiny_sft_model, batch_size=4, micro_batch_size=4, ppo_epochs=2)
     config.model.mixed_precision = precision
     trainer = make_trainer(config, tmp_path)
     dtypes = []
@@ -132,7 +132,7 @@ def test_bf16_ppo_keeps_the_reference_and_reward_model_linears_in_bf16(
     from rlhf.config import ModelConfig
     from rlhf.rewards.reward_model import RewardModelScorer
 
-    config = make_config(tiny_sft_model, batch_size=4, mini_batch_size=4, ppo_epochs=1)
+    config = make_config(tiny_sft_model, batch_size=4, micro_batch_size=4, ppo_epochs=1)
     config.model.mixed_precision = "bf16"
     trainer = make_trainer(config, tmp_path)
     reference_linears = [

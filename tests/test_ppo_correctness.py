@@ -24,7 +24,7 @@ from rlhf.errors import ConfigError, ModelLoadError
 from rlhf.models.loading import check_trainable_precision, load_model_and_tokenizer
 from rlhf.models.scoring import conversation_token_batch, turn_suffix_ids
 from rlhf.ppo import core
-from rlhf.ppo.trainer import stop_token_id
+from rlhf.ppo.validation import stop_token_id
 from rlhf.runtime.generation import (
     SamplingSettings,
     SeededSampling,
@@ -68,7 +68,7 @@ def test_the_value_loss_reaches_the_critic_adapter_and_never_the_policy_adapter(
     with torch.no_grad():  # a trained state: head and lora_B away from their zero start
         for param in model.critic_parameters():
             param.normal_(std=0.1)
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     inputs = joined_inputs(rollout.encoded, rollout.responses, rollout.mask)
     widths = (rollout.encoded.input_ids.shape[1], rollout.responses.shape[1])
     with model.critic_adapter():
@@ -172,7 +172,7 @@ def test_ppo_scores_the_tokens_it_sampled(tiny_sft_model, tmp_path):
         return torch.zeros(len(completions))
 
     trainer = make_trainer(make_config(tiny_sft_model, max_new_tokens=3), tmp_path, reward=reward)
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     (tokens,) = seen
     assert torch.equal(tokens.response_ids, rollout.responses)
     assert torch.equal(tokens.ended, rollout.ended) and not rollout.ended.all()
@@ -222,7 +222,7 @@ def test_new_value_heads_start_at_zero(tiny_sft_model, tmp_path, critic):
     trainer = make_trainer(
         make_config(tiny_sft_model, lora=critic == "lora", critic=critic), tmp_path
     )
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     trainer.forward_passes(rollout)
     assert torch.all(rollout.values == 0)
 
@@ -230,7 +230,9 @@ def test_new_value_heads_start_at_zero(tiny_sft_model, tmp_path, critic):
 def test_critic_learning_rate_and_separate_clipping(tiny_sft_model, tmp_path):
     """The policy's step does not depend on the critic's gradient: with vf_coef 1000 the
     critic's gradient norm is huge, and joint clipping would shrink the policy's update."""
-    config = make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8, critic_learning_rate=3e-4)
+    config = make_config(
+        tiny_sft_model, ppo_epochs=1, micro_batch_size=8, critic_learning_rate=3e-4
+    )
     trainer = make_trainer(config, tmp_path / "a")
     lrs = [group["lr"] for group in trainer.optimizer.param_groups]
     assert lrs == [1e-3, 3e-4]
@@ -286,7 +288,7 @@ def test_full_kl_by_hand():
 def test_kl_estimator_full_penalises_the_exact_kl(tiny_sft_model, tmp_path):
     trainer = make_trainer(make_config(tiny_sft_model, kl_estimator="full"), tmp_path)
     trainer.step()  # the policy moves away from the reference
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     trainer.forward_passes(rollout)
     trainer.shape_rewards(rollout)
     inputs = joined_inputs(rollout.encoded, rollout.responses, rollout.mask)
@@ -404,7 +406,7 @@ def test_the_overlong_penalty_uses_the_drawn_length_limit(tiny_sft_model, tmp_pa
     config = make_config(tiny_sft_model, max_new_tokens=10, length_sampler=[3, 3],
                          min_new_tokens=3, overlong_buffer=2)  # fmt: skip
     trainer = make_trainer(config, tmp_path)
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     assert rollout.max_new_tokens == 3 and rollout.mask.sum(1).max() == 3
     full_length = rollout.mask.sum(1) == 3  # at the drawn limit of 3: the whole penalty
     penalty = (rollout.scores.cpu() - rollout.raw_scores)[full_length]
@@ -415,7 +417,7 @@ def test_evaluation_sampling_uses_the_temperature(tiny_sft_model, tmp_path):
     trainer = make_trainer(
         make_config(tiny_sft_model, eval_do_sample=True, temperature=0.3), tmp_path
     )
-    settings = trainer.sampling(evaluation=True)
+    settings = trainer.sampling_settings(evaluation=True)
     assert settings.do_sample and settings.temperature == 0.3
 
 

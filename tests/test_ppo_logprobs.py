@@ -22,7 +22,6 @@ import pytest
 import torch
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
 
-from rlhf.ppo.lm_head_logprobs import head_token_logprobs
 from rlhf.ppo.logprobs import token_logprobs, truncation_threshold
 
 U = 2.0**-24  # unit roundoff of float32
@@ -228,7 +227,8 @@ def test_keep_mask_then_top_k_as_generate_orders_them():
 
 @pytest.mark.parametrize("entropy_in_loss", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_lm_head_version_equals_float64(dtype, entropy_in_loss):
+def test_logprobs_through_an_lm_head_equal_float64(dtype, entropy_in_loss):
+    """The loop's shape: logits = hidden·weightᵀ, gradients back into both."""
     generator = torch.Generator().manual_seed(9)
     hidden = torch.randn(2, 7, 16, generator=generator).to(dtype)
     weight = (torch.randn(300, 16, generator=generator) * 0.5).to(dtype)
@@ -236,7 +236,7 @@ def test_lm_head_version_equals_float64(dtype, entropy_in_loss):
     g_lp = upstream(tokens.shape, 10)
     g_h = upstream(tokens.shape, 11) if entropy_in_loss else None
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    logprobs, entropy = head_token_logprobs(h, w, tokens, 0.7, with_entropy=True, chunk_cols=37)
+    logprobs, entropy = token_logprobs(h @ w.T, tokens, 0.7, with_entropy=True, chunk_rows=3)
     loss = logprobs.double() * g_lp + (entropy.double() * g_h if entropy_in_loss else 0)
     loss.sum().backward()
     h64, w64 = hidden.double(), weight.double()
@@ -262,8 +262,8 @@ def test_lm_head_version_equals_float64(dtype, entropy_in_loss):
     assert_within(w.grad, grad_w, limit.T @ h_abs + (14 * U + out) * (grad_z.abs().T @ h_abs))
 
 
-def test_lm_head_version_of_a_truncated_distribution():
-    """keep mask, top-k and top-p from full rows; vocabulary blocks that do not divide V."""
+def test_logprobs_through_an_lm_head_of_a_truncated_distribution():
+    """keep mask, top-k and top-p; gradients back into the hidden states and the weight."""
     generator = torch.Generator().manual_seed(12)
     hidden = torch.randn(3, 5, 16, generator=generator)
     weight = torch.randn(300, 16, generator=generator) * 0.5
@@ -272,8 +272,8 @@ def test_lm_head_version_of_a_truncated_distribution():
     kept = hf_kept((logits / 0.9).masked_fill(~keep, -math.inf), 40, 0.85)
     tokens = sample_kept(kept, seed=13)
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    logprobs, entropy = head_token_logprobs(
-        h, w, tokens, 0.9, keep=keep, top_k=40, top_p=0.85, with_entropy=True, chunk_cols=64
+    logprobs, entropy = token_logprobs(
+        h @ w.T, tokens, 0.9, keep=keep, top_k=40, top_p=0.85, with_entropy=True, chunk_rows=4
     )
     (logprobs + entropy).sum().backward()
     expected_lp, expected_h = token_logprobs(
@@ -296,24 +296,6 @@ def test_lm_head_version_of_a_truncated_distribution():
     assert_within(w.grad, grad_w, limit.T @ h_abs + 15 * U * (grad_z.abs().T @ h_abs))
 
 
-def test_lm_head_version_saves_no_vocabulary_sized_tensor():
-    """The autograd graph keeps hidden states and the weight, never an N×V tensor."""
-    hidden = torch.randn(4, 8, 16, requires_grad=True)
-    weight = torch.randn(1000, 16, requires_grad=True)
-    tokens = torch.randint(0, 1000, (4, 8))
-    saved: list[torch.Size] = []
-
-    def pack(tensor):
-        saved.append(tensor.shape)
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        logprobs, _ = head_token_logprobs(hidden, weight, tokens, chunk_cols=300)
-    assert max(math.prod(shape) for shape in saved) == 1000 * 16  # the weight itself
-    logprobs.sum().backward()
-    assert hidden.grad.shape == hidden.shape and weight.grad.abs().sum() > 0
-
-
 def test_logits_version_saves_only_the_logits_in_their_dtype():
     logits = torch.randn(4, 8, 1000, dtype=torch.bfloat16, requires_grad=True)
     tokens = torch.randint(0, 1000, (4, 8))
@@ -332,6 +314,13 @@ def test_logits_version_saves_only_the_logits_in_their_dtype():
         token_logprobs(logits, tokens, 0.7, save_log_probs=True)
     big = [(shape, dtype) for shape, dtype in saved if math.prod(shape) >= 4 * 8 * 1000]
     assert big == [(torch.Size([32, 1000]), torch.float32)]  # the log-softmax, not the logits
+
+
+def test_logprobs_by_hand():
+    logits = torch.zeros(1, 2, 4)
+    logits[0, 1, 3] = math.log(3)  # probabilities (1, 1, 1, 3) / 6
+    logprobs, _ = token_logprobs(logits, torch.tensor([[0, 3]]))
+    assert logprobs[0].tolist() == pytest.approx([math.log(0.25), math.log(0.5)])
 
 
 def test_float64_logits_stay_float64_and_match_to_float64_roundoff():

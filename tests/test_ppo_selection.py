@@ -78,7 +78,7 @@ def test_a_critic_from_the_reward_model_predicts_in_the_calibrated_units(
     assert calibrated["critic"] == {"gain": gain, "bias": bias}  # reward.scale = 1
     assert abs(gain - 1) > 1e-3 and abs(bias) > 1e-3  # a real change of units
 
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     critic = trainer.model.critic
     rm = AutoModelForSequenceClassification.from_pretrained(rm_dir, torch_dtype=torch.float64)
     hidden_size = rm.config.hidden_size
@@ -344,7 +344,7 @@ def test_the_guard_stops_a_run_whose_reward_and_judge_disagree(warm_train, tmp_p
          "reward.kind=function", f"reward.function={{_target_:{rewards}.answer_length}}",
          f"eval.judge={{kind:function,function:{{_target_:{rewards}.against_length}}}}",
          "ppo.total_updates=6", "ppo.eval_every=1", "ppo.eval_prompts=4", "ppo.batch_size=4",
-         "ppo.mini_batch_size=4", "ppo.max_new_tokens=8", "ppo.learning_rate=1e-3",
+         "ppo.micro_batch_size=4", "ppo.max_new_tokens=8", "ppo.learning_rate=1e-3",
          "ppo.log_samples_every=0", "ppo.checkpoint.every=1", "ppo.checkpoint.keep_last=1",
          f"ppo.checkpoint.hand_on={hand_on}",
          "ppo.hacking_guard={margin:0.5,patience:2,action:stop}"],

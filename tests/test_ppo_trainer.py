@@ -61,12 +61,12 @@ def test_gradient_accumulation_equals_one_big_mini_batch(tiny_sft_model, tmp_pat
     """In float64: the variants differ only in summation order, ~1e-16 relative, so no AdamW
     step (≈ lr·g/|g| at first, which a float32 rounding can flip where g ≈ 0) can differ by more
     than ~lr·1e-12. float32 failed here on another CPU by 6e-6 in 1 of 8192 weights."""
-    config = make_config(tiny_sft_model, batch_size=8, mini_batch_size=8, ppo_epochs=2)
+    config = make_config(tiny_sft_model, batch_size=8, micro_batch_size=8, ppo_epochs=2)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="float64"))
     params = []
     for mini, accumulation in ((8, 1), (4, 2), (2, 4)):
         variant = replace_ppo(
-            config, mini_batch_size=mini, gradient_accumulation_steps=accumulation
+            config, micro_batch_size=mini, gradient_accumulation_steps=accumulation
         )
         trainer = make_trainer(variant, tmp_path / f"{mini}x{accumulation}")
         trainer.step()
@@ -128,7 +128,7 @@ def test_full_policy_and_each_critic_kind_learn_in_one_step(tiny_sft_model, tmp_
 
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_first_epoch_ratio_is_one(tiny_sft_model, tmp_path, precision):
-    config = make_config(tiny_sft_model, ppo_epochs=1, mini_batch_size=8)
+    config = make_config(tiny_sft_model, ppo_epochs=1, micro_batch_size=8)
     config.model.mixed_precision = precision  # rollout and update in the same precision
     trainer = make_trainer(config, tmp_path)
     metrics = trainer.step()  # one mini-batch, before any step: new == old log-probs
@@ -238,7 +238,7 @@ def test_ppo_stage_end_to_end_with_lora_and_offline_wandb(warm_train, tiny_sft_m
 def test_sampling_knobs_act(tiny_sft_model, tmp_path):
     config = make_config(tiny_sft_model, samples_per_prompt=2, length_sampler=[3, 3])
     trainer = make_trainer(config, tmp_path)
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     assert rollout.responses.shape == (16, 3)  # 8 prompts × 2 samples, 3 new tokens at most
     assert rollout.prompts[0] == rollout.prompts[1]
 
@@ -247,7 +247,7 @@ def test_stop_token_replaces_eos(tiny_sft_model, tmp_path):
     trainer = make_trainer(
         make_config(tiny_sft_model, stop_token="，", max_new_tokens=24), tmp_path
     )
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     comma = trainer.tokenizer.convert_tokens_to_ids("，")
     lengths = rollout.mask.sum(1)
     for row in range(len(rollout.texts)):
@@ -269,7 +269,7 @@ def test_linear_schedule_decays_the_learning_rate(tiny_sft_model, tmp_path):
 def test_overlong_penalty_lowers_the_scores_of_long_answers(tiny_sft_model, tmp_path):
     config = make_config(tiny_sft_model, max_new_tokens=4, min_new_tokens=4, overlong_buffer=1)
     trainer = make_trainer(config, tmp_path)
-    rollout = trainer.generate(*trainer.next_prompts())
+    rollout = trainer.sample_and_score(*trainer.next_prompts())
     expected = rollout.raw_scores - 1.0  # every answer is 4 tokens long: the full penalty
     torch.testing.assert_close(rollout.scores.cpu(), expected)
 
@@ -291,3 +291,18 @@ def test_each_update_hands_the_host_heaps_free_pages_back(tiny_sft_model, tmp_pa
         use_host_heap("system")  # this worker's later tests get glibc's defaults back
     # True: glibc was asked (host_heap=reuse keeps freed memory until then); False off glibc
     assert released == [_glibc() is not None] * 2
+
+
+def test_the_class_docstring_example_runs(monkeypatch, tmp_path):
+    """PPOTrainer's docstring example (a tiny random model, one update), run as a doctest."""
+    import doctest
+
+    from rlhf.ppo.trainer import PPOTrainer
+
+    monkeypatch.chdir(tmp_path)
+    [example] = [
+        test for test in doctest.DocTestFinder().find(PPOTrainer) if test.name == "PPOTrainer"
+    ]
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    result = runner.run(example)
+    assert result.attempted > 10 and result.failed == 0

@@ -34,7 +34,7 @@ def ppo_args(model_dir) -> list[str]:
         "stage=ppo", f"model.name_or_path={model_dir}", "reward=char_fraction",
         "model.dtype=float64",  # resume = straight run up to summation order, robust by float64
         "reward.function.chars='你我'", "ppo.total_updates=6", "ppo.batch_size=8",
-        "ppo.mini_batch_size=4", "ppo.max_new_tokens=12", "ppo.learning_rate=1e-3",
+        "ppo.micro_batch_size=4", "ppo.max_new_tokens=12", "ppo.learning_rate=1e-3",
         "ppo.eval_every=3", "ppo.eval_prompts=4", "ppo.log_samples_every=2",
         "ppo.checkpoint.every=1", "ppo.checkpoint.keep_last=2",
     ]  # fmt: skip

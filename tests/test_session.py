@@ -26,7 +26,7 @@ from tests.helpers import read_jsonl
 # source of difference (the two paths below pad to the same width, so none is expected at all)
 SMALL = [
     "experiment=keyword_ppo_quick", "logger=none", "model.dtype=float64", "ppo.batch_size=8",
-    "ppo.mini_batch_size=4", "ppo.max_new_tokens=8", "ppo.eval_every=0",
+    "ppo.micro_batch_size=4", "ppo.max_new_tokens=8", "ppo.eval_every=0",
 ]  # fmt: skip
 TOLERANCE = 1e-12  # float64 parameters of magnitude ≤ ~1 after a few AdamW steps of lr 1e-2
 

@@ -2,7 +2,8 @@
 
 Shapes: B = sequences, T = response tokens. `mask` is the response mask, True (1) on real
 response tokens; values at masked positions never change a result. Functions take tensors and
-scalars, never config objects; losses return `(loss, stats)` with stats as detached scalars.
+scalars, never config objects; losses return `(loss, stats)` with stats as detached 0-d
+tensors: no host sync inside, the caller reduces them to numbers once, where it logs them.
 
 References: Schulman et al. 2017 (PPO), Schulman et al. 2016 (GAE), Ziegler et al. 2019 (KL
 penalty in the reward), Ye et al. 2020 (dual clip), Schulman 2020 "Approximating KL divergence"
@@ -14,9 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rlhf import algorithms
 from rlhf.runtime.masks import last_true_index
 
-Stats = dict[str, float]
+Stats = dict[str, torch.Tensor]  # name → detached 0-d tensor, reduced to a number where logged
 
 
 def upcast(values: torch.Tensor) -> torch.Tensor:
@@ -70,22 +72,34 @@ def masked_whiten(
 # --- KL ---------------------------------------------------------------------------------------
 
 
-def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(policy ‖ reference) from sampled-token log-probs, (B, T).
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 = log p − log q per token, (B, T): unbiased, high variance, can be negative."""
+    return logprobs - ref_logprobs
 
-    k1 = log p − log q (unbiased, high variance, can be negative); abs = |k1|;
-    k2 = ½ (log p − log q)²; k3 = (r − 1) − log r with r = q / p (unbiased, ≥ 0, low variance).
-    """
+
+def kl_abs(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """|log p − log q| per token, (B, T)."""
+    return (logprobs - ref_logprobs).abs()
+
+
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k2 = ½ (log p − log q)² per token, (B, T)."""
+    return 0.5 * (logprobs - ref_logprobs).square()
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 = (r − 1) − log r with r = q / p per token, (B, T): unbiased, ≥ 0, low variance."""
     log_ratio = logprobs - ref_logprobs
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "abs":
-        return log_ratio.abs()
-    if estimator == "k2":
-        return 0.5 * log_ratio.square()
-    if estimator == "k3":
-        return torch.expm1(-log_ratio) + log_ratio
-    raise ValueError(f"unknown KL estimator {estimator!r} (k1, k2, k3, abs)")
+    return torch.expm1(-log_ratio) + log_ratio
+
+
+def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy ‖ reference) from sampled-token log-probs, (B, T), by the
+    KL estimator `estimator` of the registry (rlhf/algorithms.py: k1, k2, k3, abs above)."""
+    declaration = algorithms.kl_estimator(estimator)
+    if declaration.from_logits:
+        raise ValueError(f"ppo.kl_estimator: {estimator!r} needs the logits of both models")
+    return declaration.load()(logprobs, ref_logprobs)
 
 
 def full_kl_from_logits(
@@ -102,16 +116,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-token entropy of the categorical distribution, (B, T, V) → (B, T)."""
     logp = F.log_softmax(upcast(logits), dim=-1)
     return -(logp.exp() * logp).sum(-1)
-
-
-def logprobs_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """Log-probability of each token under the logits: (B, T, V), (B, T) → (B, T)."""
-    return gather_tokens(F.log_softmax(upcast(logits), dim=-1), tokens)
-
-
-def gather_tokens(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T, V) log-probabilities, (B, T) tokens → (B, T) log-probability of each token."""
-    return torch.gather(log_probs, 2, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 # --- rewards and advantages -----------------------------------------------------------------
@@ -164,28 +168,47 @@ def gae(
 # --- losses -----------------------------------------------------------------------------------
 
 
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, horizon: int | None = None) -> torch.Tensor:
+    """(B, T) → scalar: the mean over all masked tokens, each weighing the same."""
+    return masked_mean(loss, mask)
+
+
+def _sequence_mean(per_row: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) → scalar: the mean over the rows with at least one masked token, so a row left out
+    of the loss entirely (a dropped group) does not dilute it."""
+    return masked_mean(per_row, mask.sum(1) > 0)
+
+
+def seq_mean_token_mean(
+    loss: torch.Tensor, mask: torch.Tensor, horizon: int | None = None
+) -> torch.Tensor:
+    """(B, T) → scalar: each sequence weighs the same (GRPO's 1/|o|)."""
+    return _sequence_mean(masked_mean(loss, mask, dim=1), mask)
+
+
+def seq_mean_token_sum(
+    loss: torch.Tensor, mask: torch.Tensor, horizon: int | None = None
+) -> torch.Tensor:
+    """(B, T) → scalar: the mean of each sequence's token sum (longer sequences weigh more)."""
+    return _sequence_mean(masked_sum(loss, mask, dim=1), mask)
+
+
+def seq_mean_token_sum_norm(
+    loss: torch.Tensor, mask: torch.Tensor, horizon: int | None = None
+) -> torch.Tensor:
+    """(B, T) → scalar: token sums over a constant `horizon` instead of each length (Dr. GRPO)."""
+    if horizon is None or horizon < 1:
+        raise ValueError("seq_mean_token_sum_norm needs a constant horizon >= 1")
+    return _sequence_mean(masked_sum(loss, mask, dim=1) / horizon, mask)
+
+
 def aggregate(
     loss: torch.Tensor, mask: torch.Tensor, mode: str, horizon: int | None = None
 ) -> torch.Tensor:
-    """Per-token loss (B, T) → scalar: token_mean (all tokens weigh the same),
-    seq_mean_token_mean (each sequence weighs the same: GRPO's 1/|o|), seq_mean_token_sum
-    (longer sequences weigh more), seq_mean_token_sum_norm (token sums over a constant
-    `horizon` instead of each length: Dr. GRPO). Sequence means count the rows with at least one
-    masked token, so a row left out of the loss entirely (a dropped group) does not dilute them."""
-    mask = mask.to(loss.dtype)
-    if mode == "token_mean":
-        return masked_mean(loss, mask)
-    if mode == "seq_mean_token_mean":
-        per_row = masked_mean(loss, mask, dim=1)
-    elif mode in ("seq_mean_token_sum", "seq_mean_token_sum_norm"):
-        per_row = masked_sum(loss, mask, dim=1)
-    else:
-        raise ValueError(f"unknown loss aggregation {mode!r}")
-    if mode == "seq_mean_token_sum_norm":
-        if horizon is None or horizon < 1:
-            raise ValueError("seq_mean_token_sum_norm needs a constant horizon >= 1")
-        per_row = per_row / horizon
-    return masked_mean(per_row, mask.sum(1) > 0)
+    """Per-token loss (B, T) → scalar by the loss aggregation `mode` of the registry
+    (rlhf/algorithms.py: token_mean, seq_mean_token_mean, seq_mean_token_sum,
+    seq_mean_token_sum_norm above); `horizon` is the constant length of the last."""
+    return algorithms.aggregation(mode).load()(loss, mask.to(loss.dtype), horizon)
 
 
 def policy_loss(
@@ -213,11 +236,11 @@ def policy_loss(
     loss = aggregate(per_token, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).float(), mask).item(),
-            "approxkl": masked_mean(-log_ratio, mask).item(),  # k1 of old ‖ new
-            "approxkl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item(),
-            "ratio_mean": masked_mean(ratio, mask).item(),
-            "ratio_max": ratio.masked_fill(~mask.bool(), 0).max().item(),
+            "clipfrac": masked_mean((clipped > unclipped).float(), mask),
+            "approxkl": masked_mean(-log_ratio, mask),  # k1 of old ‖ new
+            "approxkl_k3": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_max": ratio.masked_fill(~mask.bool(), 0).max(),
         }
     return loss, stats
 
@@ -241,9 +264,9 @@ def value_loss(
     loss = 0.5 * aggregate(errors, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask).item(),
-            "mean": masked_mean(values, mask).item(),
-            "explained_variance": explained_variance(values, returns, mask).item(),
+            "clipfrac": masked_mean((clipped_error > unclipped_error).float(), mask),
+            "mean": masked_mean(values, mask),
+            "explained_variance": explained_variance(values, returns, mask),
         }
     return loss, stats
 

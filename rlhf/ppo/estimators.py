@@ -1,5 +1,6 @@
 """Critic-free advantage estimators as pure tensor functions (GAE, which needs a critic, is in
-core.py; `ppo.advantage_estimator` picks one, rlhf/config.py ESTIMATORS says what else follows).
+core.py; `ppo.advantage_estimator` picks one, each declared with what follows from it in
+rlhf/algorithms.py).
 
 Shapes: B = P × G sequences, the G answers to each of P prompts in consecutive rows (the
 trainer's rollout order: a prompt's group is whole on one process, so every group statistic
@@ -20,8 +21,11 @@ REINFORCE++-baseline), Yu et al. 2025 (DAPO: dynamic sampling drops uniform grou
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
+from rlhf import algorithms
 from rlhf.ppo import core
 from rlhf.runtime.masks import last_true_index
 
@@ -122,6 +126,31 @@ def reinforce_pp_baseline(
     return reinforce_pp(rewards - baseline, mask, gamma)
 
 
+def advantages(
+    name: str,
+    rewards: torch.Tensor,
+    scores: torch.Tensor,
+    values: torch.Tensor | None,
+    mask: torch.Tensor,
+    group_size: int,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The advantage estimator `name` (ppo.advantage_estimator, declared in rlhf/algorithms.py)
+    on one process's rollout: its function gets the inputs it names among `rewards` (B, T),
+    `scores` (B,), `values` (B, T) (None without a critic), `mask` (B, T), `group_size`,
+    `gamma` and `lam`, and returns `(advantages, returns)`, both (B, T)."""
+    function = algorithms.estimator(name).load()
+    given = {
+        "rewards": rewards, "scores": scores, "values": values, "mask": mask,
+        "group_size": group_size, "gamma": gamma, "lam": lam,
+    }  # fmt: skip
+    wanted = inspect.signature(function).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in wanted.values()):
+        given = {key: value for key, value in given.items() if key in wanted}
+    return function(**given)
+
+
 def critic_free(
     name: str,
     rewards: torch.Tensor,
@@ -130,18 +159,10 @@ def critic_free(
     group_size: int,
     gamma: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The estimator `name` (ppo.advantage_estimator, all but gae) on one process's rollout."""
-    if name == "grpo":
-        return grpo(rewards, mask, group_size)
-    if name == "dr_grpo":
-        return dr_grpo(rewards, mask, group_size)
-    if name == "rloo":
-        return rloo(rewards, mask, group_size)
-    if name == "reinforce_pp":
-        return reinforce_pp(rewards, mask, gamma)
-    if name == "reinforce_pp_baseline":
-        return reinforce_pp_baseline(rewards, scores, mask, group_size, gamma)
-    raise ValueError(f"unknown critic-free advantage estimator {name!r}")
+    """The estimator `name` (one declared with no critic) on one process's rollout."""
+    if algorithms.estimator(name).critic != algorithms.NO_CRITIC:
+        raise ValueError(f"ppo.advantage_estimator: {name!r} needs a critic's values")
+    return advantages(name, rewards, scores, None, mask, group_size, gamma, lam=1.0)
 
 
 def uniform_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:

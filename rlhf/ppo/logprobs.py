@@ -6,15 +6,18 @@ over the kept set K_t of the distribution actually sampled: every token, or what
 warpers leave (a caller's `keep` mask first, e.g. EOS suppressed by min_new_tokens, then top-k,
 then top-p, in generate's order, on the temperature-scaled logits). Shapes: N = B·T positions
 (the functions take (B, T, ·) and flatten), V = vocabulary, H = hidden width. `stop_suppressed`
-builds the min_new_tokens mask; `full_kl` is the exact KL between two such distributions.
+and `sampled_keep` build the min_new_tokens mask; `full_kl` is the exact KL between two such
+distributions.
 
 The autograd version of the plain formula (`log_softmax(logits.float() / T)` then gather) keeps
 ~3 N×V float32 tensors alive at once and one for backward: 335 MB each for Gemma's 262k
 vocabulary at N = 8×40. Here the positions are processed in chunks of `chunk_rows` rows (fused
 log-softmax kernel per chunk) and the backward recomputes each chunk's log-softmax from the saved
 logits, so the only N×V tensors are the logits themselves and their gradient (in their dtype).
-rlhf/ppo/lm_head_logprobs.py goes further: from the last hidden states and the LM-head weight,
-no N×V tensor at all.
+This is the one log-prob path of the PPO loop and the eval stage: measured against a plain
+log-softmax and gather and against chunked LM-head versions (ours, TRL's) that never hold the
+logits, it was the fastest forward and backward on Gemma 3's 262k vocabulary
+(benchmarks/logprob_paths_bench.py).
 
 Gradient, per position, with p the (truncated, renormalised) distribution, s = z / T and the
 upstream gradients g (of the log-prob) and h (of the entropy H):
@@ -32,6 +35,9 @@ from __future__ import annotations
 import math
 
 import torch
+
+from rlhf.errors import ConfigError
+from rlhf.runtime import distributed
 
 DEFAULT_CHUNK_ELEMENTS = 2**22  # ~16 MB of float32 per chunk temporary
 
@@ -228,6 +234,33 @@ def stop_suppressed(
     restricted[:, min_new_tokens:] = False
     keep[..., stop_token_id] = ~restricted
     return keep
+
+
+def sampled_keep(
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    vocab_size: int,
+    stop_token_id: int,
+    min_new_tokens: int,
+    check: bool = False,
+) -> torch.Tensor | None:
+    """(B, T, V) bool, the tokens the sampler could draw at each response position: all but
+    the stop token among the first `min_new_tokens` (generate suppresses it there); None when
+    that is 0. tokens (B, T) and mask (B, T) are the responses and their real positions.
+    `check`: refuse answers holding the stop token there (given from outside: their log-prob
+    under the distribution sampled is −inf), alike on every process."""
+    first = min_new_tokens
+    if first == 0:
+        return None
+    if check:
+        early = (tokens[:, :first] == stop_token_id) & mask[:, :first].bool()
+        if distributed.any_process(bool(early.any())):
+            raise ConfigError(
+                f"ppo.min_new_tokens={first}: an answer has the stop token among its first "
+                f"{first} tokens, where sampling forbids it (log-probability −inf under the "
+                "distribution sampled); give longer answers or lower ppo.min_new_tokens"
+            )
+    return stop_suppressed(mask, vocab_size, stop_token_id, first)
 
 
 @torch.no_grad()

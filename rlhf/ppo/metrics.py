@@ -9,7 +9,7 @@ SAMPLE_COLUMNS = ["update", "prompt", "response", "score", "kl", "length", "eos"
 
 
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:
-    """Per-update statistics of a rollout (see the metric table in the README)."""
+    """Per-update statistics of a rollout (see the metric table in docs/ppo.md)."""
     mask = rollout.mask
     per_sequence = {
         "kl": core.masked_sum(rollout.kl, mask, dim=1),

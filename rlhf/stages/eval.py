@@ -40,6 +40,7 @@ from rlhf.config import Config, EvalConfig, ModelConfig
 from rlhf.data.loading import limit_lengths, load_preference_data
 from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.ppo import core
+from rlhf.ppo.logprobs import token_logprobs
 from rlhf.reporting.fluency import nll_per_character_batch
 from rlhf.reporting.phrases import TopPhrase, top_phrase
 from rlhf.rewards import build_reward
@@ -92,7 +93,7 @@ def sequence_logprobs(model, encoded, responses, mask) -> torch.Tensor:
     """(B,) Σ_t log p(response token t) under `model`."""
     inputs = joined_inputs(encoded, responses, mask)
     logits = model(**inputs, use_cache=False, logits_to_keep=responses.shape[1] + 1).logits[:, :-1]
-    return core.masked_sum(core.logprobs_of(logits, responses), mask, dim=1)
+    return core.masked_sum(token_logprobs(logits, responses)[0], mask, dim=1)
 
 
 def answer_metrics(

@@ -44,7 +44,8 @@ from rlhf.models.saving import save_model
 from rlhf.models.tokenizers import check_tokenizers_agree, tokenizer_at
 from rlhf.ppo.actor_critic import CRITIC_ADAPTER, ActorCritic
 from rlhf.ppo.checkpoint import Checkpointer
-from rlhf.ppo.trainer import PPOTrainer, check_fsdp2_settings
+from rlhf.ppo.trainer import PPOTrainer
+from rlhf.ppo.validation import check_fsdp2_settings
 from rlhf.reporting.plots import plot_ppo_run
 from rlhf.reporting.rm_report import score_spread
 from rlhf.rewards import RewardFunction, build_reward
