@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 from transformers import AutoModelForCausalLM, set_seed
 
 from rlhf.errors import ConfigError, RewardError
@@ -207,7 +208,9 @@ def test_the_primer_notebook_loop_raises_the_keyword_reward(tmp_path, offline_en
     stats = example("keyword_ppo").main(["--model", "tiny", "--out", str(tmp_path), "logger=none"])
     assert len(stats) == 12
     assert rise(stats) >= 0.1, [s["mean_reward"] for s in stats]
-    assert (tmp_path / "training_curves.png").stat().st_size > 0
+    with Image.open(tmp_path / "training_curves.png") as curves:  # a real picture, not a stub
+        assert curves.format == "PNG" and min(curves.size) >= 200
+        assert len(set(curves.convert("L").getdata())) > 2  # lines drawn on the background
     assert (tmp_path / "final" / "model" / "config.json").is_file()
 
 
