@@ -424,7 +424,7 @@ def test_chat_refuses_bad_arguments_with_one_line(
 # --- paths of the wrong kind: the Python API (rlhf.session) -----------------------------------
 
 SESSION = [
-    "experiment=keyword_ppo_quick", "logger=none", "ppo.batch_size=8", "ppo.micro_batch_size=4",
+    "experiment=keyword_ppo", "scale=quick", "logger=none", "ppo.batch_size=8", "ppo.micro_batch_size=4",
     "ppo.max_new_tokens=4", "ppo.eval_every=0",
 ]  # fmt: skip
 

@@ -173,7 +173,7 @@ def test_a_goal_name_with_a_slash_and_data_goals_without_answers_are_refused():
 def test_goals_compose_from_the_experiment_and_the_command_line(compose_config):
     names = ["judge_rude", "no_hacking", "top_phrase", "distinct", "fluency", "eos", "length"]
     assert list(typed_config(compose_config(["experiment=insult_ppo"])).eval.goals) == names
-    config = typed_config(compose_config(["experiment=insult_ppo_quick", MAIN_GOALS]))
+    config = typed_config(compose_config(["experiment=insult_ppo", "scale=quick", MAIN_GOALS]))
     assert list(config.eval.goals) == names
     assert config.eval.goals["length"] == GoalConfig(
         "eval/policy/length", 0.5, 2, "eval/baseline/length"

@@ -11,11 +11,11 @@ import yaml
 from rlhf.app import optuna_sampler_seed
 
 SWEEP = [
-    "-m", "experiment=keyword_ppo_quick", "sweep=kl_clip_optuna", "hydra.sweeper.n_trials=2",
+    "-m", "experiment=keyword_ppo", "scale=quick", "sweep=kl_clip_optuna", "hydra.sweeper.n_trials=2",
     "logger=none", "ppo.batch_size=8", "ppo.micro_batch_size=4", "ppo.max_new_tokens=4",
     "ppo.total_updates=2", "ppo.eval_every=0", "objective=ppo/objective/scores",
 ]  # fmt: skip
-STUDY = "keyword_ppo_quick-kl_clip"  # ${name}-kl_clip
+STUDY = "keyword_ppo-kl_clip"  # ${name}-kl_clip
 
 
 def trials(storage: str) -> list[optuna.trial.FrozenTrial]:

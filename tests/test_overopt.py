@@ -286,7 +286,8 @@ def test_compare_draws_the_frontier_and_fits_gold_from_run_files(tmp_path, capsy
 
 
 def test_overopt_experiments_and_sweep_preset_compose(compose_config):
-    sweep = compose_with_hydra(["experiment=overopt_quick", "sweep=overopt"]).hydra.sweeper
+    quick = compose_with_hydra(["experiment=overopt", "scale=quick", "sweep=overopt"])
+    sweep = quick.hydra.sweeper
     assert sweep.params == {"ppo.kl_coef": "0.0,0.02,0.1,0.5", "ppo.seed": "0,1,2"}
     proxy = typed_config(compose_config(["experiment=overopt"]))
     assert (proxy.rm.max_train_samples, proxy.rm.label_noise, proxy.rm.seed) == (48, 0.25, 0)
@@ -295,8 +296,12 @@ def test_overopt_experiments_and_sweep_preset_compose(compose_config):
     gold = typed_config(compose_config(["experiment=overopt_gold"]))
     assert gold.stage == "rm" and (gold.rm.max_train_samples, gold.rm.label_noise) == (None, 0.0)
     assert gold.model == proxy.model and gold.data == proxy.data
-    ensemble = typed_config(compose_config(["experiment=overopt_quick_ensemble"]))
+    ensemble = typed_config(compose_config(["experiment=overopt_ensemble", "scale=quick"]))
     assert ensemble.reward.kind == "ensemble" and ensemble.reward.aggregate == "min"
-    assert ensemble.reward.members == ["outputs/overopt_quick_proxies/*/rm/model"]
-    proxies = compose_with_hydra(["experiment=overopt_quick_proxies"])
+    assert ensemble.reward.members == ["outputs/overopt_proxies/*/rm/model"]
+    assert ensemble.model.name_or_path == "tiny"
+    proxies = compose_with_hydra(["experiment=overopt_proxies", "scale=quick"])
     assert proxies.hydra.sweeper.params == {"rm.seed": "0,1,2,3"} and proxies.stage == "rm"
+    # quick runs are kept apart from full ones: the lab's fixed folders are named on the command
+    # line for them (experiments/overopt/run.sh)
+    assert proxies.hydra.sweep.dir.startswith("outputs/quick/overopt_proxies/")

@@ -41,7 +41,7 @@ def test_every_experiment_fits_the_real_depth_of_each_model(compose_config, mode
         lora_config(settings.model.lora, depth)  # no "more than the model's layers"
 
 
-@pytest.mark.slow  # the pipeline on the tiny model runs in test_experiments (insult_ppo_quick)
+@pytest.mark.slow  # the pipeline on the tiny model runs in test_experiments (scale=quick)
 def test_the_main_job_runs_on_the_tiny_model(warm_train, tmp_path):
     """`python train.py experiment=insult_ppo model=tiny`, the natural quick try, shrunk."""
     result = warm_train(

@@ -26,7 +26,7 @@ from tests.helpers import read_jsonl
 # the keyword experiment on the tiny model, small; float64 so that summation order is not a
 # source of difference (the two paths below pad to the same width, so none is expected at all)
 SMALL = [
-    "experiment=keyword_ppo_quick", "logger=none", "model.dtype=float64", "ppo.batch_size=8",
+    "experiment=keyword_ppo", "scale=quick", "logger=none", "model.dtype=float64", "ppo.batch_size=8",
     "ppo.micro_batch_size=4", "ppo.max_new_tokens=8", "ppo.eval_every=0",
 ]  # fmt: skip
 TOLERANCE = 1e-12  # float64 parameters of magnitude ≤ ~1 after a few AdamW steps of lr 1e-2

@@ -22,11 +22,13 @@ from rlhf.sweeps.jobs import job_label, job_params, safe_dirname
 from tests.helpers import compose_with_hydra, read_jsonl
 
 GRID = {(0.01, 0.1), (0.01, 0.3), (0.2, 0.1), (0.2, 0.3)}  # (kl_coef, cliprange)
-# insult_ppo_quick with SFT and RM cut to a few steps, three PPO updates (β acts from the second
-# update on: at the first the policy is the reference and the KL is 0) and no eval stage.
+# insult_ppo under scale=quick with SFT and RM cut to a few steps, 8 answers an update (2 questions
+# × 4), three PPO updates (β acts from the second update on: at the first the policy is the
+# reference and the KL is 0) and no eval stage.
 QUICK = [
-    "experiment=insult_ppo_quick", "sft.max_steps=12", "rm.max_steps=12", "ppo.total_updates=3",
-    "ppo.eval_every=3", "reward.calibrate_samples=8", "pipeline.stages=[sft,rm,ppo]",
+    "experiment=insult_ppo", "scale=quick", "sft.max_steps=12", "rm.max_steps=12",
+    "ppo.batch_size=2", "ppo.micro_batch_size=4", "ppo.total_updates=3", "ppo.eval_every=3",
+    "ppo.eval_prompts=8", "reward.calibrate_samples=8", "pipeline.stages=[sft,rm,ppo]",
 ]  # fmt: skip
 OBJECTIVE = "ppo/objective/rlhf_reward"
 
@@ -129,14 +131,14 @@ def test_grid_sweep_jobs_are_one_wandb_group_with_their_own_parameters(grid_swee
         [run_file] = (sweep_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
         run = read_run(run_file)
         assert run["state"] == "finished" and run["exit_code"] == 0
-        assert run["group"] == f"insult_ppo_quick-{sweep_dir.name}" and run["job_type"] == "ppo"
+        assert run["group"] == f"insult_ppo-{sweep_dir.name}" and run["job_type"] == "ppo"
         kl_coef, cliprange = run["config"]["ppo"]["kl_coef"], run["config"]["ppo"]["cliprange"]
         assert run["name"] == f"ppo.cliprange={cliprange},ppo.kl_coef={kl_coef}-ppo"
         assert run["config"]["sweep"]["params"] == {
             "ppo.kl_coef": kl_coef,
             "ppo.cliprange": cliprange,
         }
-        assert run["tags"] == ["insult_ppo", "quick"]
+        assert run["tags"] == ["insult_ppo"]
         final = info["final_metrics"]
         for key in ("ppo/objective/scores", "ppo/objective/kl", "ppo/objective/rlhf_reward"):
             assert run["summary"][key] == pytest.approx(final[key])
@@ -172,7 +174,7 @@ def test_compare_tabulates_and_plots_the_grid(grid_sweep, capsys):
     assert (kls, clips) == ([0.01, 0.2], [0.1, 0.3]) and not any(
         math.isnan(v) for r in grid for v in r
     )
-    # insult_ppo_quick's judge (the rule-based rudeness judge) is the gold reward: PPO's
+    # insult_ppo's judge (the rule-based rudeness judge) is the gold reward: PPO's
     # evaluations at updates 0 and 3 carry it, so the over-optimisation report is drawn too
     curves = overopt.load_curves(jobs)
     assert len(curves) == 4 and all(c.steps == [0, 3] for c in curves)

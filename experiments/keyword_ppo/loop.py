@@ -40,8 +40,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(argv)
-    experiment = "keyword_ppo_quick" if args.model == "tiny" else "keyword_ppo"
-    config = compose([f"experiment={experiment}", *args.overrides], output_dir=args.out)
+    scale = ["scale=quick"] if args.model == "tiny" else []  # the tiny model, 12 updates
+    config = compose(["experiment=keyword_ppo", *scale, *args.overrides], output_dir=args.out)
     training_stats = []
     # the notebook's PPOTrainer(config, model, ref_model=None, tokenizer, dataset)
     with PPOSession(config) as ppo_trainer:

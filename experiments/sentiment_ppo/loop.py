@@ -38,6 +38,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def scale(model: str) -> list[str]:
+    """The tiny model: scale=quick (12 updates), without the system prompt (the tiny model reads
+    no instructions; its rise was measured without) and on 5 held-out prompts."""
+    if model != "tiny":
+        return []
+    return ["scale=quick", "data.system_prompt=null", "ppo.eval_prompts=5"]
+
+
 def random_tiny_classifier(folder: Path, cache_dir: str) -> Path:
     """A 2-label sequence classifier (NEGATIVE, POSITIVE) with random weights on the tiny model."""
     import torch
@@ -63,8 +71,7 @@ def random_tiny_classifier(folder: Path, cache_dir: str) -> Path:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse(argv)
-    experiment = "sentiment_ppo_quick" if args.model == "tiny" else "sentiment_ppo"
-    config = compose([f"experiment={experiment}", *args.overrides], output_dir=args.out)
+    config = compose(["experiment=sentiment_ppo", *scale(args.model), *args.overrides], args.out)
     classifier = args.classifier
     if classifier is None and args.model == "tiny":
         classifier = random_tiny_classifier(args.out / "random_classifier", config.cache_dir)

@@ -37,7 +37,7 @@ JOB_FILE = "job.json"
 EXIT_SWEEP_FAILED = 1
 MAX_DIRNAME = 150  # a path component may hold 255 bytes; leave room for the job number
 # Overrides that select what runs rather than what varies; never part of a job's label.
-NOT_A_PARAMETER = ("experiment", "stage", "sweep", "launcher")
+NOT_A_PARAMETER = ("experiment", "scale", "stage", "sweep", "launcher")
 
 
 def safe_dirname(text: str) -> str:
@@ -69,7 +69,7 @@ def override_key(override: str) -> str:
 
 
 def job_label(overrides: tuple[str, ...] | list[str], swept: frozenset[str]) -> str:
-    """Swept overrides sorted by key; all overrides (bar experiment, stage) if none is known."""
+    """Swept overrides sorted by key; all overrides (bar NOT_A_PARAMETER) if none is known."""
     chosen = [o for o in overrides if override_key(o) in swept]
     if not chosen:
         chosen = [o for o in overrides if override_key(o) not in NOT_A_PARAMETER]
