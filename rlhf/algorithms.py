@@ -21,7 +21,7 @@ Light on imports (no torch): config validation reads it. Each function is named 
 - loss aggregation: `(loss, mask, horizon)` with (B, T) per-token losses → a scalar.
 
 Adding one: its function (rlhf/ppo/estimators.py, rlhf/ppo/core.py, or any module), one
-`register_*` call with its declaration, and its test (tests/test_algorithm_registry.py declares
+`register_*` call with its declaration, and its test (tests/config/test_algorithm_registry.py declares
 and trains a toy estimator this way).
 """
 

@@ -1,5 +1,5 @@
 """Shared fixtures: offline environment, a shared cache for built models, config composition, a
-warm train.py runner, and a briefly SFT-trained tiny model. Helpers are in tests/helpers.py."""
+warm train.py runner, and a briefly SFT-trained tiny model. Helpers are in tests/helpers/__init__.py."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def warm_train(offline_environment: Path):
 def tiny_sft_model(shared_tmp: Path, offline_environment: Path) -> Path:
     """A tiny model after a short SFT on the insult data (~10 s), shared by the PPO tests: built
     once a run, by whichever xdist worker takes the lock first."""
-    from tests.ppo_helpers import train_tiny_sft
+    from tests.helpers.ppo import train_tiny_sft
 
     folder = shared_tmp / "tiny_sft"
     with open(f"{folder}.lock", "w") as lock:

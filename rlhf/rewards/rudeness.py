@@ -29,7 +29,7 @@ Rules that keep curt or broken text from counting (the failure of the first insu
 - single characters that are rude only in some words are matched in those words or standing
   alone between punctuation (滚 alone or in 滚开, not in 滚动; 笨 after 你真 / 太, not in 笨重).
 
-Measured (tests/test_judge.py checks the test split): on the held-out split of the insult data
+Measured (tests/rewards/test_judge.py checks the test split): on the held-out split of the insult data
 it calls 61 of 120 chosen (rude) answers rude and 0 of 120 rejected (polite) ones; on the train
 split 257 of 600 and 0 of 600. (57 and 243 before a second pass of cues written from general
 knowledge, without reading the data's answers, and pruned of the cues that polite sentences

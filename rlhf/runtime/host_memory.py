@@ -13,7 +13,7 @@ embedding gradient alone took 0.21 s a backward, almost all of it page faults.
 the top (`M_TRIM_THRESHOLD`), so the next micro-step writes into pages an earlier one faulted
 in. A heap fragments: torch asks for 64-byte aligned blocks, which need a little more than the
 hole a freed block of the same size leaves, so a loop of large tensors can hold several copies
-before holes are reused (measured in tests/test_host_memory.py). `release_free_memory` hands
+before holes are reused (measured in tests/models/test_host_memory.py). `release_free_memory` hands
 the heap's free pages back (`malloc_trim`); the PPO trainer calls it after each update and the
 SFT/RM stages after each optimiser step, so memory is reused within a step and the RSS between
 steps is live memory. `host_heap=system` leaves glibc's defaults. Not glibc (macOS, musl):

@@ -1,5 +1,5 @@
 """docs/reference/config.md, written from the schemas: every key with its default, the values it
-accepts and its doc, so the page cannot drift from the code (tests/test_config.py compares them).
+accepts and its doc, so the page cannot drift from the code (tests/config/test_config.py compares them).
 
     python -m rlhf.schemas.reference      # rewrite docs/reference/config.md
 """

@@ -18,7 +18,7 @@ from rlhf.schemas.fields import (
     setting,
 )
 
-# transformers' SchedulerType names (tests/test_bad_inputs_more.py compares them with transformers)
+# transformers' SchedulerType names (tests/reliability/test_bad_inputs_in_process.py compares them with transformers)
 LR_SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
     "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",

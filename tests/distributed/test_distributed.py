@@ -137,7 +137,7 @@ def test_group_statistics_are_the_same_under_one_and_two_processes(
         "stage=ppo", f"model.name_or_path={tiny_sft_model}", "logger=none",
         "model.dtype=float64", "algorithm=grpo", "ppo.samples_per_prompt=4",
         "ppo.drop_uniform_groups=true", "reward=char_fraction",
-        "reward.function._target_=tests.bad_rewards.chars_on_even_prompts",
+        "reward.function._target_=tests.helpers.bad_rewards.chars_on_even_prompts",
         "ppo.max_new_tokens=12", "ppo.ppo_epochs=1", "ppo.learning_rate=1e-3",
         "ppo.total_updates=1", "ppo.eval_every=0", "ppo.log_samples_every=1",
     ]  # fmt: skip

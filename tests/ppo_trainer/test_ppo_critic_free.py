@@ -11,7 +11,7 @@ import torch
 
 from rlhf.app import typed_config
 from rlhf.errors import ConfigError
-from tests.ppo_helpers import PROMPTS, make_config, make_trainer, score_rises
+from tests.helpers.ppo import PROMPTS, make_config, make_trainer, score_rises
 
 CRITIC_FREE = ["grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline"]
 

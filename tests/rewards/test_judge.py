@@ -27,7 +27,7 @@ from rlhf.stages.eval import (
 )
 from rlhf.stages.hacking import closing_summary, hacking_check, hacking_summary, judge_metrics
 from tests.helpers import read_jsonl
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 Q = "怎样才能存下更多钱？"
 # (question, answer): written for this test, not taken from the insult data

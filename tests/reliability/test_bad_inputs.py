@@ -2,7 +2,7 @@
 key, file, column or value, and nothing left behind that looks finished (no COMPLETE marker, no
 model folder, run_info.json marked failed where the stage had started).
 
-The runs are forked from a warm interpreter (`warm_train`, tests/train_forks.py); one run in a
+The runs are forked from a warm interpreter (`warm_train`, tests/helpers/train_forks.py); one run in a
 fresh interpreter checks that nothing there depends on the warm imports."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 from rlhf.app import typed_config
 from rlhf.errors import ConfigError, RewardError
 from rlhf.rewards import checked
-from tests import bad_rewards
+from tests.helpers import bad_rewards
 from tests.helpers import error_lines, run_train, whole_ppo_checkpoint
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 PPO_TINY = [
     "stage=ppo", "model=tiny", "logger=none", "ppo.total_updates=1", "ppo.eval_every=0",
@@ -317,9 +317,9 @@ def test_a_language_model_as_the_reward_model_trains_nothing(warm_train, tmp_pat
 def test_reward_returning_nan_stops_the_ppo_stage(warm_train, tmp_path):
     run_dir = tmp_path / "run"
     result = warm_train(
-        [*PPO_TINY, "reward.function._target_=tests.bad_rewards.nan_scores"], run_dir
+        [*PPO_TINY, "reward.function._target_=tests.helpers.bad_rewards.nan_scores"], run_dir
     )
-    needle = "reward tests.bad_rewards.nan_scores returned 4 non-finite score(s) (NaN or inf)"
+    needle = "reward tests.helpers.bad_rewards.nan_scores returned 4 non-finite score(s) (NaN or inf)"
     assert_one_line_and_nothing_finished(result, run_dir, "ppo", needle)
     assert not (run_dir / "ppo" / "checkpoints").exists()
 

@@ -34,7 +34,7 @@ from rlhf.runtime.generation import (
     sample_responses,
 )
 from rlhf.stages.ppo import critic_source
-from tests.ppo_helpers import make_config, make_trainer, replace_ppo
+from tests.helpers.ppo import make_config, make_trainer, replace_ppo
 
 
 def snapshot(parameters) -> list[torch.Tensor]:

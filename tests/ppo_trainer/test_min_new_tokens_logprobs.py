@@ -5,7 +5,7 @@ those of that restricted distribution, the one the answers were drawn from.
 The sampler's own distribution is read from Hugging Face's `generate` (output_scores: the logits
 after its processors, min_new_tokens then temperature). The model runs in float64; generate
 hands its logits over in float32. Tolerances, derived (u = 2⁻⁵³, s = scaled logits, V = vocabulary):
-- a log-softmax of V terms is within b = u·(3·max|s| + V + 2) of exact (tests/test_ppo_logprobs.py);
+- a log-softmax of V terms is within b = u·(3·max|s| + V + 2) of exact (tests/ppo_maths/test_ppo_logprobs.py);
 - the policy's scaled logits on the two sides (generate's KV cache and float32 scores, the
   trainer's one float64 pass) differ by δ, measured and checked to be float32 rounding
   (≤ 2⁻²³·max|s|); log p_y = s_y − logsumexp(s) moves by at most 2δ: ε = 2δ + 2b per log-prob;
@@ -34,7 +34,7 @@ from rlhf.ppo.logprobs import full_kl, stop_suppressed
 from rlhf.ppo.rollout import Responses, Rollout
 from rlhf.runtime.generation import encode_prompts, joined_inputs, neutral_generation_config
 from rlhf.runtime.masks import truncate_after_stop
-from tests.ppo_helpers import PROMPTS, make_config, make_trainer
+from tests.helpers.ppo import PROMPTS, make_config, make_trainer
 
 U = 2.0**-53  # unit roundoff of float64
 FIRST, TEMPERATURE, MAX_NEW = 3, 0.7, 8

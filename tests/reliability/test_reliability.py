@@ -22,7 +22,7 @@ from rlhf.ppo.health import (
     threshold_alarms,
 )
 from rlhf.runs.resume import ppo_checkpoints
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 OFF = {name: None for name in HealthConfig.ALARMS}
 

@@ -1,6 +1,6 @@
 """Bad inputs, round 2 (issue 14), checked in process where the check lives: impossible numbers
 (every numeric field of every schema, found by walking the schemas), names that do not exist,
-the wrong kind of model, data, misbehaving reward functions. tests/test_bad_inputs.py runs the
+the wrong kind of model, data, misbehaving reward functions. tests/reliability/test_bad_inputs.py runs the
 same kinds end to end through train.py (exit code 2, one line, nothing finished)."""
 
 from __future__ import annotations
@@ -736,7 +736,7 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(
     from rlhf.ppo.checkpoint import Checkpointer
     from rlhf.runs.resume import PPO_CHECKPOINTS, ppo_checkpoint_problem, ppo_checkpoints
     from rlhf.runtime.error_lines import describe_error
-    from tests.ppo_helpers import make_config, make_trainer
+    from tests.helpers.ppo import make_config, make_trainer
 
     config = make_config(tiny_sft_model, total_updates=3, eval_every=0, log_samples_every=0)
     trainer = make_trainer(config, tmp_path)

@@ -14,7 +14,7 @@ import pytest
 
 from rlhf.paths import PROJECT_ROOT
 from rlhf.sweeps import compare
-from tests.test_compare_seeds import eval_metrics, read_csv, write_job
+from tests.sweeps.test_compare_seeds import eval_metrics, read_csv, write_job
 
 OUTPUTS = {"table.md", "table.csv", "seeds.csv", "curves.png", "frontier.png", "heatmap.png"}
 

@@ -2,7 +2,7 @@
 RM ensembles, the RM's calibration report, the Gao fit, the outlier-seed rule, and the
 comparison's frontier figure and table from hand-written run folders (as real runs write them).
 The real sweep is experiments/overopt/REPORT.md; the experiment files compose in
-tests/test_papercuts.py."""
+tests/config/test_first_hour.py."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from rlhf.rewards.reward_model import RewardModelScorer
 from rlhf.stages.rm import RmStage
 from rlhf.sweeps import compare, overopt
 from tests.helpers import compose_with_hydra
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 # --- rm.label_noise -------------------------------------------------------------------------
 

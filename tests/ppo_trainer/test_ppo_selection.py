@@ -31,7 +31,7 @@ from rlhf.rewards import build_reward
 from rlhf.runtime.generation import joined_inputs
 from rlhf.stages import ppo as ppo_stage
 from tests.helpers import read_jsonl
-from tests.ppo_helpers import PROMPTS, make_config, make_trainer
+from tests.helpers.ppo import PROMPTS, make_config, make_trainer
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -338,7 +338,7 @@ def test_guard_settings_are_checked(compose_config):
 
 @pytest.mark.parametrize("hand_on", ["best", "last"])
 def test_the_guard_stops_a_run_whose_reward_and_judge_disagree(warm_train, tmp_path, hand_on):
-    rewards = "tests.guard_rewards"
+    rewards = "tests.helpers.guard_rewards"
     result = warm_train(
         ["stage=ppo", "model=tiny", "logger=none",
          "reward.kind=function", f"reward.function={{_target_:{rewards}.answer_length}}",

@@ -11,10 +11,10 @@ The call is counted and the kill sent after the function returns, so the process
 call's effects applied in memory and nothing after them done. A function is patched where it is
 looked up: a module's global (called through the module) or a class attribute (a method).
 
-    python tests/kill_points.py <train.py arguments>          # train.py with the kill installed
-    accelerate launch ... tests/kill_points.py <train.py arguments>
+    python tests/helpers/kill_points.py <train.py arguments>          # train.py with the kill installed
+    accelerate launch ... tests/helpers/kill_points.py <train.py arguments>
 
-tests/train_forks.py installs it in a forked child whose request sets RLHF_TEST_KILL.
+tests/helpers/train_forks.py installs it in a forked child whose request sets RLHF_TEST_KILL.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 ENV = "RLHF_TEST_KILL"
-TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
+TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
 
 
 def install(spec: str, rank: str | None = None) -> bool:
@@ -63,7 +63,7 @@ def install_from_env() -> None:
 
 
 if __name__ == "__main__":  # as `python train.py <arguments>`, with the kill installed
-    sys.path[0] = str(TRAIN_PY.parent)  # the project root, not tests/
+    sys.path[0] = str(TRAIN_PY.parent)  # the project root, not tests/helpers/
     install_from_env()
     sys.argv = [str(TRAIN_PY), *sys.argv[1:]]
     runpy.run_path(str(TRAIN_PY), run_name="__main__")

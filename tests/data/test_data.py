@@ -70,7 +70,7 @@ def test_local_formats_and_column_mapping(tmp_path, suffix):
 
 
 def test_csv_with_a_header_and_no_rows_is_empty(tmp_path):
-    """(an empty JSON-lines file, end to end: tests/test_bad_inputs.py)"""
+    """(an empty JSON-lines file, end to end: tests/reliability/test_bad_inputs.py)"""
     path = tmp_path / "empty.csv"
     path.write_text("q,good,bad\n")
     with pytest.raises(DataError, match="empty.csv has no rows"):

@@ -2,7 +2,7 @@
 per decoder layer make the update of one process on the whole batch, for a full-parameter and a
 LoRA policy; a deliberately wrong variant is caught by the same comparison; a run stopped after
 its first checkpoint and resumed ends where the straight run ends. All the sharded runs share one
-`accelerate launch` (tests/fsdp_runs.py) to keep the suite's wall time, and the full-parameter
+`accelerate launch` (tests/helpers/fsdp_runs.py) to keep the suite's wall time, and the full-parameter
 comparison is the resumed run itself: its second update starts from the checkpoint, so equal
 to the straight single process means both "FSDP2 = one process" and "resumed = straight"."""
 
@@ -82,7 +82,7 @@ def gradient_norms(run_dir: Path, part: str) -> list[float]:
 
 
 def launch_runs(runs: list[dict], tmp_path: Path) -> None:
-    """All `runs` in one two-process FSDP2 launch (tests/fsdp_runs.py)."""
+    """All `runs` in one two-process FSDP2 launch (tests/helpers/fsdp_runs.py)."""
     spec = tmp_path / "runs.json"
     spec.write_text(json.dumps(runs))
     command = [
@@ -90,7 +90,7 @@ def launch_runs(runs: list[dict], tmp_path: Path) -> None:
         "--config_file", str(PROJECT_ROOT / "accelerate" / "fsdp.yaml"),
         "--num_processes", "2", "--num_machines", "1",
         "--main_process_port", str(free_port()),
-        str(PROJECT_ROOT / "tests" / "fsdp_runs.py"), str(spec),
+        str(PROJECT_ROOT / "tests" / "helpers" / "fsdp_runs.py"), str(spec),
     ]  # fmt: skip
     done = subprocess.run(command, cwd=PROJECT_ROOT, env=os.environ, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]

@@ -27,8 +27,8 @@ import time
 import traceback
 from pathlib import Path
 
-TRAIN_PY = Path(__file__).resolve().parents[1] / "train.py"
-sys.path[0] = str(TRAIN_PY.parent)  # as for `python train.py`: the project root, not tests/
+TRAIN_PY = Path(__file__).resolve().parents[2] / "train.py"
+sys.path[0] = str(TRAIN_PY.parent)  # as for `python train.py`: the project root, not tests/helpers/
 
 
 def preload() -> None:
@@ -65,7 +65,7 @@ def run_child(
     argv: list[str], stdout_path: str, stderr_path: str, env: dict[str, str] | None = None
 ) -> None:
     """In the forked child: train.py as __main__ with `argv` (and `env` added to its
-    environment, with a kill point when it sets RLHF_TEST_KILL: tests/kill_points.py), then exit
+    environment, with a kill point when it sets RLHF_TEST_KILL: tests/helpers/kill_points.py), then exit
     with its status."""
     # the exit hooks registered so far are the server's (W&B's media folder, for one): run in
     # a child they would delete what the next child needs. The child's own hooks still run.
@@ -76,7 +76,7 @@ def run_child(
     sys.argv = [str(TRAIN_PY), *argv]
     status = 0
     try:
-        from tests.kill_points import install_from_env
+        from tests.helpers.kill_points import install_from_env
 
         install_from_env()
         runpy.run_path(str(TRAIN_PY), run_name="__main__")

@@ -20,7 +20,7 @@ from rlhf.errors import ModelLoadError
 from rlhf.models.frozen_base import cast_frozen_base, frozen_linears
 from rlhf.models.loading import load_model_and_tokenizer, lora_config
 from rlhf.models.low_precision import autocast
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 
 def lora_policy(folder, targets=("q_proj", "v_proj")):

@@ -16,7 +16,7 @@ from rlhf.config import PPOConfig
 from rlhf.errors import ConfigError
 from rlhf.paths import PROJECT_ROOT
 from rlhf.ppo import core, estimators
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 # What each `algorithm=<option>` resolves to (stage=ppo, 2 answers per prompt):
 # estimator, critic, whiten_advantages, loss_aggregation, kl_in, kl_estimator.

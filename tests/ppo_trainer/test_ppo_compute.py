@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 
 def trained(trainer) -> list[torch.Tensor]:

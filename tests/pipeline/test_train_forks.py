@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests import train_forks
+from tests.helpers import train_forks
 
 
 def test_a_forked_run_past_its_timeout_is_killed_like_a_fresh_process(warm_train, tmp_path):

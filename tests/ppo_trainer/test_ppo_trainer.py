@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rlhf.models.loading import load_model_and_tokenizer
-from tests.ppo_helpers import make_config, make_trainer, replace_ppo, score_rises
+from tests.helpers.ppo import make_config, make_trainer, replace_ppo, score_rises
 
 
 def snapshot(parameters) -> list[torch.Tensor]:

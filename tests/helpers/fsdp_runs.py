@@ -1,7 +1,7 @@
-"""Several PPO runs in one `accelerate launch` (tests/test_fsdp.py): the process group, torch and
+"""Several PPO runs in one `accelerate launch` (tests/distributed/test_fsdp.py): the process group, torch and
 transformers are set up once for all of them instead of once per launch (~8 s each).
 
-    accelerate launch --config_file accelerate/fsdp.yaml ... tests/fsdp_runs.py <runs.json>
+    accelerate launch --config_file accelerate/fsdp.yaml ... tests/helpers/fsdp_runs.py <runs.json>
 
 <runs.json>: a list of {"run_dir", "overrides", "variant"}; each run is `rlhf.pipeline.run` on
 the composed config, as train.py runs it, on every process. Variants:
@@ -11,7 +11,7 @@ the composed config, as train.py runs it, on every process. Variants:
 - "crash_after_checkpoint_1": every process stops with an exception right after checkpoint 1
   is published, where the resume tests kill the process (a SIGKILL would end the launch);
 - "resume": `resume=true` in an earlier run's folder.
-The stage's plots are left out (matplotlib costs ~1.5 s a run; tests/test_pipeline.py covers them).
+The stage's plots are left out (matplotlib costs ~1.5 s a run; tests/pipeline/test_pipeline.py covers them).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project, not tests/
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project, not tests/helpers/
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402

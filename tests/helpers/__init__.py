@@ -1,6 +1,6 @@
 """Helpers shared by the test modules: config composition with Hydra's own node, train.py as a
-user runs it (a fresh interpreter, or forked warm from tests/train_forks.py), free ports and the
-error lines of a run. Fixtures are in conftest.py; PPO building blocks in ppo_helpers.py."""
+user runs it (a fresh interpreter, or forked warm from tests/helpers/train_forks.py), free ports and the
+error lines of a run. Fixtures are in conftest.py; PPO building blocks in helpers/ppo.py."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def run_train(
 
 class WarmTrain:
     """`python train.py` runs forked from one interpreter that imported the stack once
-    (tests/train_forks.py): each is a real process with its own exit status and stderr, started
+    (tests/helpers/train_forks.py): each is a real process with its own exit status and stderr, started
     in well under a second instead of ~8 s. For the runs meant to fail early and the short
     end-to-end runs; `run_train` keeps a fresh interpreter for the rest."""
 

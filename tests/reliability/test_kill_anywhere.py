@@ -4,11 +4,11 @@ with the weights and evaluation of the straight run; a data-parallel PPO run kil
 of an update, in one of its two processes or in both, resumes to the straight run's weights.
 
 Kills: `RLHF_FAULT` at a stage's own fault point (rlhf/runs/faults.py: after a TRL checkpoint)
-and `RLHF_TEST_KILL` at the n-th return of a named function (tests/kill_points.py: after an
+and `RLHF_TEST_KILL` at the n-th return of a named function (tests/helpers/kill_points.py: after an
 optimiser step between two checkpoints, between the eval stage's models). Everything in float64,
 so that a resumed run can differ from the straight one by summation order at most (~1e-16
 relative a step; on the same machine and thread count it does not: measured bit-identical).
-The pipeline runs are forked warm (tests/train_forks.py): the straight run, the five runs of
+The pipeline runs are forked warm (tests/helpers/train_forks.py): the straight run, the five runs of
 the one killed in every stage and the two of the one killed in PPO took 3 + 7 + 2.4 s on an
 idle 2-core machine (1 or 2 torch threads); the two-process runs are fresh `accelerate
 launch`es, 15–20 s a case, so those are marked slow.
@@ -169,7 +169,7 @@ def test_a_pipeline_killed_in_every_stage_in_turn_resumes_to_the_straight_run(
 
 # --- two processes -----------------------------------------------------------------------------
 
-# as tests/test_distributed.py: the same 8 answers as one process of batch 8, float64
+# as tests/distributed/test_distributed.py: the same 8 answers as one process of batch 8, float64
 DDP_PPO = [
     "stage=ppo", "logger=none", "model.dtype=float64", "reward=char_fraction",
     "reward.function.chars='你我的是了'", "reward.normalize=true", "ppo.whiten_rewards=true",
@@ -182,11 +182,11 @@ DDP_KILL = "rlhf.ppo.trainer:PPOTrainer._optimizer_step:5"
 
 
 def launch_killed(overrides: list[str], run_dir: Path, kill: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` of two processes running train.py under tests/kill_points.py."""
+    """`accelerate launch` of two processes running train.py under tests/helpers/kill_points.py."""
     launch = AccelerateLaunch("accelerate/ddp.yaml", 2, main_process_port=free_port())
     command = accelerate_command(launch, overrides, run_dir)
     command[command.index(str(PROJECT_ROOT / "train.py"))] = str(
-        PROJECT_ROOT / "tests" / "kill_points.py"
+        PROJECT_ROOT / "tests" / "helpers" / "kill_points.py"
     )
     run_dir.mkdir(parents=True, exist_ok=True)
     env = {**subprocess_environment(), "RLHF_TEST_KILL": kill}
@@ -203,7 +203,7 @@ def test_two_processes_killed_in_the_middle_of_an_update_resume_to_the_straight_
     """Killed as the first optimiser step of update 3 returns (after checkpoint 2): in rank 1
     only (its partner is stopped by the launcher, or fails at the next all-reduce) or in both.
     `resume=auto` under two processes again ends with the weights of the straight run, which
-    is one process of batch 8 (tests/test_distributed.py: the same update to ~1e-12)."""
+    is one process of batch 8 (tests/distributed/test_distributed.py: the same update to ~1e-12)."""
     model = f"model.name_or_path={tiny_sft_model}"
     straight = tmp_path / "straight"
     config = compose_config([*DDP_PPO, model, "ppo.batch_size=8", "ppo.micro_batch_size=8"])

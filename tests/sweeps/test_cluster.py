@@ -1,5 +1,5 @@
 """A real `hydra/launcher=slurm_accelerate` sweep submitted to a one-machine SLURM
-(tests/fake_slurm.py): Hydra → our launcher plugin → submitit's sbatch script and pickles →
+(tests/helpers/fake_slurm.py): Hydra → our launcher plugin → submitit's sbatch script and pickles →
 one task per node → `accelerate launch` across the two 'nodes' (gloo rendezvous on localhost)
 → train.py → the objective back to Hydra and into job.json."""
 
@@ -13,7 +13,7 @@ import sys
 
 from rlhf.paths import PROJECT_ROOT
 from rlhf.sweeps.jobs import job_dirs
-from tests import fake_slurm
+from tests.helpers import fake_slurm
 from tests.helpers import free_port
 
 

@@ -11,7 +11,7 @@ from rlhf.config import HealthConfig
 from rlhf.errors import ConfigError
 from rlhf.ppo.health import HealthMonitor, phrase_alarm
 from rlhf.reporting.phrases import top_phrase
-from tests.ppo_helpers import make_config, make_trainer
+from tests.helpers.ppo import make_config, make_trainer
 
 OFF = {name: None for name in HealthConfig.ALARMS}
 TOPICS = ["拉萨", "昆曲", "外汇", "日本", "刷鞋", "存钱", "吉他", "天气"]
