@@ -15,8 +15,7 @@ import pytest
 from rlhf.app import typed_config
 from rlhf.errors import ConfigError, RewardError
 from rlhf.rewards import checked
-from tests.helpers import bad_rewards
-from tests.helpers import error_lines, run_train, whole_ppo_checkpoint
+from tests.helpers import bad_rewards, error_lines, run_train, whole_ppo_checkpoint
 from tests.helpers.ppo import make_config, make_trainer
 
 PPO_TINY = [
@@ -319,7 +318,9 @@ def test_reward_returning_nan_stops_the_ppo_stage(warm_train, tmp_path):
     result = warm_train(
         [*PPO_TINY, "reward.function._target_=tests.helpers.bad_rewards.nan_scores"], run_dir
     )
-    needle = "reward tests.helpers.bad_rewards.nan_scores returned 4 non-finite score(s) (NaN or inf)"
+    needle = (
+        "reward tests.helpers.bad_rewards.nan_scores returned 4 non-finite score(s) (NaN or inf)"
+    )
     assert_one_line_and_nothing_finished(result, run_dir, "ppo", needle)
     assert not (run_dir / "ppo" / "checkpoints").exists()
 

@@ -13,8 +13,7 @@ import sys
 
 from rlhf.paths import PROJECT_ROOT
 from rlhf.sweeps.jobs import job_dirs
-from tests.helpers import fake_slurm
-from tests.helpers import free_port
+from tests.helpers import fake_slurm, free_port
 
 
 def test_slurm_sweep_runs_each_job_under_accelerate_across_two_nodes(tmp_path):
