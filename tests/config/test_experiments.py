@@ -4,6 +4,7 @@ train.py, in a subprocess, with each experiment's own results checked."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,7 +101,19 @@ def check_keyword_ppo(run: Path, log: str) -> None:
 
 
 def check_sentiment_ppo(run: Path, log: str) -> None:
-    assert "ppo/objective/scores" in final_metrics(run / "ppo")
+    reward = run_info(run / "ppo")["config"]["reward"]
+    assert (reward["kind"], reward["label"], reward["use_logit"]) == (
+        "classifier",
+        "POSITIVE",
+        True,
+    )
+    records = [
+        json.loads(line) for line in (run / "ppo" / "metrics.jsonl").read_text().splitlines()
+    ]
+    scores = [r["ppo/objective/scores"] for r in records if "ppo/objective/scores" in r]
+    # the classifier's POSITIVE logit scored every update, and the record keeps the last
+    assert len(scores) == 2 and all(math.isfinite(score) for score in scores)
+    assert final_metrics(run / "ppo")["ppo/objective/scores"] == pytest.approx(scores[-1])
 
 
 def check_insult_ppo(run: Path, log: str) -> None:

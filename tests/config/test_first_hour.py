@@ -24,9 +24,15 @@ MODELS_HERE = ["tiny", "smollm2_135m", "gemma3_270m"]  # the model options that 
 def test_every_experiment_composes_with_every_model(compose_config, experiment, model):
     config = typed_config(compose_config([f"experiment={experiment}", f"model={model}"]))
     assert config.name == experiment
+    settings = config.model.lora
     for depth in (2, 18, 30):  # the tiny model, Gemma 3 270M, SmolLM2-135M
-        lora = lora_config(config.model.lora, depth)
-        assert lora is None or lora.layers_to_transform is None or lora.layers_to_transform
+        lora = lora_config(settings, depth)
+        assert (lora is None) == (not settings.enabled)
+        if lora is None or (settings.top_layers is None and settings.top_fraction is None):
+            continue  # off, or every layer adapted
+        # the top layers of this depth: at least one, none past the model's last
+        layers = lora.layers_to_transform
+        assert layers and layers == list(range(depth - len(layers), depth)), (depth, layers)
 
 
 @pytest.mark.parametrize(
