@@ -140,7 +140,10 @@ def advantages(
     on one process's rollout: its function gets the inputs it names among `rewards` (B, T),
     `scores` (B,), `values` (B, T) (None without a critic), `mask` (B, T), `group_size`,
     `gamma` and `lam`, and returns `(advantages, returns)`, both (B, T)."""
-    function = algorithms.estimator(name).load()
+    declaration = algorithms.estimator(name)
+    if declaration.critic != algorithms.NO_CRITIC and values is None:
+        raise ValueError(f"ppo.advantage_estimator: {name!r} needs a critic's values")
+    function = declaration.load()
     given = {
         "rewards": rewards, "scores": scores, "values": values, "mask": mask,
         "group_size": group_size, "gamma": gamma, "lam": lam,
@@ -149,20 +152,6 @@ def advantages(
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in wanted.values()):
         given = {key: value for key, value in given.items() if key in wanted}
     return function(**given)
-
-
-def critic_free(
-    name: str,
-    rewards: torch.Tensor,
-    scores: torch.Tensor,
-    mask: torch.Tensor,
-    group_size: int,
-    gamma: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The estimator `name` (one declared with no critic) on one process's rollout."""
-    if algorithms.estimator(name).critic != algorithms.NO_CRITIC:
-        raise ValueError(f"ppo.advantage_estimator: {name!r} needs a critic's values")
-    return advantages(name, rewards, scores, None, mask, group_size, gamma, lam=1.0)
 
 
 def uniform_groups(scores: torch.Tensor, group_size: int) -> torch.Tensor:

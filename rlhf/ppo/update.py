@@ -122,14 +122,14 @@ class UpdatePhase:
         # every micro-batch's trained tokens and sequences, in one host transfer
         per_micro_batch = [torch.stack([t.sum(), t.any(1).sum()]) for t in trained.split(size)]
         micro_counts = torch.stack(per_micro_batch).tolist()
+        per_sequence = algorithms.aggregation(self.config.loss_aggregation).per_sequence
         contributed, error = False, None
         for micro_batch, (tokens, sequences) in zip(micro_batches, micro_counts, strict=True):
             if not tokens:
                 continue
-            if not algorithms.aggregation(self.config.loss_aggregation).per_sequence:
-                weight = tokens / mini_batch_tokens
-            else:
-                weight = sequences / mini_batch_sequences
+            weight = (
+                sequences / mini_batch_sequences if per_sequence else tokens / mini_batch_tokens
+            )
             try:
                 with self.precision.autocast():
                     micro_stats = self._micro_batch_step(rollout, micro_batch, weight, critic_only)

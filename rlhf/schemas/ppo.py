@@ -14,7 +14,6 @@ from rlhf.schemas.fields import (
     SHARE,
     Range,
     check_fields,
-    fold_renamed,
     one_of,
     renamed,
     require,
@@ -181,7 +180,6 @@ class PPOSettings:
     section: ClassVar[str] = "ppo"
 
     def __post_init__(self) -> None:
-        fold_renamed(self)
         for key, off in (("top_k", 0), ("top_p", 1.0)):
             require(
                 getattr(self, key) == off,

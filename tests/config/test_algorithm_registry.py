@@ -97,7 +97,7 @@ def test_the_maths_dispatches_through_the_registry():
     with pytest.raises(ValueError, match="loss aggregation 'mean' is not one of token_mean"):
         algorithms.register_estimator(dataclasses.replace(TOY, loss_aggregation="mean"))
     with pytest.raises(ValueError, match="'gae' needs a critic"):
-        estimators.critic_free("gae", ref, ref[:, 0], ref < 0, 1, 1.0)
+        estimators.advantages("gae", ref, ref[:, 0], None, ref < 0, 1, 1.0, 1.0)
 
 
 # --- a new estimator: one function, one registration, this test ---------------------------

@@ -102,8 +102,8 @@ def test_estimators_ignore_padding_and_dispatch_by_name(name):
     scores = t(0.5, 1.0, 2.5, 5.0, 5.0, 5.0)
     other = rewards.clone()
     other[~mask] = 1e3
-    first = estimators.critic_free(name, rewards, scores, mask, 3, 0.9)
-    second = estimators.critic_free(name, other, scores, mask, 3, 0.9)
+    first = estimators.advantages(name, rewards, scores, None, mask, 3, 0.9, 1.0)
+    second = estimators.advantages(name, other, scores, None, mask, 3, 0.9, 1.0)
     for a, b in zip(first, second, strict=True):
         assert torch.isfinite(a).all() and torch.equal(a, b) and torch.all(a[~mask] == 0)
 
@@ -117,7 +117,9 @@ def test_group_helpers_and_uniform_groups():
     with pytest.raises(ValueError, match="do not split into groups of 4"):
         estimators.grouped(scores, 4)
     with pytest.raises(ValueError):
-        estimators.critic_free("gae", scores[:, None], scores, scores[:, None] > -1, 3, 1.0)
+        estimators.advantages(
+            "gae", scores[:, None], scores, None, scores[:, None] > -1, 3, 1.0, 1.0
+        )
 
 
 def test_constant_length_aggregation_and_rows_left_out():
