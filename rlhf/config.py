@@ -14,6 +14,7 @@ with `OmegaConf.to_object`. Every field and its doc: docs/reference/config.md
 from __future__ import annotations
 
 import difflib
+import importlib.util
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from rlhf.schemas.model import DTYPES, HALF_DTYPES, LoraSettings, ModelConfig, T
 from rlhf.schemas.ppo import PPOSettings
 from rlhf.schemas.ppo_reliability import CheckpointConfig, HackingGuardConfig, HealthConfig
 from rlhf.schemas.reward import JudgeConfig, RewardConfig
+from rlhf.schemas.rollout import VLLM_INSTALL, RolloutSettings
 from rlhf.schemas.run import LoggerConfig, PipelineConfig
 from rlhf.schemas.stages import (
     DPO_LOSS_TYPES,
@@ -45,7 +47,7 @@ __all__ = [
     "DPO_LOSS_TYPES", "DTYPES", "HOST_HEAPS", "LR_SCHEDULERS", "SEED", "CheckpointConfig",
     "ColumnMap", "Config", "DPOStageConfig", "DataConfig", "EvalConfig", "GoalConfig",
     "HackingGuardConfig", "HealthConfig", "JudgeConfig", "LoggerConfig", "LoraSettings",
-    "ModelConfig", "PPOConfig", "PipelineConfig", "RMStageConfig", "Range", "RewardConfig",
+    "ModelConfig", "PPOConfig", "PipelineConfig", "RMStageConfig", "Range", "RewardConfig", "RolloutSettings",
     "SFTStageConfig", "TinyModelSpec", "TrainerStageConfig", "algorithm_name",
     "recorded_algorithm", "register_schemas",
 ]  # fmt: skip
@@ -205,6 +207,8 @@ class Config:
                 "model (reward.kind=reward_model)",
             )
         trains = self.pipeline.stages if self.stage == PIPELINE else [self.stage]
+        if self.ppo.rollout.engine == "vllm" and "ppo" in trains:
+            self._check_rollout_engine()
         _require(
             self.model.dtype not in HALF_DTYPES
             or self.model.lora.enabled
@@ -213,6 +217,32 @@ class Config:
             f"{self.model.dtype} weights have no float32 master copy, so AdamW steps below half "
             "an ulp are lost; set model.dtype=float32 model.mixed_precision=bf16 (or train "
             "LoRA adapters: model.lora.enabled=true)",
+        )
+
+    def _check_rollout_engine(self) -> None:
+        """ppo.rollout.engine=vllm: installed, and a policy vLLM can follow here — checked
+        before anything loads (rlhf/runtime/vllm_engine.py)."""
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(
+                f"ppo.rollout.engine=vllm needs vLLM, which is not installed: {VLLM_INSTALL}"
+            )
+        lora = self.model.lora
+        _require(
+            not (lora.enabled and lora.modules_to_save),
+            "model.lora.modules_to_save",
+            "vLLM serves LoRA adapters without whole-module copies; leave it empty with "
+            "ppo.rollout.engine=vllm",
+        )
+        if lora.enabled:
+            return
+        import torch  # only here: the config module itself stays light
+
+        _require(
+            torch.cuda.is_available(),
+            "ppo.rollout.engine",
+            "vllm follows a full-parameter policy by loading its weights in place, which vLLM's "
+            "CPU backend cannot do; on a CPU use a LoRA policy (model.lora.enabled=true) or "
+            "ppo.rollout.engine=hf",
         )
 
     @property

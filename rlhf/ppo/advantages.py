@@ -10,7 +10,7 @@ import torch
 
 from rlhf import algorithms
 from rlhf.config import PPOConfig
-from rlhf.ppo import core, estimators
+from rlhf.ppo import core, estimators, rollout_correction
 from rlhf.ppo.actor_critic import ActorCritic
 from rlhf.ppo.batch_stats import global_masked_whiten
 from rlhf.ppo.kl_control import FixedKLController
@@ -54,6 +54,8 @@ class AdvantagePhases:
             rollout.ref_logprobs = token_logprobs(
                 ref_logits, rollout.responses, c.temperature, keep=keep
             )[0]
+            if rollout.engine_logprobs is not None:
+                self.engine_gap(rollout)
             penalty = algorithms.kl_estimator(c.kl_estimator)
             if penalty.from_logits:
                 exact = penalty.load()
@@ -62,6 +64,23 @@ class AdvantagePhases:
             if values is None and self.model.has_critic:
                 values = self.model.critic_forward(inputs, *widths)
         rollout.values = core.upcast(values) if values is not None else None
+
+    def engine_gap(self, rollout: Rollout) -> None:
+        """The rollout engine's log-probs beside the trainer's (the old log-probs PPO's ratio
+        starts from): their gap, and with ppo.rollout.correction the importance weights."""
+        settings = self.config.rollout
+        rollout.engine_stats = rollout_correction.gap_stats(
+            rollout.logprobs, rollout.engine_logprobs, rollout.mask
+        )
+        if settings.correction == "none":
+            return
+        rollout.correction, outside = rollout_correction.importance_weights(
+            rollout.logprobs, rollout.engine_logprobs, rollout.mask, settings.correction,
+            settings.correction_max, settings.correction_min,
+        )  # fmt: skip
+        rollout.engine_stats.update(
+            rollout_correction.weight_stats(rollout.correction, outside, rollout.mask)
+        )
 
     def shape_rewards(self, rollout: Rollout) -> None:
         """Phase 4: the per-token KL penalty and rewards (the KL in them when kl_in=reward)."""

@@ -221,10 +221,13 @@ def policy_loss(
     dual_clip: float | None = None,
     aggregation: str = "token_mean",
     horizon: int | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Stats]:
     """Clipped surrogate: max(−A·r, −A·clip(r, 1−ε_low, 1+ε_high)) per token, with r the
     probability ratio; with dual_clip = c > 1, tokens with A < 0 are capped at −c·A.
-    `horizon`: the constant length of aggregation seq_mean_token_sum_norm."""
+    `horizon`: the constant length of aggregation seq_mean_token_sum_norm; `weights` (B, T):
+    per-token importance weights multiplied into the loss (another engine's samples:
+    rlhf/ppo/rollout_correction.py)."""
     log_ratio = logprobs - old_logprobs
     ratio = torch.exp(log_ratio)
     unclipped = -advantages * ratio
@@ -233,6 +236,8 @@ def policy_loss(
     if dual_clip is not None:
         capped = torch.minimum(per_token, -advantages * dual_clip)
         per_token = torch.where(advantages < 0, capped, per_token)
+    if weights is not None:
+        per_token = per_token * weights
     loss = aggregate(per_token, mask, aggregation, horizon)
     with torch.no_grad():
         stats = {

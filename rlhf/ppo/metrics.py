@@ -33,6 +33,8 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     metrics["ppo/response_length"] = mask.sum(1).float().mean().item()
     metrics["ppo/val/returns_mean"] = core.masked_mean(rollout.returns, mask).item()
     metrics["ppo/val/advantages_mean"] = core.masked_mean(rollout.advantages, mask).item()
+    for key, value in (rollout.engine_stats or {}).items():  # sampled by another engine
+        metrics[f"ppo/rollout/{key}"] = float(value)
     if rollout.uniform is not None:  # answers in groups (samples_per_prompt >= 2)
         metrics["ppo/uniform_group_share"] = rollout.uniform.float().mean().item()
         trained = rollout.loss_mask.any(1).float().mean().item()

@@ -26,6 +26,9 @@ class Responses:
     ended: torch.Tensor  # (B,) bool, stopped at the stop token
     texts: list[str]  # decoded without special tokens
     max_new_tokens: int  # the length limit they were sampled with
+    # (B, Tr) the rollout engine's log-probs of the sampled tokens (vLLM); None: sampled by the
+    # trained model itself
+    engine_logprobs: torch.Tensor | None = None
 
     @property
     def tokens(self) -> list[torch.Tensor]:
@@ -56,6 +59,9 @@ class Rollout:
     returns: torch.Tensor | None = None
     loss_mask: torch.Tensor | None = None  # (B, Tr) bool, the tokens the loss trains on
     uniform: torch.Tensor | None = None  # (B,) bool, in a group whose scores are all equal
+    engine_logprobs: torch.Tensor | None = None  # (B, Tr) the rollout engine's (vLLM)
+    correction: torch.Tensor | None = None  # (B, Tr) importance weights for the engine's gap
+    engine_stats: dict | None = None  # the gap and the weights' statistics (0-d tensors)
 
     @classmethod
     def of(cls, batch: Responses, raw_scores: torch.Tensor, scores: torch.Tensor) -> Rollout:
@@ -63,6 +69,7 @@ class Rollout:
         return cls(
             batch.prompts, batch.encoded, batch.responses, batch.mask, batch.ended, batch.texts,
             raw_scores, scores, max_new_tokens=batch.max_new_tokens,
+            engine_logprobs=batch.engine_logprobs,
         )  # fmt: skip
 
 

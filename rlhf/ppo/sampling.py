@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -26,7 +27,17 @@ from rlhf.ppo.rollout import Responses, Rollout
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.rewards.tokens import ResponseTokens
 from rlhf.runtime import distributed, sharding
-from rlhf.runtime.generation import SamplingSettings, row_seeds, sample_answers
+
+if TYPE_CHECKING:
+    from rlhf.runtime.vllm_engine import VLLMEngine
+from rlhf.runtime.generation import (
+    EncodedPrompts,
+    SamplingSettings,
+    encode_prompts,
+    pad_answers,
+    row_seeds,
+    sample_answers,
+)
 
 
 class SamplingPhases:
@@ -44,6 +55,7 @@ class SamplingPhases:
     stop_token_id: int
     rng: random.Random
     update: int
+    engine: VLLMEngine | None  # ppo.rollout.engine=vllm; None: the trained model samples
     _order: list[int]
     _timings: dict[str, float]
 
@@ -108,6 +120,8 @@ class SamplingPhases:
         stream = stream or ("evaluation" if evaluation else "rollout")
         update = self.update if update is None else update
         seeds = row_seeds(self.config.seed, stream, update, rows)
+        if self.engine is not None and not evaluation:
+            return self._sample_on_engine(prompts, settings, seeds, update)
         self.model.policy.eval()
         # FSDP2: whole weights for the rollout, gathered once (not at every token)
         with sharding.gathered(self.model.policy), self.precision.autocast():
@@ -117,6 +131,33 @@ class SamplingPhases:
             )  # fmt: skip
         return Responses(
             prompts, encoded, responses, mask, ended, texts, settings.max_new_tokens
+        )  # fmt: skip
+
+    def _sample_on_engine(
+        self, prompts: list[str], settings: SamplingSettings, seeds: list[int], update: int
+    ) -> Responses:
+        """Phase 1 on the rollout engine (vLLM): it first follows the policy as it is now,
+        then answers the same encoded prompts; its log-probs come back with the answers.
+        Held-out evaluations stay on the trained model, comparable across engines."""
+        self.engine.follow(self.model.policy, update)
+        encoded = encode_prompts(self.tokenizer, prompts, self.system_prompt)
+        prompt_ids = [
+            ids[keep.bool()].tolist()
+            for ids, keep in zip(encoded.input_ids, encoded.attention_mask, strict=True)
+        ]
+        answers = self.engine.sample(prompt_ids, settings, self.stop_token_id, seeds)
+        responses, mask, ended = pad_answers(
+            [a.tokens for a in answers], self.stop_token_id, self.tokenizer.pad_token_id
+        )
+        logprobs = torch.zeros(responses.shape)
+        for row, answer in enumerate(answers):
+            logprobs[row, : len(answer.logprobs)] = torch.tensor(answer.logprobs)
+        texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
+        device = self.model.policy.device
+        return Responses(
+            prompts, EncodedPrompts(encoded.input_ids.to(device), encoded.attention_mask.to(device)),
+            responses.to(device), mask.to(device), ended.to(device), texts,
+            settings.max_new_tokens, engine_logprobs=logprobs.to(device),
         )  # fmt: skip
 
     def score(self, responses: Responses) -> torch.Tensor:

@@ -87,6 +87,7 @@ from rlhf.runtime.host_memory import release_free_memory
 if TYPE_CHECKING:
     from rlhf.ppo.checkpoint import Checkpointer
     from rlhf.rewards.judge import Judge
+    from rlhf.runtime.vllm_engine import VLLMEngine
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class PPOTrainer(SamplingPhases, AdvantagePhases, UpdatePhase, TrainerState):
 
     `model` holds policy, reference and critic (rlhf.stages.ppo.build_actor_critic);
     `reward_fn(prompts, texts)` (or with a third `tokens` argument) scores answers (B,);
-    `score_processor` shapes the raw scores; `eval_prompts` are held out for `evaluate`.
+    `score_processor` shapes the raw scores; `eval_prompts` are held out for `evaluate`;
+    `engine` (rlhf.runtime.vllm_engine.VLLMEngine) samples the rollouts instead of the policy.
     On a tiny random model, offline:
 
     >>> import tempfile
@@ -143,8 +145,10 @@ class PPOTrainer(SamplingPhases, AdvantagePhases, UpdatePhase, TrainerState):
         mixed_precision: str = "no",
         judge: Judge | None = None,
         threshold: float = 0.0,
+        engine: VLLMEngine | None = None,
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.engine = engine  # samples the rollouts (ppo.rollout.engine=vllm); None: the policy
         self.judge = judge  # eval.judge: scored beside the reward at each evaluation
         self.threshold = threshold  # the reward's decision threshold (ppo/eval/above_threshold)
         self.reward_fn = with_tokens_argument(reward_fn)

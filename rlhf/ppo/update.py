@@ -180,6 +180,7 @@ class UpdatePhase:
             c.dual_clip,
             c.loss_aggregation,
             c.max_new_tokens,  # the constant length of seq_mean_token_sum_norm (Dr. GRPO)
+            None if rollout.correction is None else rollout.correction[rows],
         )
         stats: dict[str, torch.Tensor | float] = {f"policy/{k}": v for k, v in pg_stats.items()}
         stats["policy/entropy"] = core.masked_mean(entropy.detach(), trained)

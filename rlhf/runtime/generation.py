@@ -167,6 +167,25 @@ def sample_responses(
     return responses.masked_fill(~mask, pad_token_id), mask, ended
 
 
+def pad_answers(
+    answers: Sequence[Sequence[int]], stop_token_id: int, pad_token_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Answers as token lists (from another engine) → (responses, response_mask, ended) in
+    sample_responses' layout: right-padded to the longest, cut after the first stop token. The
+    padding is found from the lengths: a pad id equal to the stop token (SmolLM2) ends nothing."""
+    lengths = torch.tensor([len(answer) for answer in answers], dtype=torch.long)
+    width = max(1, int(lengths.max()) if len(answers) else 1)
+    responses = torch.full((len(answers), width), pad_token_id, dtype=torch.long)
+    for row, answer in enumerate(answers):
+        responses[row, : len(answer)] = torch.tensor(list(answer), dtype=torch.long)
+    positions = torch.arange(width)[None, :]
+    is_stop = (responses == stop_token_id) & (positions < lengths[:, None])
+    ended = is_stop.any(dim=1)
+    last = torch.where(ended, is_stop.int().argmax(dim=1), lengths - 1)
+    mask = positions <= last[:, None]
+    return responses.masked_fill(~mask, pad_token_id), mask, ended
+
+
 def sample_answers(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

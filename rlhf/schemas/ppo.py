@@ -21,6 +21,7 @@ from rlhf.schemas.fields import (
     typed_section,
 )
 from rlhf.schemas.ppo_reliability import CheckpointConfig, HackingGuardConfig, HealthConfig
+from rlhf.schemas.rollout import RolloutSettings
 
 
 @dataclass
@@ -47,6 +48,9 @@ class PPOSettings:
     )
     overlong_penalty: float = setting(
         1.0, "penalty reached at max_new_tokens (linear over the buffer)", NON_NEGATIVE
+    )
+    rollout: RolloutSettings = setting(
+        RolloutSettings, "the sampling engine (hf or vllm) and its probability-gap correction"
     )
     # --- reward shaping ---
     kl_coef: float = setting(0.05, "beta: weight of the per-token KL penalty", NON_NEGATIVE)

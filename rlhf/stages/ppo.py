@@ -56,6 +56,7 @@ from rlhf.rewards.reward_model import decision_threshold
 from rlhf.runs.folders import RunPaths
 from rlhf.runs.tracking import Tracker
 from rlhf.runtime import distributed, sharding
+from rlhf.runtime.vllm_engine import VLLMEngine, check_model
 from rlhf.stages.context import StageContext, stage_context
 from rlhf.stages.table import PIPELINE, REWARD_MODEL, producer
 
@@ -257,6 +258,29 @@ def new_trainer(
         mixed_precision=config.model.mixed_precision,
         judge=judge,
         threshold=threshold,
+        engine=rollout_engine(config, model),
+    )
+
+
+def rollout_engine(config: Config, model: ActorCritic) -> VLLMEngine | None:
+    """The vLLM engine that samples PPO's rollouts (ppo.rollout.engine=vllm), on the policy's
+    starting folder, or None (the policy samples)."""
+    settings = config.ppo.rollout
+    if settings.engine != "vllm":
+        return None
+    if sharding.fsdp2_requested(os.environ):
+        raise ConfigError(
+            "ppo.rollout.engine=vllm: FSDP2 shards the policy that vLLM would follow; use "
+            "ppo.rollout.engine=hf under accelerate/fsdp.yaml"
+        )
+    check_model(model.policy.config)
+    positions = model.policy.config.get_text_config().max_position_embeddings
+    return VLLMEngine(
+        resolve_model_dir(config.model, config.cache_dir),
+        settings,
+        lora_rank=config.model.lora.r if model.is_lora else None,
+        max_model_len=settings.max_model_len or min(positions, 4096),
+        seed=config.ppo.seed + distributed.rank(),
     )
 
 
