@@ -203,14 +203,14 @@ class VLLMEngine:
             for seed in seeds
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
-        outputs = self.llm.generate(
-            prompts, params, lora_request=self.lora_request, use_tqdm=False
-        )
+        outputs = self.llm.generate(prompts, params, lora_request=self.lora_request, use_tqdm=False)
         answers = []
         for output in outputs:
             completion = output.outputs[0]
             tokens = list(completion.token_ids)
-            logprobs = [step[token].logprob for step, token in zip(completion.logprobs, tokens)]
+            logprobs = [
+                step[token].logprob for step, token in zip(completion.logprobs, tokens, strict=True)
+            ]
             answers.append(EngineAnswer(tokens, logprobs))
         return answers
 

@@ -27,8 +27,7 @@ class RolloutSettings:
     kv_cache_gib: float = setting(1.0, "vllm: memory set aside for the KV cache", POSITIVE)
     max_model_len: int | None = setting(
         None,
-        "vllm: the longest prompt + answer it plans for; null: the model's own limit, at most "
-        "4096",
+        "vllm: the longest prompt + answer it plans for; null: the model's own limit, at most 4096",
         AT_LEAST_ONE,
     )
     compile: bool = setting(
@@ -64,6 +63,5 @@ class RolloutSettings:
         require(
             self.correction_min is None or self.correction_min < self.correction_max,
             "ppo.rollout.correction_min",
-            f"{self.correction_min} is not below ppo.rollout.correction_max="
-            f"{self.correction_max}",
+            f"{self.correction_min} is not below ppo.rollout.correction_max={self.correction_max}",
         )

@@ -118,6 +118,8 @@ def test_pip_finds_no_missing_or_conflicting_dependency():
     if done.returncode == 0:
         return  # "No broken requirements found."
     problems = [
-        line for line in done.stdout.splitlines() if line.strip() and not accepted_pip_check_line(line)
+        line
+        for line in done.stdout.splitlines()
+        if line.strip() and not accepted_pip_check_line(line)
     ]
     assert problems == [], done.stdout + done.stderr
