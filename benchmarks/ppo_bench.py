@@ -5,6 +5,7 @@ tokens/s, peak RSS, and the bare model operations of the same update.
     .venv/bin/python benchmarks/ppo_bench.py --workload w-small    # one (or a comma list)
     .venv/bin/python benchmarks/ppo_bench.py --workload w-tiny --updates 8
     .venv/bin/python benchmarks/ppo_bench.py --workload w-small --host-heap system  # glibc's heap
+    .venv/bin/python benchmarks/ppo_bench.py --workload w-lora --engine vllm --no-bare  # vLLM rollouts
 
 Prints one JSON line per workload; each workload runs in a process of its own so that its peak
 RSS is its own. Seconds per update are the median over updates 2..N (the first update also
@@ -54,7 +55,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlhf.config import Config, DataConfig, LoggerConfig, LoraSettings, ModelConfig, PPOConfig  # noqa: E402
+from rlhf.config import (  # noqa: E402
+    Config,
+    DataConfig,
+    LoggerConfig,
+    LoraSettings,
+    ModelConfig,
+    PPOConfig,
+    RolloutSettings,
+)
 from rlhf.models.files import write_model_folder  # noqa: E402
 from rlhf.models.loading import load_model_and_tokenizer, load_tokenizer, resolve_model_dir  # noqa: E402
 from rlhf.paths import publish_dir_once  # noqa: E402
@@ -65,7 +74,7 @@ from rlhf.rewards.reward_model import RewardModelScorer  # noqa: E402
 from rlhf.runs.tracking import NullBackend, Tracker  # noqa: E402
 from rlhf.runtime.generation import EncodedPrompts, joined_inputs  # noqa: E402
 from rlhf.runtime.host_memory import HOST_HEAPS, use_host_heap  # noqa: E402
-from rlhf.stages.ppo import build_actor_critic  # noqa: E402
+from rlhf.stages.ppo import build_actor_critic, rollout_engine  # noqa: E402
 
 PROMPTS_FILE = Path(__file__).resolve().parent / "data" / "ppo_prompts_en64.jsonl"
 PAD_TOKEN = "<|endoftext|>"  # the workload's pad (SmolLM2 ships pad = EOS = <|im_end|>)
@@ -134,7 +143,9 @@ def reward_model_dir(policy_dir: Path) -> Path:
     return final
 
 
-def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) -> Config:
+def workload_config(
+    workload: Workload, cache_dir: str, mixed_precision: str, engine: str = "hf"
+) -> Config:
     name = SMOLLM2.name_or_path if workload.model == "smollm2" else str(tiny_smollm2_dir(cache_dir))
     lora = LoraSettings(
         enabled=workload.lora, r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "v_proj"]
@@ -177,6 +188,7 @@ def workload_config(workload: Workload, cache_dir: str, mixed_precision: str) ->
         eval_every=0,
         log_samples_every=0,
         seed=0,
+        rollout=RolloutSettings(engine=engine),
     )
     return Config(
         stage="ppo",
@@ -202,14 +214,14 @@ def read_prompts(path: Path) -> list[str]:
 
 
 def build_trainer(
-    name: str, mixed_precision: str = "no", updates: int | None = None
+    name: str, mixed_precision: str = "no", updates: int | None = None, engine: str = "hf"
 ) -> tuple[PPOTrainer, RewardModelScorer]:
     """The trainer of a workload, through the same API as the ppo stage (rlhf/stages/ppo.py)."""
     workload = WORKLOADS[name]
     if updates is not None:
         workload = dataclasses.replace(workload, updates=updates)
     cache_dir = os.environ.get("RLHF_CACHE", "~/.cache/rlhf")
-    config = workload_config(workload, cache_dir, mixed_precision)
+    config = workload_config(workload, cache_dir, mixed_precision, engine)
     torch.manual_seed(0)
     policy, tokenizer = load_model_and_tokenizer(config.model, config.cache_dir)
     use_pad_token(tokenizer, policy)  # before the critic and reference copy the pad id
@@ -226,6 +238,7 @@ def build_trainer(
         Tracker(Path(tempfile.mkdtemp(prefix=f"ppo_bench_{name}_")), NullBackend()),
         ScoreProcessor(1.0, False, None, None),
         mixed_precision=mixed_precision,
+        engine=rollout_engine(config, model),
     )  # fmt: skip
     return trainer, scorer
 
@@ -292,16 +305,22 @@ def bare_operations(trainer: PPOTrainer, scorer: RewardModelScorer) -> dict[str,
 
 
 def run_workload(
-    name: str, updates: int | None, mixed_precision: str, bare: bool, host_heap: str
+    name: str,
+    updates: int | None,
+    mixed_precision: str,
+    bare: bool,
+    host_heap: str,
+    engine: str = "hf",
 ) -> dict:
     heap = use_host_heap(host_heap)  # as train.py does before a stage
-    trainer, scorer = build_trainer(name, mixed_precision, updates)
+    trainer, scorer = build_trainer(name, mixed_precision, updates, engine)
     steps = [trainer.step() for _ in range(trainer.config.total_updates)]
     measured = steps[1:]  # updates 2..N
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     seconds = statistics.median(s["timing/total"] for s in measured)
     result = {
         "workload": name,
+        "engine": engine,
         "mixed_precision": mixed_precision,
         "host_heap": host_heap,
         "host_heap_log": heap,
@@ -334,11 +353,17 @@ def main() -> None:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     parser.add_argument("--no-bare", action="store_true", help="skip the bare operations")
     parser.add_argument("--host-heap", default="reuse", choices=HOST_HEAPS, help="as train.py's")
+    parser.add_argument("--engine", default="hf", choices=("hf", "vllm"), help="ppo.rollout.engine")
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
         result = run_workload(
-            args.run_one, args.updates, args.mixed_precision, not args.no_bare, args.host_heap
+            args.run_one,
+            args.updates,
+            args.mixed_precision,
+            not args.no_bare,
+            args.host_heap,
+            args.engine,
         )
         print(json.dumps(result), flush=True)
         return
@@ -355,7 +380,8 @@ def main() -> None:
         sys.exit(2)
     for name in names:
         command = [sys.executable, __file__, "--run-one", name, "--mixed-precision",
-                   args.mixed_precision, "--host-heap", args.host_heap]  # fmt: skip
+                   args.mixed_precision, "--host-heap", args.host_heap,
+                   "--engine", args.engine]  # fmt: skip
         command += ["--no-bare"] if args.no_bare else []
         if args.updates is not None:
             command += ["--updates", str(args.updates)]
