@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from rlhf.errors import ConfigError
-from rlhf.runtime import distributed
+from rlhf.runtime import distributed, vllm_cpu_lora
 from rlhf.runtime.generation import SamplingSettings
 from rlhf.schemas.rollout import VLLM_INSTALL, RolloutSettings
 
@@ -135,6 +135,8 @@ class VLLMEngine:
         )
         if lora_rank is not None:
             arguments.update(enable_lora=True, max_lora_rank=engine_rank(lora_rank), max_loras=1)
+            if not torch.cuda.is_available():
+                vllm_cpu_lora.install()  # one adapter for every token: one matmul, not one a token
         started = time.perf_counter()
         with single_process_launch():
             self.llm = LLM(**arguments)
