@@ -73,8 +73,9 @@ def check_launch_engine(
 ) -> None:
     """Stop before training what the accelerate engine cannot run: a stage not declared for it
     (PPO runs on plain processes or FSDP2 only), a LoRA model sharded by ZeRO-3 / FSDP in a
-    stage that cannot merge it for saving, and PPO under FSDP with weights loaded on the main
-    process only (`ram_efficient_loading`: PPO loads its models itself, on every process)."""
+    stage that cannot merge it for saving, PPO's vLLM rollouts under FSDP2 (the engine follows
+    a whole policy), and PPO under FSDP with weights loaded on the main process only
+    (`ram_efficient_loading`: PPO loads its models itself, on every process)."""
     declarations = stages_to_run(config.stage, config.pipeline.stages)
     if engine is None:
         return
@@ -91,6 +92,15 @@ def check_launch_engine(
         raise ConfigError(
             f"model.lora.enabled: LoRA models sharded by {engine} are not merged for saving in "
             f"stage {unmerged[0]}; use accelerate/zero2.yaml or ddp.yaml"
+        )
+    if (
+        engine == "fsdp2"
+        and config.ppo.rollout.engine == "vllm"
+        and "ppo" in {d.name for d in declarations}
+    ):
+        raise ConfigError(
+            "ppo.rollout.engine=vllm: FSDP2 shards the policy that vLLM would follow; use "
+            "ppo.rollout.engine=hf under accelerate/fsdp.yaml, or accelerate/ddp.yaml"
         )
     own = [d.name for d in declarations if d.own_sharding]
     if ram_efficient_loading and own:

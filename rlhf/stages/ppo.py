@@ -264,15 +264,11 @@ def new_trainer(
 
 def rollout_engine(config: Config, model: ActorCritic) -> VLLMEngine | None:
     """The vLLM engine that samples PPO's rollouts (ppo.rollout.engine=vllm), on the policy's
-    starting folder, or None (the policy samples)."""
+    starting folder, or None (the policy samples). Under FSDP2 it was refused before anything
+    loaded (rlhf.pipeline.check_launch_engine)."""
     settings = config.ppo.rollout
     if settings.engine != "vllm":
         return None
-    if sharding.fsdp2_requested(os.environ):
-        raise ConfigError(
-            "ppo.rollout.engine=vllm: FSDP2 shards the policy that vLLM would follow; use "
-            "ppo.rollout.engine=hf under accelerate/fsdp.yaml"
-        )
     check_model(model.policy.config)
     positions = model.policy.config.get_text_config().max_position_embeddings
     return VLLMEngine(

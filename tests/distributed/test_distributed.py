@@ -216,6 +216,14 @@ def test_ppo_refuses_sharding_engines_and_lora_refuses_zero3(compose_config):
     check_launch_engine(lora_sft, "deepspeed-zero2")
     with pytest.raises(ConfigError, match="model.lora.enabled"):
         check_launch_engine(lora_sft, distributed.launch_engine({"ACCELERATE_USE_FSDP": "true"}))
+    fsdp2 = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}
+    on_vllm = typed_config(
+        compose_config(["stage=ppo", "model.lora.enabled=true", "ppo.rollout.engine=vllm"])
+    )
+    assert distributed.launch_engine(fsdp2) == "fsdp2"
+    with pytest.raises(ConfigError, match=r"^ppo.rollout.engine=vllm: FSDP2 shards the policy"):
+        check_launch_engine(on_vllm, "fsdp2")
+    check_launch_engine(on_vllm, None)  # one process, or DDP: one engine a process
 
 
 def test_accelerate_command_for_the_second_of_two_nodes(tmp_path):

@@ -37,7 +37,7 @@ from rlhf.models.loading import load_model_and_tokenizer
 from rlhf.ppo.logprobs import token_logprobs
 from rlhf.ppo.rollout import response_slice
 from rlhf.runs.tracking import NullBackend, Tracker
-from rlhf.runtime.generation import SamplingSettings, joined_inputs, row_seeds
+from rlhf.runtime.generation import SamplingSettings, joined_inputs
 from rlhf.stages.ppo import new_trainer
 
 PROMPTS = ["今天天气怎么样？", "你是谁？", "吃了没？", "几点了？"]
@@ -54,8 +54,14 @@ def config(out: Path, dtype: str) -> Config:
         data=DataConfig(train_file="unused.jsonl"),
         reward=RewardConfig(kind="function", function={"_target_": "builtins.len"}),
         ppo=PPOConfig(
-            batch_size=4, samples_per_prompt=2, micro_batch_size=4, max_new_tokens=10,
-            learning_rate=1e-2, advantage_estimator="rloo", ppo_epochs=1, seed=3,
+            batch_size=4,
+            samples_per_prompt=2,
+            micro_batch_size=4,
+            max_new_tokens=10,
+            learning_rate=1e-2,
+            advantage_estimator="rloo",
+            ppo_epochs=1,
+            seed=3,
             rollout=RolloutSettings(engine="vllm", dtype=dtype),
         ),  # fmt: skip
         logger=LoggerConfig(backend="none"),
@@ -98,7 +104,6 @@ def main(out: Path, dtype: str) -> dict:
         if p.requires_grad
     }
     # the same prompts and seeds twice on the engine
-    seeds = row_seeds(7, "probe", 0, range(len(PROMPTS)))
     sampled = SamplingSettings(10, do_sample=True, temperature=1.0)
     first = trainer.sample(PROMPTS, settings=sampled, update=trainer.update, stream="probe")
     again = trainer.sample(PROMPTS, settings=sampled, update=trainer.update, stream="probe")
