@@ -93,16 +93,12 @@ def check_launch_engine(
             f"model.lora.enabled: LoRA models sharded by {engine} are not merged for saving in "
             f"stage {unmerged[0]}; use accelerate/zero2.yaml or ddp.yaml"
         )
-    if (
-        engine == "fsdp2"
-        and config.ppo.rollout.engine == "vllm"
-        and "ppo" in {d.name for d in declarations}
-    ):
+    own = [d.name for d in declarations if d.own_sharding]  # PPO: it shards its own models
+    if engine == "fsdp2" and config.ppo.rollout.engine == "vllm" and own:
         raise ConfigError(
             "ppo.rollout.engine=vllm: FSDP2 shards the policy that vLLM would follow; use "
             "ppo.rollout.engine=hf under accelerate/fsdp.yaml, or accelerate/ddp.yaml"
         )
-    own = [d.name for d in declarations if d.own_sharding]
     if ram_efficient_loading and own:
         raise ConfigError(
             "fsdp_cpu_ram_efficient_loading: true leaves the weights on the main process only, "
