@@ -115,6 +115,7 @@ class VLLMEngine:
         seed: int,
     ):
         require_vllm()
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up notes, not ours
         from vllm import LLM
 
         self.lora_rank = lora_rank
@@ -126,7 +127,6 @@ class VLLMEngine:
             dtype=settings.dtype,
             seed=seed,
             max_model_len=max_model_len,
-            skip_tokenizer_init=True,  # prompts arrive as token ids; answers leave as token ids
             enforce_eager=not settings.compile,
             distributed_executor_backend="external_launcher",
             logprobs_mode="processed_logprobs",  # after temperature: the distribution sampled
