@@ -27,6 +27,7 @@ import shutil
 import socket
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,8 @@ class VLLMEngine:
         self.version: int | None = None
         self.lora_request = None
         self._adapters = Path(tempfile.mkdtemp(prefix="rlhf-vllm-adapters-"))
+        # removed when the engine goes or the process exits, whichever comes first
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self._adapters, True)
         arguments = dict(
             model=str(model_folder),
             dtype=settings.dtype,
@@ -217,4 +220,5 @@ class VLLMEngine:
         return answers
 
     def close(self) -> None:
-        shutil.rmtree(self._adapters, ignore_errors=True)
+        """Remove the saved adapters now (the engine itself stays until the process ends)."""
+        self._cleanup()
