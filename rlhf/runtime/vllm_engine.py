@@ -165,7 +165,7 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
 
         folder = self._adapters / f"update-{version:06d}"
-        # the policy's adapter only (a LoRA critic's stays out), saved from the first process
+        # the policy's adapter only (a LoRA critic's stays out); each process saves its own
         policy.save_pretrained(str(folder), selected_adapters=["default"])
         self.lora_request = LoRARequest(f"policy-{version}", version + 1, str(folder))
         for old in self._adapters.iterdir():  # vLLM reads an adapter when first named
