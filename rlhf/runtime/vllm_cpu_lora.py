@@ -5,8 +5,12 @@ bgmv_expand_slice) gather a copy of the adapter's matrix for every token
 (`weights[indices]`, (tokens, out, rank)) and contract them one by one: on SmolLM2-135M with
 LoRA on q/v that made sampling 2.6× slower than without the adapter. PPO's rollouts all use one
 adapter (the policy's), so here a token batch whose indices are all equal takes one matmul with
-that adapter's matrix, which is the same sum; mixed batches keep vLLM's own op. Installed once
-per process by `install`, only for the CPU backend (rlhf/runtime/vllm_engine.py).
+that adapter's matrix, which is the same sum; mixed batches keep vLLM's own op. And vLLM wraps
+every linear layer it can adapt, so a layer the adapter does not target (SmolLM2 with LoRA on
+q/v: o, gate/up and down) still runs the ops on zero matrices: a layer whose B matrices are all
+zero is skipped (y += x·A·B·scale adds nothing). Whether they are is computed once per change of
+the stacked weights (their in-place version counter). Installed once per process by `install`,
+only for the CPU backend (rlhf/runtime/vllm_engine.py).
 """
 
 from __future__ import annotations
@@ -84,6 +88,30 @@ def fast_expand_slice(original: Callable) -> Callable:
     return bgmv_expand_slice
 
 
+_ZERO: dict[tuple[int, int], tuple[int, bool]] = {}  # (id, address) → (version, all zero)
+
+
+def all_zero(weights: torch.Tensor) -> bool:
+    """Whether the stacked `weights` are all zero, recomputed only after they were written."""
+    key = (id(weights), weights.data_ptr())
+    cached = _ZERO.get(key)
+    if cached is not None and cached[0] == weights._version:
+        return cached[1]
+    zero = not bool(weights.any())
+    _ZERO[key] = (weights._version, zero)
+    return zero
+
+
+def skip_untargeted(original: Callable) -> Callable:
+    @functools.wraps(original)
+    def add_lora_linear(self, y, x, lora_a_stacked, lora_b_stacked, *args, **kwargs):
+        if all(all_zero(b) for b in lora_b_stacked):
+            return None  # y += x·A·0
+        return original(self, y, x, lora_a_stacked, lora_b_stacked, *args, **kwargs)
+
+    return add_lora_linear
+
+
 def install() -> None:
     """Put the fast path in front of vLLM's CPU LoRA ops (where they are defined, which the sgmv
     ops call, and where the CPU punica wrapper imported them); once per process."""
@@ -103,4 +131,6 @@ def install() -> None:
         for module in (lora_ops, torch_ops, punica_cpu):
             if hasattr(module, name):
                 setattr(module, name, fast)
+    wrapper = punica_cpu.PunicaWrapperCPU
+    wrapper.add_lora_linear = skip_untargeted(wrapper.add_lora_linear)
     _INSTALLED = True

@@ -45,3 +45,26 @@ def test_one_adapter_names_the_shared_matrix_or_none():
     )
     assert vllm_cpu_lora.one_adapter(weights, torch.tensor([2, 1])) is None
     assert vllm_cpu_lora.one_adapter(weights, torch.tensor([], dtype=torch.long)) is None
+
+
+def test_a_layer_whose_b_matrices_are_zero_is_skipped_until_they_are_written():
+    calls = []
+
+    def original(self, y, x, lora_a, lora_b, scale, slices):
+        calls.append(scale)
+        y += x @ lora_a[0][0, 0].T @ lora_b[0][0, 0].T * scale
+
+    add = vllm_cpu_lora.skip_untargeted(original)
+    x, a = stacked((TOKENS, IN), 6), (stacked((1, 1, RANK, IN), 7),)
+    b = (torch.zeros((1, 1, OUT, RANK), dtype=torch.float64),)
+    y = stacked((TOKENS, OUT), 8)
+    before = y.clone()
+    add(None, y, x, a, b, 2.0, (OUT,))
+    assert calls == [] and torch.equal(y, before)  # y + x·A·0: nothing to do
+    b[0].copy_(stacked((1, 1, OUT, RANK), 9))  # a new adapter written in place
+    add(None, y, x, a, b, 2.0, (OUT,))
+    assert calls == [2.0]
+    torch.testing.assert_close(y, before + x @ a[0][0, 0].T @ b[0][0, 0].T * 2.0)
+    b[0].zero_()  # the adapter removed
+    add(None, y, x, a, b, 2.0, (OUT,))
+    assert calls == [2.0]
