@@ -14,7 +14,6 @@ with `OmegaConf.to_object`. Every field and its doc: docs/reference/config.md
 from __future__ import annotations
 
 import difflib
-import importlib.util
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -31,7 +30,7 @@ from rlhf.schemas.model import DTYPES, HALF_DTYPES, LoraSettings, ModelConfig, T
 from rlhf.schemas.ppo import PPOSettings
 from rlhf.schemas.ppo_reliability import CheckpointConfig, HackingGuardConfig, HealthConfig
 from rlhf.schemas.reward import JudgeConfig, RewardConfig
-from rlhf.schemas.rollout import VLLM_INSTALL, RolloutSettings
+from rlhf.schemas.rollout import RolloutSettings, require_vllm
 from rlhf.schemas.run import LoggerConfig, PipelineConfig
 from rlhf.schemas.stages import (
     DPO_LOSS_TYPES,
@@ -222,10 +221,7 @@ class Config:
     def _check_rollout_engine(self) -> None:
         """ppo.rollout.engine=vllm: installed, and a policy vLLM can follow here — checked
         before anything loads (rlhf/runtime/vllm_engine.py)."""
-        if importlib.util.find_spec("vllm") is None:
-            raise ConfigError(
-                f"ppo.rollout.engine=vllm needs vLLM, which is not installed: {VLLM_INSTALL}"
-            )
+        require_vllm()
         lora = self.model.lora
         _require(
             not (lora.enabled and lora.modules_to_save),

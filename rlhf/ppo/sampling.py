@@ -27,9 +27,6 @@ from rlhf.ppo.rollout import Responses, Rollout
 from rlhf.rewards.processing import ScoreProcessor, calibration
 from rlhf.rewards.tokens import ResponseTokens
 from rlhf.runtime import distributed, sharding
-
-if TYPE_CHECKING:
-    from rlhf.runtime.vllm_engine import VLLMEngine
 from rlhf.runtime.generation import (
     EncodedPrompts,
     SamplingSettings,
@@ -38,6 +35,9 @@ from rlhf.runtime.generation import (
     row_seeds,
     sample_answers,
 )
+
+if TYPE_CHECKING:
+    from rlhf.runtime.vllm_engine import VLLMEngine
 
 
 class SamplingPhases:

@@ -20,7 +20,6 @@ OpenMP threads once), so the thread count is the one the process had when the en
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -37,18 +36,12 @@ import torch
 from rlhf.errors import ConfigError
 from rlhf.runtime import distributed, vllm_cpu_lora
 from rlhf.runtime.generation import SamplingSettings
-from rlhf.schemas.rollout import VLLM_INSTALL, RolloutSettings
+from rlhf.schemas.rollout import RolloutSettings, require_vllm
 
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # its CPU attention's
-
-
-def require_vllm(key: str = "ppo.rollout.engine") -> None:
-    """One line naming the extra when vLLM is asked for and not installed."""
-    if importlib.util.find_spec("vllm") is None:
-        raise ConfigError(f"{key}=vllm needs vLLM, which is not installed: {VLLM_INSTALL}")
 
 
 def check_model(config, key: str = "ppo.rollout.engine") -> None:

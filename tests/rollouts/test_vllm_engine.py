@@ -11,6 +11,7 @@ bits of mantissa), 0.05 for both (measured on the tiny model: mean 0.001, max 0.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -98,9 +99,9 @@ def test_a_full_parameter_policy_on_a_cpu_gets_one_line(warm_train, tmp_path):
 
 
 def test_without_the_extra_asking_for_vllm_names_the_extra(monkeypatch):
-    real = vllm_engine.importlib.util.find_spec
+    real = importlib.util.find_spec
     monkeypatch.setattr(
-        vllm_engine.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "vllm" else real(name, *a),
     )
